@@ -1,0 +1,4 @@
+//! The default policy: tiers by fleet write rate, up at once, down after a hold.
+const KIND: aci_policy_core::Kind = aci_policy_core::Kind::Adaptive;
+const NAME: &str = aci_policy_core::ADAPTIVE_NAME;
+include!("../../shim.rs");

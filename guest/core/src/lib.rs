@@ -1,0 +1,462 @@
+//! The strategy engines' logic in plain Rust.
+//!
+//! This crate is what the policy components in `guest/` export through WIT, and what the host
+//! links natively as the baseline for "how much does the component boundary cost". It has no
+//! I/O and never reads a clock: time is the `now_ms` argument of every call, so the same call
+//! sequence gives the same answers natively and inside every wasm host.
+//!
+//! The semantics are specified in `wit/policy.wit`; this file implements them.
+
+use std::collections::BTreeMap;
+
+/// Mirrors the WIT `strategy` enum. Ordered: ttl < batched < eager (more messages, fresher).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Strategy {
+    Ttl,
+    Batched,
+    Eager,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Ttl => "ttl",
+            Strategy::Batched => "batched",
+            Strategy::Eager => "eager",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s {
+            "ttl" => Some(Strategy::Ttl),
+            "batched" => Some(Strategy::Batched),
+            "eager" => Some(Strategy::Eager),
+            _ => None,
+        }
+    }
+}
+
+/// Mirrors the WIT `config` record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub low_threshold: f64,
+    pub high_threshold: f64,
+    pub window_ms: i32,
+    pub hold_ms: i32,
+    pub batch_interval_ms: i32,
+    pub batch_max_keys: i32,
+    pub batch_max_bytes: i32,
+    pub initial_strategy: Strategy,
+}
+
+impl Default for Config {
+    /// The original product's tiers (10 and 50 writes/s, 5 s window, 2.5 s batches), plus the
+    /// hold and caps it lacked.
+    fn default() -> Self {
+        Config {
+            low_threshold: 10.0,
+            high_threshold: 50.0,
+            window_ms: 5_000,
+            hold_ms: 3_000,
+            batch_interval_ms: 2_500,
+            batch_max_keys: 1_000,
+            batch_max_bytes: 1 << 20,
+            initial_strategy: Strategy::Ttl,
+        }
+    }
+}
+
+/// Mirrors the WIT `config-error` record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Checks every field in declaration order and names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn err(field: &str, message: String) -> Result<(), ConfigError> {
+            Err(ConfigError { field: field.to_string(), message })
+        }
+        if !self.low_threshold.is_finite() || self.low_threshold < 0.0 {
+            return err(
+                "low-threshold",
+                format!("must be a finite number >= 0 (writes/s), got {}", self.low_threshold),
+            );
+        }
+        if !self.high_threshold.is_finite() || self.high_threshold < 0.0 {
+            return err(
+                "high-threshold",
+                format!("must be a finite number >= 0 (writes/s), got {}", self.high_threshold),
+            );
+        }
+        if self.low_threshold >= self.high_threshold {
+            return err(
+                "low-threshold",
+                format!(
+                    "must be less than high-threshold ({}), got {}",
+                    self.high_threshold, self.low_threshold
+                ),
+            );
+        }
+        let positive = [
+            ("window-ms", self.window_ms, "ms"),
+            ("hold-ms", self.hold_ms, "ms"),
+            ("batch-interval-ms", self.batch_interval_ms, "ms"),
+            ("batch-max-keys", self.batch_max_keys, "keys"),
+            ("batch-max-bytes", self.batch_max_bytes, "bytes"),
+        ];
+        for (field, value, unit) in positive {
+            let ok = if field == "hold-ms" { value >= 0 } else { value > 0 };
+            if !ok {
+                let bound = if field == "hold-ms" { ">= 0" } else { "> 0" };
+                return err(field, format!("must be {bound} ({unit}), got {value}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mirrors the WIT `batch` record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub keys: Vec<String>,
+    pub flush_all: bool,
+}
+
+/// Mirrors the WIT `status` record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    pub strategy: Strategy,
+    pub write_rate: f64,
+    pub buffered_keys: u32,
+    pub batch_due: bool,
+    pub switches: u64,
+    pub following: bool,
+}
+
+/// Which decision rule a leading engine applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Tiers by rate, up at once, down after a hold.
+    Adaptive,
+    /// Always `initial-strategy`.
+    Fixed,
+}
+
+const BUCKETS: usize = 20;
+
+/// Writes counted in a sliding window of fixed-width buckets: O(1) memory whatever the rate.
+#[derive(Clone, Debug)]
+struct RateWindow {
+    width_ms: u64,
+    counts: [u64; BUCKETS],
+    /// Absolute index (now / width) of the newest bucket; `counts[head % BUCKETS]`.
+    head: u64,
+    total: u64,
+}
+
+impl RateWindow {
+    fn new(window_ms: i32, now: u64) -> Self {
+        let window = window_ms.max(1) as u64;
+        let width_ms = window.div_ceil(BUCKETS as u64);
+        RateWindow { width_ms, counts: [0; BUCKETS], head: now / width_ms, total: 0 }
+    }
+
+    fn advance(&mut self, now: u64) {
+        let idx = now / self.width_ms;
+        if idx <= self.head {
+            return;
+        }
+        let steps = (idx - self.head).min(BUCKETS as u64);
+        for i in 1..=steps {
+            let slot = ((self.head + i) % BUCKETS as u64) as usize;
+            self.total -= self.counts[slot];
+            self.counts[slot] = 0;
+        }
+        self.head = idx;
+    }
+
+    fn add(&mut self, n: u64) {
+        let slot = (self.head % BUCKETS as u64) as usize;
+        self.counts[slot] = self.counts[slot].saturating_add(n);
+        self.total = self.total.saturating_add(n);
+    }
+
+    fn rate(&self) -> f64 {
+        self.total as f64 * 1000.0 / (self.width_ms * BUCKETS as u64) as f64
+    }
+}
+
+/// Distinct keys waiting for the next batch, bounded by the config's caps.
+#[derive(Clone, Debug, Default)]
+struct BatchBuffer {
+    /// key -> order of first insertion; a map so that rewriting a hot key costs nothing.
+    keys: BTreeMap<String, u64>,
+    next_seq: u64,
+    bytes: u64,
+    first_at: u64,
+    overflow: bool,
+}
+
+impl BatchBuffer {
+    fn full(&self, cfg: &Config) -> bool {
+        self.keys.len() as u64 >= cfg.batch_max_keys as u64 || self.bytes >= cfg.batch_max_bytes as u64
+    }
+
+    fn push(&mut self, key: &str, now: u64, cfg: &Config) {
+        if self.keys.contains_key(key) {
+            return;
+        }
+        if self.full(cfg) {
+            // Nobody drained a full batch: remember that keys were lost so the host flushes
+            // everything instead of leaving them stale.
+            self.overflow = true;
+            return;
+        }
+        if self.keys.is_empty() {
+            self.first_at = now;
+        }
+        self.keys.insert(key.to_string(), self.next_seq);
+        self.next_seq += 1;
+        self.bytes += key.len() as u64;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.overflow
+    }
+
+    fn due(&self, now: u64, strategy: Strategy, cfg: &Config) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        self.overflow
+            || strategy != Strategy::Batched
+            || self.full(cfg)
+            || now.saturating_sub(self.first_at) >= cfg.batch_interval_ms as u64
+    }
+
+    fn drain(&mut self) -> Batch {
+        let mut entries: Vec<(u64, String)> =
+            std::mem::take(&mut self.keys).into_iter().map(|(k, s)| (s, k)).collect();
+        entries.sort_unstable_by_key(|(s, _)| *s);
+        let batch = Batch { keys: entries.into_iter().map(|(_, k)| k).collect(), flush_all: self.overflow };
+        self.overflow = false;
+        self.bytes = 0;
+        self.next_seq = 0;
+        batch
+    }
+}
+
+/// One strategy engine instance.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    kind: Kind,
+    cfg: Config,
+    now: u64,
+    window: RateWindow,
+    strategy: Strategy,
+    following: bool,
+    /// When the target strategy first went below the one in force (hysteresis).
+    below_since: Option<u64>,
+    switches: u64,
+    buffer: BatchBuffer,
+}
+
+impl Engine {
+    pub fn new(kind: Kind) -> Self {
+        let cfg = Config::default();
+        Engine {
+            kind,
+            window: RateWindow::new(cfg.window_ms, 0),
+            strategy: cfg.initial_strategy,
+            cfg,
+            now: 0,
+            following: false,
+            below_since: None,
+            switches: 0,
+            buffer: BatchBuffer::default(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Applies the clock rule: time never goes backwards inside the engine.
+    fn tick(&mut self, now_ms: u64) {
+        if now_ms > self.now {
+            self.now = now_ms;
+        }
+        self.window.advance(self.now);
+        self.evaluate();
+    }
+
+    fn set_strategy(&mut self, s: Strategy) {
+        if s != self.strategy {
+            self.strategy = s;
+            self.switches += 1;
+        }
+        self.below_since = None;
+    }
+
+    fn target(&self) -> Strategy {
+        let rate = self.window.rate();
+        if rate > self.cfg.high_threshold {
+            Strategy::Eager
+        } else if rate < self.cfg.low_threshold {
+            Strategy::Ttl
+        } else {
+            Strategy::Batched
+        }
+    }
+
+    fn evaluate(&mut self) {
+        if self.following || self.kind == Kind::Fixed {
+            return;
+        }
+        let target = self.target();
+        if target > self.strategy {
+            self.set_strategy(target);
+        } else if target < self.strategy {
+            let since = *self.below_since.get_or_insert(self.now);
+            if self.now - since >= self.cfg.hold_ms as u64 {
+                self.set_strategy(target);
+            }
+        } else {
+            self.below_since = None;
+        }
+    }
+
+    pub fn configure(&mut self, cfg: Config, now_ms: u64) -> Result<(), ConfigError> {
+        cfg.validate()?;
+        if now_ms > self.now {
+            self.now = now_ms;
+        }
+        self.window = RateWindow::new(cfg.window_ms, self.now);
+        self.following = false;
+        // A reset, not a decision: it does not count as a switch.
+        self.strategy = cfg.initial_strategy;
+        self.below_since = None;
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    fn count_local(&mut self, key: &str) {
+        self.window.add(1);
+        self.evaluate();
+        if self.strategy == Strategy::Batched {
+            self.buffer.push(key, self.now, &self.cfg);
+        }
+    }
+
+    pub fn record_write(&mut self, key: &str, now_ms: u64) -> Strategy {
+        self.tick(now_ms);
+        self.count_local(key);
+        self.strategy
+    }
+
+    pub fn record_writes<S: AsRef<str>>(&mut self, keys: &[S], now_ms: u64) -> Strategy {
+        self.tick(now_ms);
+        for key in keys {
+            self.count_local(key.as_ref());
+        }
+        self.strategy
+    }
+
+    pub fn record_remote_writes(&mut self, count: u32, now_ms: u64) -> Strategy {
+        self.tick(now_ms);
+        self.window.add(count as u64);
+        self.evaluate();
+        self.strategy
+    }
+
+    pub fn current_strategy(&mut self, now_ms: u64) -> Strategy {
+        self.tick(now_ms);
+        self.strategy
+    }
+
+    pub fn write_rate(&mut self, now_ms: u64) -> f64 {
+        self.tick(now_ms);
+        self.window.rate()
+    }
+
+    pub fn pending_batch(&mut self, now_ms: u64) -> Batch {
+        self.tick(now_ms);
+        if self.buffer.due(self.now, self.strategy, &self.cfg) {
+            self.buffer.drain()
+        } else {
+            Batch::default()
+        }
+    }
+
+    pub fn status(&mut self, now_ms: u64) -> Status {
+        self.tick(now_ms);
+        Status {
+            strategy: self.strategy,
+            write_rate: self.window.rate(),
+            buffered_keys: self.buffer.keys.len() as u32,
+            batch_due: self.buffer.due(self.now, self.strategy, &self.cfg),
+            switches: self.switches,
+            following: self.following,
+        }
+    }
+
+    pub fn follow(&mut self, strategy: Strategy, now_ms: u64) {
+        self.following = true;
+        self.tick(now_ms);
+        self.set_strategy(strategy);
+    }
+
+    pub fn lead(&mut self, now_ms: u64) {
+        self.following = false;
+        self.tick(now_ms);
+    }
+}
+
+pub const ADAPTIVE_NAME: &str = "adaptive";
+pub const FIXED_NAME: &str = "fixed";
+/// Version of the decision logic; bump when a vector's expected output would change.
+pub const LOGIC_VERSION: &str = "0.1.0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast() -> Config {
+        Config { window_ms: 1000, hold_ms: 500, ..Config::default() }
+    }
+
+    #[test]
+    fn tiers_go_up_at_once_and_down_after_hold() {
+        let mut e = Engine::new(Kind::Adaptive);
+        e.configure(fast(), 0).unwrap();
+        for i in 0..10 {
+            assert_eq!(e.record_write("k", i), if i < 9 { Strategy::Ttl } else { Strategy::Batched });
+        }
+        let keys: Vec<String> = (0..41).map(|i| format!("k{i}")).collect();
+        assert_eq!(e.record_writes(&keys, 10), Strategy::Eager);
+        // All writes leave the window at 1000 ms + a bucket; then the hold starts.
+        assert_eq!(e.current_strategy(1100), Strategy::Eager);
+        assert_eq!(e.current_strategy(1599), Strategy::Eager);
+        assert_eq!(e.current_strategy(1600), Strategy::Ttl);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_caps() {
+        let mut e = Engine::new(Kind::Fixed);
+        e.configure(Config { initial_strategy: Strategy::Batched, batch_max_keys: 10, ..fast() }, 0).unwrap();
+        for i in 0..1000 {
+            e.record_write(&format!("k{i}"), 0);
+        }
+        let b = e.pending_batch(0);
+        assert_eq!(b.keys.len(), 10);
+        assert!(b.flush_all);
+        assert!(e.pending_batch(0).keys.is_empty());
+    }
+}

@@ -1,0 +1,258 @@
+"""Hand-written trace vectors: the semantics of wit/policy.wit, with expectations worked out by
+hand (not recorded from an implementation). Run `python3 tests/vectors/handwritten.py` to rewrite
+the JSON files beside it; every host replays those files.
+
+Most vectors use FAST: a 1000 ms window, so 20 buckets of 50 ms and a rate equal to the number
+of writes in the window; thresholds 10 and 50; a 500 ms hold; 200 ms batches.
+"""
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+DEFAULT = {"low-threshold": 10.0, "high-threshold": 50.0, "window-ms": 5000, "hold-ms": 3000,
+           "batch-interval-ms": 2500, "batch-max-keys": 1000, "batch-max-bytes": 1048576,
+           "initial-strategy": "ttl"}
+FAST = dict(DEFAULT, **{"window-ms": 1000, "hold-ms": 500, "batch-interval-ms": 200,
+                        "batch-max-keys": 100, "batch-max-bytes": 10000})
+OK = {"ok": None}
+
+
+def cfg(base=FAST, **kw):
+    c = dict(base)
+    for k, v in kw.items():
+        c[k.replace("_", "-")] = v
+    return c
+
+
+def configure(c, now=0, expect=OK):
+    return {"op": "configure", "config": c, "now": now, "expect": expect}
+
+
+def err(field, message):
+    return {"err": {"field": field, "message": message}}
+
+
+def w(key, now, expect):
+    return {"op": "record-write", "key": key, "now": now, "expect": expect}
+
+
+def ws(keys, now, expect):
+    return {"op": "record-writes", "keys": keys, "now": now, "expect": expect}
+
+
+def remote(count, now, expect):
+    return {"op": "record-remote-writes", "count": count, "now": now, "expect": expect}
+
+
+def cur(now, expect):
+    return {"op": "current-strategy", "now": now, "expect": expect}
+
+
+def rate(now, expect):
+    return {"op": "write-rate", "now": now, "expect": expect}
+
+
+def batch(now, keys, flush_all=False):
+    return {"op": "pending-batch", "now": now, "expect": {"keys": keys, "flush-all": flush_all}}
+
+
+def status(now, strategy, write_rate, buffered=0, due=False, switches=0, following=False):
+    return {"op": "status", "now": now, "expect": {
+        "strategy": strategy, "write-rate": write_rate, "buffered-keys": buffered,
+        "batch-due": due, "switches": switches, "following": following}}
+
+
+def follow(strategy, now):
+    return {"op": "follow", "strategy": strategy, "now": now}
+
+
+def lead(now):
+    return {"op": "lead", "now": now}
+
+
+VECTORS = []
+
+
+def vector(name, policy, description, steps):
+    VECTORS.append({"name": name, "description": description, "policy": policy, "steps": steps})
+
+
+vector("describe-and-defaults", "adaptive", "Name, version, the original's defaults, the initial state.", [
+    {"op": "describe", "expect": {"name": "adaptive", "version": "0.1.0"}},
+    {"op": "default-config", "expect": DEFAULT},
+    status(0, "ttl", 0.0),
+])
+
+vector("tiers-up", "adaptive", "Below low is ttl, low..=high is batched, above high is eager; up at once.", [
+    configure(FAST),
+    ws([f"k{i}" for i in range(9)], 0, "ttl"),
+    rate(0, 9.0),
+    w("k9", 0, "batched"),  # rate 10 is not below low: batched, and k9 is buffered
+    status(0, "batched", 10.0, buffered=1, switches=1),
+    ws([f"m{i}" for i in range(40)], 10, "batched"),  # rate 50 is not above high
+    w("z", 10, "eager"),  # rate 51: eager at once, z is not buffered
+    status(10, "eager", 51.0, buffered=41, due=True, switches=2),
+    batch(10, ["k9"] + [f"m{i}" for i in range(40)]),
+    batch(10, []),
+])
+
+vector("hysteresis-down", "adaptive", "Down only after the target stayed lower for hold-ms.", [
+    configure(FAST),
+    remote(60, 0, "eager"),
+    cur(999, "eager"),
+    rate(1000, 0.0),  # bucket 0 leaves the window; the hold starts here
+    cur(1499, "eager"),
+    cur(1500, "ttl"),  # straight to the target, not one tier at a time
+    status(1500, "ttl", 0.0, switches=2),
+])
+
+vector("no-flapping", "adaptive", "A rate oscillating around high within the hold never goes down.", [
+    configure(FAST),
+    remote(51, 0, "eager"),
+    remote(45, 1000, "eager"),  # rate 45: target batched, hold starts
+    remote(10, 1200, "eager"),  # rate 55: hold cancelled
+    cur(1400, "eager"),
+    cur(2000, "eager"),  # the 45 at 1000 left: rate 10, target batched, hold starts again
+    remote(45, 2100, "eager"),  # rate 55: cancelled
+    cur(2200, "eager"),  # the 10 at 1200 left: rate 45, hold starts
+    cur(2699, "eager"),
+    cur(2700, "batched"),
+    status(2700, "batched", 45.0, switches=2),
+])
+
+vector("batch-drains-on-interval", "fixed", "A batch is due batch-interval-ms after its first key; keys are deduplicated.", [
+    configure(cfg(initial_strategy="batched")),
+    w("a", 100, "batched"),
+    w("b", 150, "batched"),
+    w("a", 160, "batched"),
+    batch(299, []),
+    status(299, "batched", 3.0, buffered=2),
+    batch(300, ["a", "b"]),
+    batch(300, []),
+    w("c", 400, "batched"),
+    batch(599, []),
+    batch(600, ["c"]),
+])
+
+vector("batch-drains-on-cap", "fixed", "A batch is due at batch-max-keys or batch-max-bytes; past a full batch, flush-all.", [
+    configure(cfg(initial_strategy="batched", batch_max_keys=3, batch_max_bytes=100)),
+    ws(["a", "b"], 0, "batched"),
+    status(0, "batched", 2.0, buffered=2),
+    w("c", 1, "batched"),
+    status(1, "batched", 3.0, buffered=3, due=True),
+    batch(1, ["a", "b", "c"]),
+    ws(["x" * 60, "y" * 40], 2, "batched"),  # 100 bytes
+    status(2, "batched", 5.0, buffered=2, due=True),
+    batch(2, ["x" * 60, "y" * 40]),
+    ws(["d", "e", "f", "g", "d"], 3, "batched"),  # g finds the batch full; d is already in
+    status(3, "batched", 10.0, buffered=3, due=True),
+    batch(3, ["d", "e", "f"], flush_all=True),
+    batch(3, []),
+])
+
+vector("batch-drains-on-switch", "adaptive", "Leaving batched (by rate or by follow) makes buffered keys due at once.", [
+    configure(FAST),
+    remote(9, 0, "ttl"),
+    w("p", 0, "batched"),
+    w("q", 10, "batched"),
+    remote(40, 20, "eager"),
+    batch(20, ["p", "q"]),
+    w("r", 30, "eager"),
+    batch(30, []),
+    follow("batched", 40),
+    w("s", 50, "batched"),
+    follow("ttl", 60),
+    status(60, "ttl", 53.0, buffered=1, due=True, switches=4, following=True),
+    batch(60, ["s"]),
+    lead(70),  # deciding again: rate 53 is above high
+    cur(70, "eager"),
+    status(70, "eager", 53.0, switches=5),
+])
+
+vector("follow-overrides-rate", "adaptive", "A follower keeps the controller's strategy whatever it measures.", [
+    configure(FAST),
+    remote(100, 0, "eager"),
+    follow("ttl", 10),
+    remote(100, 20, "ttl"),
+    w("k", 20, "ttl"),
+    status(20, "ttl", 201.0, switches=2, following=True),
+    lead(30),
+    status(30, "eager", 201.0, switches=3),
+])
+
+vector("invalid-configs", "adaptive", "Each bad field is named; a refused config changes nothing.", [
+    configure(FAST),
+    remote(60, 0, "eager"),
+    configure(cfg(low_threshold=50.0, high_threshold=10.0), 100,
+              err("low-threshold", "must be less than high-threshold (10), got 50")),
+    configure(cfg(low_threshold=10.0, high_threshold=10.0), 100,
+              err("low-threshold", "must be less than high-threshold (10), got 10")),
+    configure(cfg(low_threshold=-1.0), 100, err("low-threshold", "must be a finite number >= 0 (writes/s), got -1")),
+    configure(cfg(low_threshold="Infinity"), 100, err("low-threshold", "must be a finite number >= 0 (writes/s), got inf")),
+    configure(cfg(high_threshold="NaN"), 100, err("high-threshold", "must be a finite number >= 0 (writes/s), got NaN")),
+    configure(cfg(high_threshold=-0.5), 100, err("high-threshold", "must be a finite number >= 0 (writes/s), got -0.5")),
+    configure(cfg(window_ms=0), 100, err("window-ms", "must be > 0 (ms), got 0")),
+    configure(cfg(window_ms=-5), 100, err("window-ms", "must be > 0 (ms), got -5")),
+    configure(cfg(hold_ms=-1), 100, err("hold-ms", "must be >= 0 (ms), got -1")),
+    configure(cfg(batch_interval_ms=0), 100, err("batch-interval-ms", "must be > 0 (ms), got 0")),
+    configure(cfg(batch_interval_ms=-2500), 100, err("batch-interval-ms", "must be > 0 (ms), got -2500")),
+    configure(cfg(batch_max_keys=0), 100, err("batch-max-keys", "must be > 0 (keys), got 0")),
+    configure(cfg(batch_max_bytes=-1), 100, err("batch-max-bytes", "must be > 0 (bytes), got -1")),
+    configure(cfg(low_threshold=-1.0, window_ms=0), 100, err("low-threshold", "must be a finite number >= 0 (writes/s), got -1")),
+    cur(100, "eager"),  # none of the refused configs reset anything
+    status(100, "eager", 60.0, switches=1),
+    configure(cfg(hold_ms=0), 200),  # hold 0 is valid: no hysteresis
+    status(200, "ttl", 0.0, switches=1),
+])
+
+vector("idle-decay-defaults", "adaptive", "Default config: 5 s window in 250 ms buckets, 3 s hold, long idle gaps.", [
+    remote(300, 0, "eager"),  # 300 writes / 5 s = 60/s
+    rate(4999, 60.0),
+    rate(5000, 0.0),
+    cur(7999, "eager"),
+    cur(8000, "ttl"),
+    cur(1000000000, "ttl"),
+    rate(1000000000, 0.0),
+    remote(60, 1000000000, "batched"),
+    rate(1000000000, 12.0),
+])
+
+vector("keys-edge-cases", "fixed", "Empty, non-ASCII, NUL-carrying and 10 KB keys are buffered and returned intact.", [
+    configure(cfg(initial_strategy="batched", batch_max_keys=10, batch_max_bytes=100000)),
+    w("", 0, "batched"),
+    w("ключ", 0, "batched"),
+    w("键:🔑", 0, "batched"),
+    w("a\u0000b", 0, "batched"),
+    w("L" * 10000, 0, "batched"),
+    w("", 1, "batched"),
+    status(1, "batched", 6.0, buffered=5),
+    batch(200, ["", "ключ", "键:🔑", "a\u0000b", "L" * 10000]),
+])
+
+vector("clock-steps-back", "adaptive", "A now-ms older than one already seen counts as the newest one.", [
+    configure(FAST),
+    remote(60, 1000, "eager"),
+    cur(0, "eager"),
+    rate(500, 60.0),
+    w("k", 10, "eager"),  # counted at 1000
+    rate(1999, 61.0),
+    rate(2000, 0.0),
+])
+
+vector("fixed-ignores-rate", "fixed", "The fixed policy keeps initial-strategy whatever the rate.", [
+    {"op": "describe", "expect": {"name": "fixed", "version": "0.1.0"}},
+    remote(1000, 0, "ttl"),
+    status(0, "ttl", 200.0),
+    configure(cfg(DEFAULT, initial_strategy="eager"), 10),
+    w("k", 10, "eager"),
+    batch(10, []),
+    status(10, "eager", 0.2),
+])
+
+if __name__ == "__main__":
+    for v in VECTORS:
+        with open(os.path.join(HERE, v["name"] + ".json"), "w", encoding="utf-8") as f:
+            json.dump(v, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+    print(f"wrote {len(VECTORS)} vectors")

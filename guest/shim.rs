@@ -74,6 +74,7 @@ impl wit::Guest for Policy {
     }
 
     fn record_write(key: String, now_ms: u64) -> wit::Strategy {
+        hook_write(&key);
         to_wit(with(|e| e.record_write(&key, now_ms)))
     }
 
@@ -94,7 +95,8 @@ impl wit::Guest for Policy {
     }
 
     fn pending_batch(now_ms: u64) -> wit::Batch {
-        let b = with(|e| e.pending_batch(now_ms));
+        let mut b = with(|e| e.pending_batch(now_ms));
+        hook_batch(&mut b);
         wit::Batch { keys: b.keys, flush_all: b.flush_all }
     }
 

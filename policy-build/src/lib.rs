@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The policies shipped with aci-cache: (component file stem, crate name).
-pub const POLICIES: &[(&str, &str)] = &[("adaptive", "policy_adaptive"), ("fixed", "policy_fixed")];
+pub const POLICIES: &[(&str, &str)] = &[
+    ("adaptive", "policy_adaptive"),
+    ("fixed", "policy_fixed"),
+    // Test-only, never embedded: they misbehave on purpose.
+    ("hostile", "policy_hostile"),
+    ("trap-on-load", "policy_trap_on_load"),
+];
 
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
@@ -41,7 +47,6 @@ pub fn build(layout: &Layout) -> Result<Vec<PathBuf>, String> {
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--release")
-        .arg("--locked")
         .arg("--target")
         .arg(WASM_TARGET)
         .arg("--manifest-path")

@@ -1,0 +1,634 @@
+// Package policy runs an aci-cache strategy engine: a WebAssembly component of the WIT world
+// aci:cache/engine@0.1.0, which exports the interface aci:cache/policy@0.1.0 and imports
+// nothing.
+//
+// Go has no component runtime, so this package takes the component's single core module out
+// of the component binary, runs it with wazero, and lowers and lifts the canonical ABI itself
+// for exactly this interface's types. The engine never reads a clock: every time-dependent
+// method takes nowMs, milliseconds on a clock the host chooses.
+//
+// A call that traps (a guest bug, or the guest running out of memory) leaves the instance
+// unusable, as the component model requires. Only Configure returns an error, so the other
+// methods then return safe values instead (StrategyEager, so that the host publishes every
+// write itself; one batch with FlushAll, since buffered keys are lost) and Err reports the
+// failure. A host checks Err once per tick and replaces the engine.
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+)
+
+// Calls are synchronous and never block on I/O, and a cancellable context would make wazero
+// check for cancellation on every call: a background context is all they need.
+var bg = context.Background()
+
+// Module is a compiled policy. Compiling is the costly step (milliseconds); each Instantiate
+// is cheap and gives an independent engine, e.g. one per cache namespace.
+type Module struct {
+	rt       wazero.Runtime
+	compiled wazero.CompiledModule
+}
+
+// Compile checks that wasm is a policy component and compiles its core module.
+func Compile(wasm []byte) (*Module, error) {
+	m, err := compile(wasm)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return m, nil
+}
+
+func compile(wasm []byte) (*Module, error) {
+	mods, err := coreModules(wasm)
+	if err != nil {
+		return nil, err
+	}
+	if len(mods) == 0 {
+		return nil, fmt.Errorf("%w: the component embeds no core module", ErrNotPolicy)
+	}
+	rt := wazero.NewRuntime(bg)
+	// wit-component gives a world that imports nothing a single core module; should a
+	// component carry helper modules too, the one with the interface's exports is the guest.
+	var problems []string
+	for i, mod := range mods {
+		compiled, err := rt.CompileModule(bg, mod)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("core module %d does not compile: %v", i, err))
+			continue
+		}
+		if err := checkExports(compiled); err != nil {
+			_ = compiled.Close(bg)
+			problems = append(problems, fmt.Sprintf("core module %d: %v", i, err))
+			continue
+		}
+		return &Module{rt: rt, compiled: compiled}, nil
+	}
+	_ = rt.Close(bg)
+	return nil, fmt.Errorf("%w: %s", ErrNotPolicy, strings.Join(problems, "; "))
+}
+
+// CompileFile is Compile for the component file at path.
+func CompileFile(path string) (*Module, error) {
+	wasm, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	m, err := compile(wasm)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// checkExports verifies that a core module has the exports this host calls, with the core
+// signatures the canonical ABI gives this interface's functions, and no imports. A mismatch is
+// found here, at load, instead of as a trap or as garbage at the first call.
+func checkExports(c wazero.CompiledModule) error {
+	var problems []string
+	for _, f := range c.ImportedFunctions() {
+		mod, name, _ := f.Import()
+		problems = append(problems, fmt.Sprintf("imports function %s.%s (a policy imports nothing)", mod, name))
+	}
+	for _, m := range c.ImportedMemories() {
+		mod, name, _ := m.Import()
+		problems = append(problems, fmt.Sprintf("imports memory %s.%s (a policy imports nothing)", mod, name))
+	}
+	if _, ok := c.ExportedMemories()[exportMemory]; !ok {
+		problems = append(problems, fmt.Sprintf("no %q export", exportMemory))
+	}
+	fns := c.ExportedFunctions()
+	checkSig := func(name string, params, results []api.ValueType) {
+		def, ok := fns[name]
+		if !ok {
+			problems = append(problems, fmt.Sprintf("no %q export", name))
+			return
+		}
+		if !sameTypes(def.ParamTypes(), params) || !sameTypes(def.ResultTypes(), results) {
+			problems = append(problems, fmt.Sprintf("%q has core signature %s, want %s", name,
+				sigString(def.ParamTypes(), def.ResultTypes()), sigString(params, results)))
+		}
+	}
+	checkSig(exportRealloc, reallocParams, []api.ValueType{i32})
+	for _, f := range coreFuncs {
+		checkSig(f.exportName(), f.params, f.results)
+		// Post-return is optional in the canonical ABI (wit-bindgen emits it only where the
+		// guest allocated results); where present it takes the function's flat results.
+		if _, ok := fns[f.postReturnName()]; ok {
+			checkSig(f.postReturnName(), f.results, nil)
+		}
+	}
+	// A module of another world lacks every export: name a few, not all fourteen.
+	const shown = 3
+	switch {
+	case len(problems) > shown:
+		return fmt.Errorf("%s; and %d more problems", strings.Join(problems[:shown], "; "), len(problems)-shown)
+	case len(problems) > 0:
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+func sameTypes(a, b []api.ValueType) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func sigString(params, results []api.ValueType) string {
+	names := func(ts []api.ValueType) string {
+		s := make([]string, len(ts))
+		for i, t := range ts {
+			s[i] = api.ValueTypeName(t)
+		}
+		return "(" + strings.Join(s, ", ") + ")"
+	}
+	return names(params) + " -> " + names(results)
+}
+
+// Instantiate creates a fresh engine: default config, leading, nothing measured or buffered.
+func (m *Module) Instantiate() (*Engine, error) {
+	// An anonymous instance, so that one runtime holds any number of them. wit-component
+	// runs a reactor's _initialize before any export is called; Rust policies have none.
+	cfg := wazero.NewModuleConfig().WithName("").WithStartFunctions("_initialize")
+	mod, err := m.rt.InstantiateModule(bg, m.compiled, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("policy: instantiate: %w", err)
+	}
+	e := &Engine{mod: mod, mem: mod.ExportedMemory(exportMemory), realloc: mod.ExportedFunction(exportRealloc)}
+	for i, f := range coreFuncs {
+		e.fns[i] = export{fn: mod.ExportedFunction(f.exportName()), post: mod.ExportedFunction(f.postReturnName())}
+	}
+	return e, nil
+}
+
+// Close releases the compiled code. Engines instantiated from m must not be used afterwards.
+func (m *Module) Close() error { return m.rt.Close(bg) }
+
+// Load compiles the policy component at path and instantiates one engine; closing the engine
+// releases everything.
+func Load(path string) (*Engine, error) {
+	m, err := CompileFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return m.instantiateOwned()
+}
+
+// LoadBytes is Load for a component already in memory.
+func LoadBytes(wasm []byte) (*Engine, error) {
+	m, err := Compile(wasm)
+	if err != nil {
+		return nil, err
+	}
+	return m.instantiateOwned()
+}
+
+// instantiateOwned gives m to its only engine, whose Close then releases m too.
+func (m *Module) instantiateOwned() (*Engine, error) {
+	e, err := m.Instantiate()
+	if err != nil {
+		_ = m.Close()
+		return nil, err
+	}
+	e.owner = m
+	return e, nil
+}
+
+// Engine is one instance of a policy. It is safe for concurrent use: calls are serialised,
+// since a component instance runs one call at a time.
+type Engine struct {
+	mu      sync.Mutex
+	mod     api.Module
+	mem     api.Memory
+	realloc api.Function
+	fns     [numFuncs]export
+	owner   *Module // set by Load, which compiled the module for this engine alone
+
+	// stack carries a call's flat parameters in and its flat results out; reusing it
+	// keeps calls free of allocations. 16 is the canonical ABI's limit on flat parameters.
+	stack [16]uint64
+
+	err       error // first failure; the instance is unusable from then on
+	flushOwed bool  // a failure lost the buffer: the next PendingBatch reports FlushAll
+}
+
+type export struct {
+	fn, post api.Function // post is nil where the guest exports no post-return
+}
+
+// CallError is a trap, or a result that breaks the canonical ABI, in a call into the engine.
+type CallError struct {
+	Func string // WIT function name, e.g. "record-write"
+	Err  error
+}
+
+func (e *CallError) Error() string {
+	return fmt.Sprintf("policy: %s failed, engine unusable: %v", e.Func, e.Err)
+}
+
+func (e *CallError) Unwrap() error { return e.Err }
+
+// ErrClosed is the Err of an engine after Close.
+var ErrClosed = errors.New("policy: engine closed")
+
+// Err returns the failure that made the engine unusable, or nil while it works.
+func (e *Engine) Err() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// Close releases the instance (and, for an engine from Load, its compiled module).
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err == nil {
+		e.err = ErrClosed
+	}
+	err := e.mod.Close(bg)
+	if e.owner != nil {
+		if cerr := e.owner.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+func (e *Engine) fail(i fnIndex, err error) {
+	if e.err == nil {
+		e.err = &CallError{Func: coreFuncs[i].name, Err: err}
+		e.flushOwed = true
+	}
+}
+
+// invoke calls function i with its flat parameters already in e.stack and leaves its flat
+// results there. It reports false once the engine has failed.
+func (e *Engine) invoke(i fnIndex) bool {
+	if e.err != nil {
+		return false
+	}
+	if err := e.fns[i].fn.CallWithStack(bg, e.stack[:]); err != nil {
+		e.fail(i, err)
+		return false
+	}
+	return true
+}
+
+// postReturn lets the guest free what it allocated for function i's results, which must have
+// been copied out already. ret is the function's flat result.
+func (e *Engine) postReturn(i fnIndex, ret uint64) {
+	if post := e.fns[i].post; post != nil && e.err == nil {
+		e.stack[0] = ret
+		if err := post.CallWithStack(bg, e.stack[:]); err != nil {
+			e.fail(i, fmt.Errorf("post-return: %w", err))
+		}
+	}
+}
+
+// memory returns all of linear memory. The view is valid until the guest runs again (it may
+// grow memory), which is long enough to lift one call's results.
+func (e *Engine) memory() []byte {
+	m, _ := e.mem.Read(0, e.mem.Size())
+	return m
+}
+
+// alloc asks the guest for size bytes with cabi_realloc; the guest owns them once they are
+// passed as an argument.
+func (e *Engine) alloc(align, size uint32) (uint32, error) {
+	e.stack[0], e.stack[1], e.stack[2], e.stack[3] = 0, 0, uint64(align), uint64(size)
+	if err := e.realloc.CallWithStack(bg, e.stack[:]); err != nil {
+		return 0, fmt.Errorf("cabi_realloc: %w", err)
+	}
+	ptr := uint32(e.stack[0])
+	if ptr%align != 0 || uint64(ptr)+uint64(size) > uint64(e.mem.Size()) {
+		return 0, fmt.Errorf("cabi_realloc returned %#x for %d bytes (align %d), outside memory or misaligned", ptr, size, align)
+	}
+	return ptr, nil
+}
+
+// lowerString copies s into guest memory as a WIT string (UTF-8).
+func (e *Engine) lowerString(s string) (ptr, n uint32, err error) {
+	s = validUTF8(s)
+	if uint64(len(s)) > math.MaxUint32 {
+		return 0, 0, fmt.Errorf("string of %d bytes exceeds 32-bit memory", len(s))
+	}
+	n = uint32(len(s))
+	if ptr, err = e.alloc(1, n); err != nil {
+		return 0, 0, err
+	}
+	e.mem.WriteString(ptr, s) // alloc checked the range
+	return ptr, n, nil
+}
+
+// lowerStrings copies keys into guest memory as a list<string>: the list of (ptr, len) pairs
+// first, then each string, every one its own allocation since the guest frees them one by one.
+func (e *Engine) lowerStrings(keys []string) (ptr, n uint32, err error) {
+	if uint64(len(keys))*stringSize > math.MaxUint32 {
+		return 0, 0, fmt.Errorf("list of %d strings exceeds 32-bit memory", len(keys))
+	}
+	n = uint32(len(keys))
+	if ptr, err = e.alloc(stringAlign, n*stringSize); err != nil {
+		return 0, 0, err
+	}
+	for i, k := range keys {
+		sp, sn, err := e.lowerString(k)
+		if err != nil {
+			return 0, 0, err
+		}
+		at := ptr + uint32(i)*stringSize
+		e.mem.WriteUint32Le(at, sp)
+		e.mem.WriteUint32Le(at+4, sn)
+	}
+	return ptr, n, nil
+}
+
+// strategyCall invokes function i, whose parameters are in place, and lifts its strategy.
+func (e *Engine) strategyCall(i fnIndex) Strategy {
+	if !e.invoke(i) {
+		return StrategyEager
+	}
+	ret := e.stack[0]
+	s, err := liftStrategy(uint32(ret))
+	if err != nil {
+		e.fail(i, err)
+		return StrategyEager
+	}
+	e.postReturn(i, ret)
+	return s
+}
+
+// returnArea invokes function i, whose parameters are in place, and returns its return area
+// and the whole memory it lies in. ok is false once the engine has failed.
+func (e *Engine) returnArea(i fnIndex, size, align uint32) (area, mem []byte, ret uint64, ok bool) {
+	if !e.invoke(i) {
+		return nil, nil, 0, false
+	}
+	ret = e.stack[0]
+	mem = e.memory()
+	area, err := region(mem, uint32(ret), size, align)
+	if err != nil {
+		e.fail(i, fmt.Errorf("return area: %w", err))
+		return nil, nil, 0, false
+	}
+	return area, mem, ret, true
+}
+
+// Describe returns the policy's name and version.
+func (e *Engine) Describe() PolicyInfo {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	area, mem, ret, ok := e.returnArea(fnDescribe, policyInfoSize, policyInfoAlign)
+	if !ok {
+		return PolicyInfo{}
+	}
+	name, err := liftStringAt(mem, area, 0)
+	if err != nil {
+		e.fail(fnDescribe, fmt.Errorf("name: %w", err))
+		return PolicyInfo{}
+	}
+	version, err := liftStringAt(mem, area, 8)
+	if err != nil {
+		e.fail(fnDescribe, fmt.Errorf("version: %w", err))
+		return PolicyInfo{}
+	}
+	e.postReturn(fnDescribe, ret)
+	return PolicyInfo{Name: name, Version: version}
+}
+
+// DefaultConfig returns the config in force when an instance starts.
+func (e *Engine) DefaultConfig() Config {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	area, _, ret, ok := e.returnArea(fnDefaultConfig, configSize, configAlign)
+	if !ok {
+		return Config{}
+	}
+	initial, err := liftStrategy(uint32(area[36]))
+	if err != nil {
+		e.fail(fnDefaultConfig, fmt.Errorf("initial-strategy: %w", err))
+		return Config{}
+	}
+	cfg := Config{
+		LowThreshold:    f64At(area, 0),
+		HighThreshold:   f64At(area, 8),
+		WindowMs:        int32(u32At(area, 16)),
+		HoldMs:          int32(u32At(area, 20)),
+		BatchIntervalMs: int32(u32At(area, 24)),
+		BatchMaxKeys:    int32(u32At(area, 28)),
+		BatchMaxBytes:   int32(u32At(area, 32)),
+		InitialStrategy: initial,
+	}
+	e.postReturn(fnDefaultConfig, ret)
+	return cfg
+}
+
+// Configure validates cfg and, if valid, puts it in force at nowMs: the rate measurement
+// restarts, the strategy becomes cfg.InitialStrategy and the engine leads. A refused config
+// changes nothing and comes back as a *ConfigError naming the first invalid field. An
+// InitialStrategy outside the three strategies cannot be passed to the engine at all, so it
+// is refused here, before the engine checks the other fields.
+func (e *Engine) Configure(cfg Config, nowMs uint64) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return e.err
+	}
+	if !cfg.InitialStrategy.valid() {
+		return &ConfigError{Field: "initial-strategy",
+			Message: fmt.Sprintf("must be ttl, batched or eager, got %d", uint8(cfg.InitialStrategy))}
+	}
+	s := &e.stack
+	s[0], s[1] = api.EncodeF64(cfg.LowThreshold), api.EncodeF64(cfg.HighThreshold)
+	s[2], s[3], s[4] = api.EncodeI32(cfg.WindowMs), api.EncodeI32(cfg.HoldMs), api.EncodeI32(cfg.BatchIntervalMs)
+	s[5], s[6] = api.EncodeI32(cfg.BatchMaxKeys), api.EncodeI32(cfg.BatchMaxBytes)
+	s[7], s[8] = uint64(cfg.InitialStrategy), nowMs
+	area, mem, ret, ok := e.returnArea(fnConfigure, configResultSize, configResultAlign)
+	if !ok {
+		return e.err
+	}
+	var result error
+	switch area[0] {
+	case 0: // ok
+	case 1: // err(config-error)
+		field, err := liftStringAt(mem, area, 4)
+		if err != nil {
+			e.fail(fnConfigure, fmt.Errorf("config-error.field: %w", err))
+			return e.err
+		}
+		message, err := liftStringAt(mem, area, 12)
+		if err != nil {
+			e.fail(fnConfigure, fmt.Errorf("config-error.message: %w", err))
+			return e.err
+		}
+		result = &ConfigError{Field: field, Message: message}
+	default:
+		e.fail(fnConfigure, fmt.Errorf("result discriminant %d out of range", area[0]))
+		return e.err
+	}
+	e.postReturn(fnConfigure, ret)
+	if e.err != nil {
+		return e.err
+	}
+	return result
+}
+
+// RecordWrite counts one write made by this instance and returns the strategy in force after
+// it. Under StrategyBatched the engine buffers key; under StrategyEager the host publishes
+// key itself. A key that is not valid UTF-8 has each invalid byte replaced by U+FFFD, since
+// a WIT string (like a JSON one on the wire) must be UTF-8.
+func (e *Engine) RecordWrite(key string, nowMs uint64) Strategy {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return StrategyEager
+	}
+	ptr, n, err := e.lowerString(key)
+	if err != nil {
+		e.fail(fnRecordWrite, err)
+		return StrategyEager
+	}
+	e.stack[0], e.stack[1], e.stack[2] = uint64(ptr), uint64(n), nowMs
+	return e.strategyCall(fnRecordWrite)
+}
+
+// RecordWrites is RecordWrite for each key in order, all at nowMs, in one call; it returns
+// the strategy after the last key. Hosts whose writes are many use it once per tick.
+func (e *Engine) RecordWrites(keys []string, nowMs uint64) Strategy {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return StrategyEager
+	}
+	ptr, n, err := e.lowerStrings(keys)
+	if err != nil {
+		e.fail(fnRecordWrites, err)
+		return StrategyEager
+	}
+	e.stack[0], e.stack[1], e.stack[2] = uint64(ptr), uint64(n), nowMs
+	return e.strategyCall(fnRecordWrites)
+}
+
+// RecordRemoteWrites counts writes reported by other instances; they move the rate but are
+// not buffered. It returns the strategy in force after counting them.
+func (e *Engine) RecordRemoteWrites(count uint32, nowMs uint64) Strategy {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stack[0], e.stack[1] = uint64(count), nowMs
+	return e.strategyCall(fnRecordRemoteWrites)
+}
+
+// CurrentStrategy returns the strategy in force at nowMs, after any switch that time alone
+// causes.
+func (e *Engine) CurrentStrategy(nowMs uint64) Strategy {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stack[0] = nowMs
+	return e.strategyCall(fnCurrentStrategy)
+}
+
+// WriteRate returns fleet writes per second over the window ending at nowMs (0 once the
+// engine has failed).
+func (e *Engine) WriteRate(nowMs uint64) float64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stack[0] = nowMs
+	if !e.invoke(fnWriteRate) {
+		return 0
+	}
+	ret := e.stack[0]
+	e.postReturn(fnWriteRate, ret)
+	return liftF64(ret)
+}
+
+// PendingBatch drains the buffer when a batch is due and returns it; otherwise it returns no
+// keys. After the engine has failed, the first call returns FlushAll (the buffered keys are
+// lost) and later ones return nothing.
+func (e *Engine) PendingBatch(nowMs uint64) Batch {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stack[0] = nowMs
+	area, mem, ret, ok := e.returnArea(fnPendingBatch, batchSize, batchAlign)
+	if ok {
+		keys, err := liftStrings(mem, u32At(area, 0), u32At(area, 4))
+		if err != nil {
+			e.fail(fnPendingBatch, fmt.Errorf("keys: %w", err))
+		} else {
+			b := Batch{Keys: keys, FlushAll: liftBool(area[8])}
+			e.postReturn(fnPendingBatch, ret)
+			if e.err == nil {
+				return b
+			}
+		}
+	}
+	if e.flushOwed {
+		e.flushOwed = false
+		return Batch{FlushAll: true}
+	}
+	return Batch{}
+}
+
+// Status returns everything a host observes at nowMs, in one call.
+func (e *Engine) Status(nowMs uint64) Snapshot {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stack[0] = nowMs
+	area, _, ret, ok := e.returnArea(fnStatus, snapshotSize, snapshotAlign)
+	if ok {
+		s, err := liftStrategy(uint32(area[0]))
+		if err != nil {
+			e.fail(fnStatus, fmt.Errorf("strategy: %w", err))
+		} else {
+			snap := Snapshot{
+				Strategy:     s,
+				WriteRate:    f64At(area, 8),
+				BufferedKeys: u32At(area, 16),
+				BatchDue:     liftBool(area[20]),
+				Switches:     u64At(area, 24),
+				Following:    liftBool(area[32]),
+			}
+			e.postReturn(fnStatus, ret)
+			if e.err == nil {
+				return snap
+			}
+		}
+	}
+	// Consistent with PendingBatch's fallback: eager, and a batch due until the flush is taken.
+	return Snapshot{Strategy: StrategyEager, BatchDue: e.flushOwed}
+}
+
+// Follow puts the engine in follower mode: from now on its strategy is the last one given
+// here (the fleet controller's decision). Writes are still counted and buffered under
+// StrategyBatched. It panics on a Strategy outside the three defined ones.
+func (e *Engine) Follow(s Strategy, nowMs uint64) {
+	if !s.valid() {
+		panic(fmt.Sprintf("policy: Follow(%v): invalid strategy", s))
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stack[0], e.stack[1] = uint64(s), nowMs
+	e.invoke(fnFollow)
+}
+
+// Lead puts the engine back in leader mode (the default): it decides again from its own
+// measurement, starting from the strategy in force.
+func (e *Engine) Lead(nowMs uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stack[0] = nowMs
+	e.invoke(fnLead)
+}

@@ -1,0 +1,312 @@
+package policy_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/aci-cache/aci-cache/go/policy"
+)
+
+func le32(vs ...uint32) []byte {
+	var out []byte
+	for _, v := range vs {
+		out = binary.LittleEndian.AppendUint32(out, v)
+	}
+	return out
+}
+
+// TestLoadRejects writes files that are not policies and checks that Load refuses each with an
+// error that says why (and that errors.Is can classify), never with a panic.
+func TestLoadRejects(t *testing.T) {
+	realPolicy, err := os.ReadFile(filepath.Join(policyDir(t), "adaptive.wasm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	allTrapping := policyShape(nil)
+	withImport := policyShape(nil)
+	withImport.imports = []wasmImport{{module: "wasi:cli/environment@0.2.0", name: "get-environment", params: []byte{tI32}}}
+	// Every export present, but configure takes its config as a pointer, as it would if the
+	// record had grown past 16 flat values.
+	wrongSigs := policyShape(nil)
+	for _, ex := range wrongSigs.exports {
+		if ex.name == "aci:cache/policy@0.1.0#configure" {
+			wrongSigs.funcs[ex.idx] = wasmFunc{params: []byte{tI32, tI64}, results: []byte{tI32}, body: []byte{opUnreachable}}
+		}
+	}
+
+	tests := []struct {
+		name    string
+		file    []byte
+		wantErr error
+		wantMsg string
+	}{
+		{"text file", []byte("#!/bin/sh\necho not wasm\n"), policy.ErrNotWasm, "not a WebAssembly binary"},
+		{"empty file", nil, policy.ErrNotWasm, "not a WebAssembly binary"},
+		{"empty core module", coreModule{}.bytes(), policy.ErrNotComponent, "core module"},
+		{"policy-shaped core module", allTrapping.bytes(), policy.ErrNotComponent, "core module"},
+		{"unknown layer", []byte("\x00asm\x0d\x00\x02\x00"), policy.ErrNotComponent, "unknown layer 2"},
+		{"component without core module", component(), policy.ErrNotPolicy, "embeds no core module"},
+		{"component of another interface", component(coreModule{memory: true,
+			funcs:   []wasmFunc{{results: []byte{tI32}, body: i32Const(0)}},
+			exports: []wasmExport{{name: "memory", kind: 2}, {name: "wasi:cli/run@0.2.0#run", idx: 0}}}.bytes()),
+			policy.ErrNotPolicy, `no "aci:cache/policy@0.1.0#describe" export`},
+		{"component with wrong signatures", component(wrongSigs.bytes()), policy.ErrNotPolicy,
+			`"aci:cache/policy@0.1.0#configure" has core signature (i32, i64) -> (i32), want (f64, f64, i32, i32, i32, i32, i32, i32, i64) -> (i32)`},
+		{"component whose module imports", component(withImport.bytes()), policy.ErrNotPolicy,
+			"imports function wasi:cli/environment@0.2.0.get-environment"},
+		{"component with a broken core module", component([]byte("\x00asm\x01\x00\x00\x00\x01\xff")), policy.ErrNotPolicy,
+			"does not compile"},
+		{"truncated component", realPolicy[:len(realPolicy)/2], policy.ErrMalformed, "claims"},
+	}
+	dir := t.TempDir()
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".wasm")
+			if err := os.WriteFile(path, tc.file, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			e, err := policy.Load(path)
+			if err == nil {
+				_ = e.Close()
+				t.Fatalf("case %d: Load(%s) succeeded", i, path)
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Errorf("error %q is not %v", err, tc.wantErr)
+			}
+			if !strings.Contains(err.Error(), tc.wantMsg) || !strings.Contains(err.Error(), path) {
+				t.Errorf("error %q does not name the file and say %q", err, tc.wantMsg)
+			}
+		})
+	}
+
+	t.Run("missing file", func(t *testing.T) {
+		_, err := policy.Load(filepath.Join(dir, "nope.wasm"))
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("got %v, want a not-exist error", err)
+		}
+	})
+}
+
+// TestTrapMakesEngineUnusable runs a policy whose every function traps: each method must
+// return its documented safe value, Err must say what failed, and nothing may panic.
+func TestTrapMakesEngineUnusable(t *testing.T) {
+	e, err := policy.LoadBytes(component(policyShape(nil).bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Err(); err != nil {
+		t.Fatalf("fresh engine has Err %v", err)
+	}
+	if s := e.RecordWrite("user:1", 0); s != policy.StrategyEager {
+		t.Errorf("RecordWrite on a trapping engine = %v, want eager", s)
+	}
+	var callErr *policy.CallError
+	if err := e.Err(); !errors.As(err, &callErr) || callErr.Func != "record-write" {
+		t.Fatalf("Err() = %v, want a *CallError for record-write", err)
+	}
+	if st := e.Status(1); st != (policy.Snapshot{Strategy: policy.StrategyEager, BatchDue: true}) {
+		t.Errorf("Status before the flush = %+v", st)
+	}
+	if b := e.PendingBatch(1); !b.FlushAll || len(b.Keys) != 0 {
+		t.Errorf("first PendingBatch after a failure = %+v, want FlushAll", b)
+	}
+	if b := e.PendingBatch(2); b.FlushAll || len(b.Keys) != 0 {
+		t.Errorf("second PendingBatch after a failure = %+v, want nothing", b)
+	}
+	if st := e.Status(2); st != (policy.Snapshot{Strategy: policy.StrategyEager}) {
+		t.Errorf("Status after the flush = %+v", st)
+	}
+	if err := e.Configure(policy.Config{}, 3); !errors.As(err, &callErr) {
+		t.Errorf("Configure on a failed engine = %v, want its *CallError", err)
+	}
+	e.Follow(policy.StrategyTTL, 3)
+	e.Lead(3)
+	if s := e.CurrentStrategy(3); s != policy.StrategyEager {
+		t.Errorf("CurrentStrategy = %v", s)
+	}
+	if r := e.WriteRate(3); r != 0 {
+		t.Errorf("WriteRate = %v", r)
+	}
+	if e.Describe() != (policy.PolicyInfo{}) || e.DefaultConfig() != (policy.Config{}) {
+		t.Error("Describe or DefaultConfig returned data from a failed engine")
+	}
+	if err := e.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+// TestBadResultsAreErrors runs a policy that returns results breaking the canonical ABI; each
+// must make the engine fail with a message saying what was wrong.
+func TestBadResultsAreErrors(t *testing.T) {
+	const iface = "aci:cache/policy@0.1.0#"
+	shape := policyShape(map[string][]byte{
+		"cabi_realloc":                         i32Const(1024),
+		iface + "describe":                     i32Const(16),         // strings of invalid UTF-8
+		iface + "default-config":               i32Const(4),          // misaligned for a record of align 8
+		iface + "configure":                    i32Const(48),         // result discriminant 2
+		iface + "record-write":                 i32Const(7),          // strategy 7
+		iface + "current-strategy":             i32Const(1),          // fine: batched
+		iface + "pending-batch":                i32Const(32),         // a list far outside memory
+		iface + "status":                       i32Const(0x7ffffff8), // return area outside memory
+		iface + "write-rate":                   append([]byte{opF64Const}, le64(0x7ff8_dead_beef_0001)...),
+		"cabi_post_" + iface + "pending-batch": nil,
+	})
+	shape.data = []wasmData{
+		{16, le32(64, 2, 64, 2)},
+		{32, le32(0xffff_fff0, 3, 0)},
+		{48, []byte{2}},
+		{64, []byte{0xff, 0xfe}},
+	}
+	m, err := policy.Compile(component(shape.bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+
+	tests := []struct {
+		name    string
+		call    func(e *policy.Engine)
+		wantMsg string
+	}{
+		{"describe", func(e *policy.Engine) { e.Describe() }, "not valid UTF-8"},
+		{"default-config", func(e *policy.Engine) { e.DefaultConfig() }, "not 8-byte aligned"},
+		{"configure", func(e *policy.Engine) { _ = e.Configure(policy.Config{}, 0) }, "discriminant 2 out of range"},
+		{"record-write", func(e *policy.Engine) { e.RecordWrite("k", 0) }, "strategy discriminant 7 out of range"},
+		{"pending-batch", func(e *policy.Engine) { e.PendingBatch(0) }, "outside linear memory"},
+		{"status", func(e *policy.Engine) { e.Status(0) }, "outside linear memory"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := m.Instantiate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			tc.call(e)
+			var callErr *policy.CallError
+			if err := e.Err(); !errors.As(err, &callErr) || callErr.Func != tc.name || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("Err() = %v, want a *CallError for %s saying %q", err, tc.name, tc.wantMsg)
+			}
+		})
+	}
+
+	t.Run("healthy calls", func(t *testing.T) {
+		e, err := m.Instantiate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		if s := e.CurrentStrategy(0); s != policy.StrategyBatched {
+			t.Errorf("CurrentStrategy = %v, want batched", s)
+		}
+		if r := e.WriteRate(0); !math.IsNaN(r) {
+			t.Errorf("WriteRate = %v, want NaN", r)
+		}
+		if err := e.Err(); err != nil {
+			t.Errorf("Err() = %v", err)
+		}
+	})
+}
+
+func le64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+
+func TestConfigureRefusesUnknownStrategy(t *testing.T) {
+	e := newEngine(t, "adaptive")
+	cfg := e.DefaultConfig()
+	cfg.InitialStrategy = 9
+	var cerr *policy.ConfigError
+	if err := e.Configure(cfg, 0); !errors.As(err, &cerr) || cerr.Field != "initial-strategy" {
+		t.Fatalf("Configure = %v, want a ConfigError on initial-strategy", err)
+	}
+	if err := e.Err(); err != nil {
+		t.Fatalf("a refused config broke the engine: %v", err)
+	}
+}
+
+func TestNonUTF8KeyIsReplaced(t *testing.T) {
+	e := newEngine(t, "fixed")
+	cfg := e.DefaultConfig()
+	cfg.InitialStrategy = policy.StrategyBatched
+	if err := e.Configure(cfg, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.RecordWrite("a\xffb", 0)
+	e.RecordWrites([]string{"\xc3", "ok"}, 0)
+	b := e.PendingBatch(uint64(cfg.BatchIntervalMs))
+	want := []string{"a\uFFFDb", "\uFFFD", "ok"}
+	if strings.Join(b.Keys, "|") != strings.Join(want, "|") {
+		t.Errorf("keys = %q, want %q", b.Keys, want)
+	}
+}
+
+// TestInstancesAreIndependent checks that engines from one Module share code, not state.
+func TestInstancesAreIndependent(t *testing.T) {
+	a, b := newEngine(t, "adaptive"), newEngine(t, "adaptive")
+	a.RecordRemoteWrites(1000, 0)
+	if ra, rb := a.WriteRate(0), b.WriteRate(0); ra == 0 || rb != 0 {
+		t.Errorf("write rates %v and %v, want only the first non-zero", ra, rb)
+	}
+}
+
+// TestConcurrentCalls checks that the engine serialises calls from many goroutines: every
+// write is counted once.
+func TestConcurrentCalls(t *testing.T) {
+	e := newEngine(t, "adaptive")
+	const workers, writes = 4, 500
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < writes; i++ {
+				e.RecordWrite("user:1", 0)
+				e.Status(0)
+			}
+		}()
+	}
+	wg.Wait()
+	// Default window: 5000 ms, so the rate is writes / 5 s.
+	if got, want := e.WriteRate(0), float64(workers*writes)/5; got != want {
+		t.Errorf("write rate %v, want %v", got, want)
+	}
+	if err := e.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStrategyText(t *testing.T) {
+	for _, s := range []policy.Strategy{policy.StrategyTTL, policy.StrategyBatched, policy.StrategyEager} {
+		text, err := s.MarshalText()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back policy.Strategy
+		if err := back.UnmarshalText(text); err != nil || back != s || string(text) != s.String() {
+			t.Errorf("%v: text %q reads back as %v (%v)", s, text, back, err)
+		}
+	}
+	if _, err := policy.ParseStrategy("fast"); err == nil {
+		t.Error(`ParseStrategy("fast") succeeded`)
+	}
+	if _, err := policy.Strategy(3).MarshalText(); err == nil {
+		t.Error("Strategy(3).MarshalText succeeded")
+	}
+}
+
+func TestFollowPanicsOnUnknownStrategy(t *testing.T) {
+	e := newEngine(t, "adaptive")
+	defer func() {
+		if recover() == nil {
+			t.Error("Follow(Strategy(5)) did not panic")
+		}
+	}()
+	e.Follow(5, 0)
+}

@@ -1,0 +1,98 @@
+//! `aci`: the command-line face of the aci-cache library. Thin: parsing, printing, exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use aci_cache::policy::{PolicyConfig, PolicyModule, PolicyRuntime, SandboxLimits};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "aci", version, about = "Adaptive cache invalidation for Redis")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a policy component's name, version and exported functions.
+    Inspect {
+        /// The policy component (.wasm).
+        file: PathBuf,
+    },
+    /// Replay a write trace through a policy and print the strategy timeline.
+    Simulate {
+        /// The policy component; default: the bundled adaptive policy.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The trace file (see traces/ramp.trace for the format).
+        #[arg(long)]
+        trace: PathBuf,
+        /// Host tick in milliseconds (how often batches are drained).
+        #[arg(long, default_value_t = 250)]
+        tick_ms: u64,
+        #[command(flatten)]
+        tuning: cli::Tuning,
+    },
+    /// Run several in-process instances on Redis through a write-rate ramp, live.
+    Demo(cli::DemoArgs),
+    /// Measure the cache against raw Redis on the same server.
+    Bench(cli::BenchArgs),
+    /// One cache instance driven by line commands on stdin (for cross-language tests).
+    Node(cli::NodeArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, the whole cause chain: what a user can act on.
+            eprintln!("aci: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Inspect { file } => {
+            let module = PolicyModule::from_file(&file, SandboxLimits::default())
+                .with_context(|| format!("{}", file.display()))?;
+            let d = module.describe();
+            println!("policy:    {} {}", d.name, d.version);
+            println!("interface: {}", aci_cache::policy::INTERFACE);
+            println!("size:      {} bytes", d.size_bytes);
+            println!("imports:   none");
+            println!("exports:");
+            for f in d.functions {
+                println!("  {f}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { policy, trace, tick_ms, tuning } => {
+            let module = match &policy {
+                Some(p) => PolicyModule::from_file(p, SandboxLimits::default()).with_context(|| format!("{}", p.display()))?,
+                None => PolicyModule::adaptive(),
+            };
+            let text = std::fs::read_to_string(&trace).with_context(|| format!("reading {}", trace.display()))?;
+            let writes = aci_cache::simulate::parse_trace(&text).with_context(|| format!("{}", trace.display()))?;
+            let cfg: PolicyConfig = tuning.policy_config();
+            anyhow::ensure!(tick_ms > 0, "--tick-ms must be > 0");
+            let mut rt = PolicyRuntime::new(module.clone(), cfg.clone(), 0)?;
+            let sim = aci_cache::simulate::run(&mut rt, &writes, tick_ms, cfg.window_ms as u64 + cfg.hold_ms as u64);
+            print!("{}", aci_cache::simulate::report(&sim, module.name(), module.version(), &cfg));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => cli::demo(args),
+        Command::Bench(args) => cli::bench(args),
+        Command::Node(args) => cli::node(args),
+    }
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up the Python host: a venv at python/.venv with aci-cache installed (editable, with the
+# test extra) and the policy components copied into the package. Idempotent; needs only python3
+# (>= 3.10) and pip, plus the built policies in target/policies (built with
+# `cargo xtask policies` when cargo is there and they are missing).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+py="${PYTHON:-python3}"
+src="${ACI_POLICY_SRC:-$root/target/policies}"
+dest="$here/src/aci_cache/policies"
+
+"$py" - <<'PY'
+import sys
+if sys.version_info < (3, 10):
+    sys.exit(f"aci-cache needs Python >= 3.10, found {sys.version.split()[0]}")
+PY
+
+if [ ! -f "$src/adaptive.wasm" ] || [ ! -f "$src/fixed.wasm" ]; then
+    if command -v cargo >/dev/null 2>&1 && [ -z "${ACI_POLICY_SRC:-}" ]; then
+        echo "setup.sh: building the policy components (cargo xtask policies)"
+        (cd "$root" && cargo xtask policies)
+    else
+        echo "setup.sh: no policy components in $src (build them with: cargo xtask policies)" >&2
+        exit 1
+    fi
+fi
+mkdir -p "$dest"
+# Ship the two real policies only; hostile/trap-on-load are test fixtures read from $src.
+for name in adaptive fixed; do
+    if ! cmp -s "$src/$name.wasm" "$dest/$name.wasm" 2>/dev/null; then
+        cp "$src/$name.wasm" "$dest/$name.wasm"
+    fi
+done
+
+venv="$here/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+    if ! "$py" -m venv "$venv" 2>/dev/null; then
+        # Debian/Ubuntu without python3-venv: ensurepip is missing; fall back to virtualenv.
+        rm -rf "$venv"
+        "$py" -m pip install --user --quiet virtualenv 2>/dev/null \
+            || "$py" -m pip install --user --quiet --break-system-packages virtualenv
+        "$py" -m virtualenv --quiet "$venv"
+    fi
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[test]"
+"$venv/bin/python" -c "import aci_cache, wasmtime, redis; print('setup.sh: aci-cache', aci_cache.__version__, '| wasmtime', wasmtime.__version__ if hasattr(wasmtime, '__version__') else '?', '| redis', redis.__version__)"

@@ -1,0 +1,188 @@
+"""Configuration of a cache instance: the original's names and defaults, plus the near cache's."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional, Union
+
+from .engine import STRATEGIES
+
+__all__ = ["CacheConfig", "ROLES", "WIT_TO_PY"]
+
+ROLES = ("auto", "controller", "follower")
+
+#: Policy config field (WIT name) -> the constructor argument it comes from.
+WIT_TO_PY = {
+    "low-threshold": "low_threshold",
+    "high-threshold": "high_threshold",
+    "window-ms": "sliding_window",
+    "hold-ms": "hold",
+    "batch-interval-ms": "batch_interval",
+    "batch-max-keys": "batch_max_keys",
+    "batch-max-bytes": "batch_max_bytes",
+    "initial-strategy": "strategy",
+}
+
+_HEX12 = re.compile(r"^[0-9a-f]{12}$")
+
+
+@dataclass
+class CacheConfig:
+    """Every setting of :class:`~aci_cache.AdaptiveCache`, with its default.
+
+    The first nine are the original aci-cache 0.1.x settings, same names, same defaults; the rest
+    are new. Durations are seconds, rates writes per second over the whole fleet.
+    """
+
+    #: Above this fleet write rate the strategy is ``eager``.
+    high_threshold: float = 50.0
+    #: Below this fleet write rate the strategy is ``ttl``; between the two, ``batched``.
+    low_threshold: float = 10.0
+    #: Redis TTL that ``set`` gives a key when the call passes none.
+    default_ttl: float = 10
+    #: Longest time a written key waits in a batch before its invalidation is published.
+    batch_interval: float = 2.5
+    #: Controller liveness: followers that hear no controller for this long follow ``eager``; the
+    #: ``auto`` role's lease lasts this long.
+    controller_interval: float = 3.0
+    #: Span of the sliding window over which the write rate is measured.
+    sliding_window: float = 5.0
+    #: First part of every channel name (and of stored keys when there is a namespace).
+    channel_prefix: str = "aci"
+    #: Keys are stored as ``<prefix>:<namespace>:<key>``; channels are ``<prefix>:<namespace>:*``.
+    namespace: Optional[str] = None
+    #: True: controller; False: follower; None (not given): ``auto``, a Redis lease elects one.
+    is_controller: Optional[bool] = None
+
+    #: Longest life of an entry in the local (L1) cache; also capped by the key's Redis TTL.
+    local_ttl: float = 5.0
+    #: L1 capacity in entries (least recently used go first).
+    local_max_entries: int = 10_000
+    #: L1 capacity in bytes (keys plus values).
+    local_max_bytes: int = 64 << 20
+    #: Period of the background tick that feeds the policy and publishes batches and heartbeats.
+    tick_interval: float = 0.25
+    #: ``auto``, ``controller`` or ``follower``; overrides ``is_controller`` when given.
+    role: Optional[str] = None
+    #: Force one strategy (uses the ``fixed`` policy); None lets the adaptive policy decide.
+    strategy: Optional[str] = None
+    #: A policy component to use instead of the shipped one: path, bytes, or a shipped name.
+    policy: Union[str, os.PathLike, bytes, None] = None
+    #: Hysteresis before moving to a lower strategy (None: the policy's default, 3 s).
+    hold: Optional[float] = None
+    #: A batch is published as soon as it holds this many keys (None: the policy's default).
+    batch_max_keys: Optional[int] = None
+    #: ... or this many bytes of keys (None: the policy's default).
+    batch_max_bytes: Optional[int] = None
+    #: This instance's id in messages: 12 lowercase hex chars (None: random).
+    instance_id: Optional[str] = None
+    #: How long the constructor waits for the Pub/Sub subscription (reads bypass L1 until then).
+    connect_timeout: float = 2.0
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "CacheConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(
+                f"unknown AdaptiveCache settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid setting."""
+
+        def number(name: str, *, positive: bool = False, nonneg: bool = False, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and optional:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+            if not math.isfinite(v):
+                raise ValueError(f"{name} must be finite, got {v!r}")
+            if positive and v <= 0:
+                raise ValueError(f"{name} must be > 0, got {v!r}")
+            if nonneg and v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v!r}")
+
+        def integer(name: str, *, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and optional:
+                return
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+            if v <= 0:
+                raise ValueError(f"{name} must be > 0, got {v!r}")
+
+        number("high_threshold", nonneg=True)
+        number("low_threshold", nonneg=True)
+        if self.low_threshold >= self.high_threshold:
+            raise ValueError(
+                f"low_threshold must be less than high_threshold ({self.high_threshold}), got {self.low_threshold}"
+            )
+        number("default_ttl", positive=True)
+        number("batch_interval", positive=True)
+        number("controller_interval", positive=True)
+        number("sliding_window", positive=True)
+        if not isinstance(self.channel_prefix, str) or not self.channel_prefix:
+            raise ValueError(f"channel_prefix must be a non-empty string, got {self.channel_prefix!r}")
+        if self.namespace is not None and (not isinstance(self.namespace, str) or not self.namespace):
+            raise ValueError(f"namespace must be a non-empty string or None, got {self.namespace!r}")
+        if self.is_controller is not None and not isinstance(self.is_controller, bool):
+            raise ValueError(f"is_controller must be True, False or None, got {self.is_controller!r}")
+        number("local_ttl", positive=True)
+        integer("local_max_entries")
+        integer("local_max_bytes")
+        number("tick_interval", positive=True)
+        if self.role is not None and self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.strategy is not None and self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)} or None, got {self.strategy!r}")
+        number("hold", nonneg=True, optional=True)
+        integer("batch_max_keys", optional=True)
+        integer("batch_max_bytes", optional=True)
+        if self.instance_id is not None and (
+            not isinstance(self.instance_id, str) or not _HEX12.match(self.instance_id)
+        ):
+            raise ValueError(f"instance_id must be 12 lowercase hex characters, got {self.instance_id!r}")
+        number("connect_timeout", nonneg=True)
+
+    # -- derived -------------------------------------------------------------------------------
+
+    @property
+    def effective_role(self) -> str:
+        if self.role is not None:
+            return self.role
+        if self.is_controller is None:
+            return "auto"
+        return "controller" if self.is_controller else "follower"
+
+    def policy_overrides(self) -> Dict[str, Any]:
+        """The policy config fields these settings set (WIT names)."""
+        out: Dict[str, Any] = {
+            "low-threshold": float(self.low_threshold),
+            "high-threshold": float(self.high_threshold),
+            "window-ms": _ms(self.sliding_window),
+            "batch-interval-ms": _ms(self.batch_interval),
+        }
+        if self.hold is not None:
+            out["hold-ms"] = _ms(self.hold)
+        if self.batch_max_keys is not None:
+            out["batch-max-keys"] = self.batch_max_keys
+        if self.batch_max_bytes is not None:
+            out["batch-max-bytes"] = self.batch_max_bytes
+        if self.strategy is not None:
+            out["initial-strategy"] = self.strategy
+        return out
+
+
+def _ms(seconds: float) -> int:
+    v = int(round(seconds * 1000))
+    return max(v, 1) if seconds > 0 else v

@@ -44,8 +44,6 @@ pub enum Error {
     Policy(#[from] PolicyError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("the cache is shut down")]
-    Closed,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

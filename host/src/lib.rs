@@ -1,9 +1,27 @@
 //! aci-cache: a near cache over Redis whose fleet-wide invalidation strategy (ttl, batched or
 //! eager) a sandboxed WebAssembly policy picks from the live write rate.
+//!
+//! ```no_run
+//! # async fn demo() -> aci_cache::Result<()> {
+//! let cache = aci_cache::AciCache::builder().redis_url("redis://127.0.0.1:6379").namespace("shop").build().await?;
+//! cache.set("user:1", "alice", None).await?;
+//! assert_eq!(cache.get_string("user:1").await?.as_deref(), Some("alice"));
+//! cache.shutdown().await?;
+//! # Ok(()) }
+//! ```
 
+pub mod cache;
+pub mod config;
 pub mod error;
+mod fleet;
+pub mod loss_detector;
+pub mod near_cache;
 pub mod policy;
+pub mod redis_server;
 pub mod simulate;
+pub mod wire;
 
+pub use cache::{AciCache, Stats, SwitchEvent};
+pub use config::{CacheBuilder, PolicySource, Role, Settings};
 pub use error::{ConfigError, Error, PolicyError, Result};
 pub use policy::{PolicyModule, SandboxLimits, Strategy};

@@ -537,6 +537,11 @@ impl PolicyRuntime {
         b
     }
 
+    /// The next drain reports `flush_all`: used when a drained batch could not be published.
+    pub fn force_flush_next(&mut self) {
+        self.lost_buffer = true;
+    }
+
     pub fn follow(&mut self, strategy: Strategy, now_ms: u64) {
         self.following = Some(strategy);
         self.run("follow", now_ms, |i| i.follow(strategy, now_ms));

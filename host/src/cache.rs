@@ -1,0 +1,413 @@
+//! The public cache: `get` serves from L1 when it can, `set` writes Redis and tells the fleet
+//! by the strategy in force, `delete` always tells the fleet at once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{CacheBuilder, PolicySource, Role, Settings};
+use crate::error::Result;
+use crate::fleet;
+use crate::loss_detector::LossDetector;
+use crate::near_cache::NearCache;
+use crate::policy::{PolicyConfig, PolicyModule, PolicyRuntime, Strategy};
+use crate::wire::{Names, Sender};
+
+/// A strategy change, as `stats().switches` lists them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwitchEvent {
+    /// Unix time in seconds.
+    pub at: f64,
+    pub from: Strategy,
+    pub to: Strategy,
+    pub write_rate: f64,
+}
+
+/// Counters since start. Cheap to take.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub instance_id: String,
+    pub is_controller: bool,
+    pub reads: u64,
+    pub l1_hits: u64,
+    pub l1_misses: u64,
+    pub writes: u64,
+    pub deletes: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub invalidations_applied: u64,
+    /// Whole-L1 flushes: received `flush` messages, detected losses, resubscriptions.
+    pub flushes: u64,
+    /// Lost invalidations detected (sequence gaps, sender restarts).
+    pub gaps: u64,
+    /// Malformed messages ignored.
+    pub malformed: u64,
+    pub policy_faults: u64,
+    pub resubscribes: u64,
+    /// Times a follower lost its controller and fell back to eager.
+    pub controller_lost: u64,
+    pub strategy: Option<Strategy>,
+    pub write_rate: f64,
+    pub l1_serving: bool,
+    pub l1_entries: u64,
+    pub switches: Vec<SwitchEvent>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub reads: AtomicU64,
+    pub l1_hits: AtomicU64,
+    pub l1_misses: AtomicU64,
+    pub writes: AtomicU64,
+    pub deletes: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub invalidations_applied: AtomicU64,
+    pub flushes: AtomicU64,
+    pub gaps: AtomicU64,
+    pub malformed: AtomicU64,
+    pub resubscribes: AtomicU64,
+    pub controller_lost: AtomicU64,
+}
+
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+const MAX_SWITCH_HISTORY: usize = 1000;
+
+/// State shared by the handle and the background tasks.
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub names: Names,
+    pub sender: Sender,
+    pub l1: NearCache,
+    pub policy: Mutex<PolicyRuntime>,
+    pub conn: ConnectionManager,
+    pub client: redis::Client,
+    pub counters: Counters,
+    /// Seq of the last invalidation message we published.
+    pub inval_seq: AtomicU64,
+    pub unreported_writes: AtomicU64,
+    pub remote_writes: AtomicU64,
+    pub is_controller: AtomicBool,
+    pub loss: Mutex<LossDetector>,
+    pub last_controller_news_ms: AtomicU64,
+    pub write_rate_bits: AtomicU64,
+    pub strategy_tx: watch::Sender<Strategy>,
+    pub switches: Mutex<VecDeque<SwitchEvent>>,
+    pub malformed_seen: Mutex<std::collections::HashSet<crate::wire::Malformed>>,
+    pub shutdown: watch::Sender<bool>,
+    start: Instant,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not take the cache down with a poisoned lock.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Milliseconds on the policy's clock (monotonic, from start).
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn id(&self) -> &str {
+        &self.sender.source
+    }
+
+    /// Records a strategy change (from the write path or the tick) once.
+    pub fn note_strategy(&self, s: Strategy, rate: Option<f64>) {
+        if *self.strategy_tx.borrow() == s {
+            return;
+        }
+        let mut from = s;
+        let changed = self.strategy_tx.send_if_modified(|cur| {
+            if *cur == s {
+                return false;
+            }
+            from = *cur;
+            *cur = s;
+            true
+        });
+        if changed {
+            let rate = rate.unwrap_or_else(|| f64::from_bits(self.write_rate_bits.load(Ordering::Relaxed)));
+            let at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            tracing::info!(instance = self.id(), from = from.as_str(), to = s.as_str(), rate, "strategy switch");
+            let mut h = lock(&self.switches);
+            if h.len() >= MAX_SWITCH_HISTORY {
+                h.pop_front();
+            }
+            h.push_back(SwitchEvent { at, from, to: s, write_rate: rate });
+        }
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        *self.strategy_tx.borrow()
+    }
+
+    pub fn next_inval_seq(&self) -> u64 {
+        self.inval_seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping the last handle stops the background tasks (a pending batch is published
+        // only by an explicit `shutdown`).
+        let _ = self.shared.shutdown.send(true);
+    }
+}
+
+/// A near cache over Redis with fleet-wide adaptive invalidation. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct AciCache {
+    inner: Arc<Inner>,
+}
+
+fn random_hex(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n).map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap()).collect()
+}
+
+impl AciCache {
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    pub(crate) async fn from_builder(b: CacheBuilder) -> Result<AciCache> {
+        let settings = b.settings()?;
+        let url = settings.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".to_string());
+        let client = redis::Client::open(url.as_str())?;
+        let (module, mut pcfg): (PolicyModule, PolicyConfig) = match &settings.policy {
+            PolicySource::Bundled => (PolicyModule::adaptive(), settings.policy_config.clone()),
+            PolicySource::Fixed(s) => {
+                (PolicyModule::fixed(), PolicyConfig { initial_strategy: *s, ..settings.policy_config.clone() })
+            }
+            PolicySource::File(p) => (PolicyModule::from_file(p, settings.sandbox)?, settings.policy_config.clone()),
+            PolicySource::Bytes(b) => (PolicyModule::from_bytes(b, settings.sandbox)?, settings.policy_config.clone()),
+        };
+        let module = module.with_limits(settings.sandbox);
+        if settings.role == Role::Follower {
+            pcfg.initial_strategy = pcfg.initial_strategy.max(Strategy::Ttl);
+        }
+        let start = Instant::now();
+        let policy = PolicyRuntime::new(module, pcfg, 0)?;
+        let cm_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.command_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client.clone(), cm_config).await?;
+        let names = Names::new(&settings.channel_prefix, settings.namespace.as_deref());
+        let sender = Sender {
+            source: settings.instance_id.clone().unwrap_or_else(|| random_hex(12)),
+            epoch: random_hex(16),
+        };
+        let initial = policy.last_strategy();
+        let (strategy_tx, _) = watch::channel(initial);
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            l1: NearCache::new(settings.l1_max_entries, settings.l1_max_bytes),
+            settings,
+            names,
+            sender,
+            policy: Mutex::new(policy),
+            conn,
+            client,
+            counters: Counters::default(),
+            inval_seq: AtomicU64::new(0),
+            unreported_writes: AtomicU64::new(0),
+            remote_writes: AtomicU64::new(0),
+            is_controller: AtomicBool::new(false),
+            loss: Mutex::new(LossDetector::default()),
+            last_controller_news_ms: AtomicU64::new(0),
+            write_rate_bits: AtomicU64::new(0),
+            strategy_tx,
+            switches: Mutex::new(VecDeque::new()),
+            malformed_seen: Mutex::new(Default::default()),
+            shutdown,
+            start,
+        });
+        let tasks = fleet::start(shared.clone()).await?;
+        Ok(AciCache { inner: Arc::new(Inner { shared, tasks: Mutex::new(tasks) }) })
+    }
+
+    fn s(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The value of `key`: from L1 when present and trusted, else from Redis (then cached for
+    /// at most `local_ttl` and never past the key's Redis TTL).
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let s = self.s();
+        inc(&s.counters.reads);
+        let rkey = s.names.redis_key(key);
+        if let Some(v) = s.l1.get(&rkey) {
+            inc(&s.counters.l1_hits);
+            return Ok(Some(v));
+        }
+        inc(&s.counters.l1_misses);
+        let token = s.l1.begin_fill(&rkey);
+        let mut conn = s.conn.clone();
+        let (value, pttl): (Option<Vec<u8>>, i64) =
+            redis::pipe().get(&rkey).pttl(&rkey).query_async(&mut conn).await?;
+        let Some(value) = value else { return Ok(None) };
+        let value = Bytes::from(value);
+        let ttl = match pttl {
+            // No expiry in Redis: the local bound alone.
+            -1 => s.settings.local_ttl,
+            p if p > 0 => s.settings.local_ttl.min(Duration::from_millis(p as u64)),
+            // Expired between GET and PTTL.
+            _ => Duration::ZERO,
+        };
+        s.l1.complete_fill(token, &rkey, value.clone(), ttl);
+        Ok(Some(value))
+    }
+
+    /// Convenience: `get` as UTF-8 text (lossy).
+    pub async fn get_string(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.get(key).await?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Writes `key` to Redis with `ttl` (default: `default_ttl`) and propagates by the strategy
+    /// in force: under eager the invalidation is pipelined with the SET (one round trip);
+    /// under batched the key joins the policy's batch; under ttl nothing is sent.
+    pub async fn set(&self, key: &str, value: impl Into<Bytes>, ttl: Option<Duration>) -> Result<()> {
+        let s = self.s();
+        let value: Bytes = value.into();
+        let ttl = ttl.unwrap_or(s.settings.default_ttl).max(Duration::from_millis(1));
+        let rkey = s.names.redis_key(key);
+        let strategy = {
+            let now = s.now_ms();
+            lock(&s.policy).record_write(&rkey, now)
+        };
+        s.note_strategy(strategy, None);
+        s.unreported_writes.fetch_add(1, Ordering::Relaxed);
+        let mut conn = s.conn.clone();
+        let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
+        if strategy == Strategy::Eager {
+            let msg = s.sender.invalidate(std::slice::from_ref(&rkey), Strategy::Eager, s.next_inval_seq());
+            let (_, _): ((), i64) = redis::pipe()
+                .pset_ex(&rkey, value.as_ref(), ttl_ms)
+                .publish(&s.names.invalidation, msg)
+                .query_async(&mut conn)
+                .await?;
+            inc(&s.counters.messages_sent);
+        } else {
+            let _: () = redis::cmd("SET").arg(&rkey).arg(value.as_ref()).arg("PX").arg(ttl_ms).query_async(&mut conn).await?;
+        }
+        inc(&s.counters.writes);
+        s.l1.put_own_write(&rkey, value, s.settings.local_ttl.min(ttl));
+        Ok(())
+    }
+
+    /// Deletes `key` from Redis and tells the fleet at once, whatever the strategy.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let s = self.s();
+        let rkey = s.names.redis_key(key);
+        s.l1.invalidate(&rkey);
+        let msg = s.sender.invalidate(std::slice::from_ref(&rkey), Strategy::Eager, s.next_inval_seq());
+        let mut conn = s.conn.clone();
+        let (deleted, _): (i64, i64) =
+            redis::pipe().del(&rkey).publish(&s.names.invalidation, msg).query_async(&mut conn).await?;
+        // A concurrent fill may have read the value just before the DEL.
+        s.l1.invalidate(&rkey);
+        inc(&s.counters.deletes);
+        inc(&s.counters.messages_sent);
+        Ok(deleted > 0)
+    }
+
+    /// Drops this instance's whole L1 (Redis untouched).
+    pub fn flush_local(&self) {
+        self.s().l1.flush();
+    }
+
+    /// The strategy in force here, without a call into the policy.
+    pub fn strategy(&self) -> Strategy {
+        self.s().strategy()
+    }
+
+    /// A receiver that sees every strategy change (`changed().await`).
+    pub fn watch_strategy(&self) -> watch::Receiver<Strategy> {
+        self.s().strategy_tx.subscribe()
+    }
+
+    pub fn instance_id(&self) -> &str {
+        self.s().id()
+    }
+
+    pub fn is_controller(&self) -> bool {
+        self.s().is_controller.load(Ordering::Acquire)
+    }
+
+    /// The Redis key that `key` is stored under (namespaced).
+    pub fn redis_key(&self, key: &str) -> String {
+        self.s().names.redis_key(key)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = self.s();
+        let c = &s.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            instance_id: s.id().to_string(),
+            is_controller: s.is_controller.load(Ordering::Acquire),
+            reads: g(&c.reads),
+            l1_hits: g(&c.l1_hits),
+            l1_misses: g(&c.l1_misses),
+            writes: g(&c.writes),
+            deletes: g(&c.deletes),
+            messages_sent: g(&c.messages_sent),
+            messages_received: g(&c.messages_received),
+            invalidations_applied: g(&c.invalidations_applied),
+            flushes: g(&c.flushes),
+            gaps: g(&c.gaps),
+            malformed: g(&c.malformed),
+            policy_faults: lock(&s.policy).fault_stats().faults,
+            resubscribes: g(&c.resubscribes),
+            controller_lost: g(&c.controller_lost),
+            strategy: Some(s.strategy()),
+            write_rate: f64::from_bits(s.write_rate_bits.load(Ordering::Relaxed)),
+            l1_serving: s.l1.is_serving(),
+            l1_entries: s.l1.entry_count(),
+            switches: lock(&s.switches).iter().cloned().collect(),
+        }
+    }
+
+    /// Publishes whatever batch is pending, gives up the controller lease, stops the
+    /// background tasks. Reads and writes on any clone still work afterwards, but nothing
+    /// listens for invalidations any more, so L1 stops serving.
+    pub async fn shutdown(&self) -> Result<()> {
+        let s = self.inner.shared.clone();
+        if *s.shutdown.borrow() {
+            return Ok(());
+        }
+        let _ = s.shutdown.send(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.inner.tasks));
+        for t in tasks {
+            let _ = t.await;
+        }
+        s.l1.suspend();
+        fleet::final_drain(&s).await
+    }
+}
+
+impl CacheBuilder {
+    /// Connects, loads and configures the policy, subscribes, settles the role.
+    pub async fn build(self) -> Result<AciCache> {
+        AciCache::from_builder(self).await
+    }
+}

@@ -13,10 +13,15 @@ fi
 go mod download
 go mod verify >&2
 
-# The tests load ../target/policies/{adaptive,fixed}.wasm unless ACI_POLICY_DIR points
-# elsewhere; those are build outputs, not committed, so build them when missing.
+# The tests load ../target/policies/*.wasm (adaptive and fixed; hostile and trap-on-load for
+# the sandbox tests) unless ACI_POLICY_DIR points elsewhere. They are build outputs, not
+# committed, so build them when missing.
 if [[ -z "${ACI_POLICY_DIR:-}" ]]; then
-    if [[ ! -f ../target/policies/adaptive.wasm || ! -f ../target/policies/fixed.wasm ]]; then
+    missing=0
+    for p in adaptive fixed hostile trap-on-load; do
+        [[ -f ../target/policies/$p.wasm ]] || missing=1
+    done
+    if (( missing )); then
         echo "setup.sh: building the policy components (cargo xtask policies)" >&2
         (cd .. && cargo xtask policies) >&2
     fi

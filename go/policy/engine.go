@@ -12,6 +12,10 @@
 // methods then return safe values instead (StrategyEager, so that the host publishes every
 // write itself; one batch with FlushAll, since buffered keys are lost) and Err reports the
 // failure. A host checks Err once per tick and replaces the engine.
+//
+// Each instance's linear memory is capped at MaxMemoryBytes. There is no CPU budget: wazero
+// has no fuel, so a policy that loops forever hangs the calling goroutine (and, since calls
+// are serialised, every later call on that engine).
 package policy
 
 import (
@@ -20,6 +24,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -27,8 +32,15 @@ import (
 	"github.com/tetratelabs/wazero/api"
 )
 
-// Calls are synchronous and never block on I/O, and a cancellable context would make wazero
-// check for cancellation on every call: a background context is all they need.
+// MaxMemoryBytes caps each instance's linear memory, as the Rust host's sandbox does: a policy
+// is untrusted code, and one that leaks must trap (and so fall back to eager) instead of
+// taking the process's memory. 32 MiB holds a full default batch (1 MiB) many times over.
+const MaxMemoryBytes = 32 << 20
+
+const maxMemoryPages = MaxMemoryBytes / 65536
+
+// Calls are short and never block on I/O, so there is nothing to cancel: one background
+// context serves them all.
 var bg = context.Background()
 
 // Module is a compiled policy. Compiling is the costly step (milliseconds); each Instantiate
@@ -55,7 +67,7 @@ func compile(wasm []byte) (*Module, error) {
 	if len(mods) == 0 {
 		return nil, fmt.Errorf("%w: the component embeds no core module", ErrNotPolicy)
 	}
-	rt := wazero.NewRuntime(bg)
+	rt := wazero.NewRuntimeWithConfig(bg, wazero.NewRuntimeConfig().WithMemoryLimitPages(maxMemoryPages))
 	// wit-component gives a world that imports nothing a single core module; should a
 	// component carry helper modules too, the one with the interface's exports is the guest.
 	var problems []string
@@ -112,7 +124,7 @@ func checkExports(c wazero.CompiledModule) error {
 			problems = append(problems, fmt.Sprintf("no %q export", name))
 			return
 		}
-		if !sameTypes(def.ParamTypes(), params) || !sameTypes(def.ResultTypes(), results) {
+		if !slices.Equal(def.ParamTypes(), params) || !slices.Equal(def.ResultTypes(), results) {
 			problems = append(problems, fmt.Sprintf("%q has core signature %s, want %s", name,
 				sigString(def.ParamTypes(), def.ResultTypes()), sigString(params, results)))
 		}
@@ -137,18 +149,6 @@ func checkExports(c wazero.CompiledModule) error {
 	return nil
 }
 
-func sameTypes(a, b []api.ValueType) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func sigString(params, results []api.ValueType) string {
 	names := func(ts []api.ValueType) string {
 		s := make([]string, len(ts))
@@ -162,12 +162,20 @@ func sigString(params, results []api.ValueType) string {
 
 // Instantiate creates a fresh engine: default config, leading, nothing measured or buffered.
 func (m *Module) Instantiate() (*Engine, error) {
+	e, err := m.instantiate()
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return e, nil
+}
+
+func (m *Module) instantiate() (*Engine, error) {
 	// An anonymous instance, so that one runtime holds any number of them. wit-component
 	// runs a reactor's _initialize before any export is called; Rust policies have none.
 	cfg := wazero.NewModuleConfig().WithName("").WithStartFunctions("_initialize")
 	mod, err := m.rt.InstantiateModule(bg, m.compiled, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("policy: instantiate: %w", err)
+		return nil, fmt.Errorf("instantiate: %w", err)
 	}
 	e := &Engine{mod: mod, mem: mod.ExportedMemory(exportMemory), realloc: mod.ExportedFunction(exportRealloc)}
 	for i, f := range coreFuncs {
@@ -186,7 +194,11 @@ func Load(path string) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return m.instantiateOwned()
+	e, err := m.instantiateOwned()
+	if err != nil {
+		return nil, fmt.Errorf("policy: %s: %w", path, err)
+	}
+	return e, nil
 }
 
 // LoadBytes is Load for a component already in memory.
@@ -195,12 +207,16 @@ func LoadBytes(wasm []byte) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return m.instantiateOwned()
+	e, err := m.instantiateOwned()
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return e, nil
 }
 
 // instantiateOwned gives m to its only engine, whose Close then releases m too.
 func (m *Module) instantiateOwned() (*Engine, error) {
-	e, err := m.Instantiate()
+	e, err := m.instantiate()
 	if err != nil {
 		_ = m.Close()
 		return nil, err
@@ -235,10 +251,14 @@ type export struct {
 type CallError struct {
 	Func string // WIT function name, e.g. "record-write"
 	Err  error
+	// MemoryBytes is the size of linear memory at the failure. A guest that cannot grow its
+	// memory past MaxMemoryBytes aborts with a bare "unreachable"; this tells that case apart.
+	MemoryBytes uint32
 }
 
 func (e *CallError) Error() string {
-	return fmt.Sprintf("policy: %s failed, engine unusable: %v", e.Func, e.Err)
+	return fmt.Sprintf("policy: %s failed (linear memory %.1f of %d MiB), engine unusable: %v",
+		e.Func, float64(e.MemoryBytes)/(1<<20), MaxMemoryBytes>>20, e.Err)
 }
 
 func (e *CallError) Unwrap() error { return e.Err }
@@ -271,7 +291,7 @@ func (e *Engine) Close() error {
 
 func (e *Engine) fail(i fnIndex, err error) {
 	if e.err == nil {
-		e.err = &CallError{Func: coreFuncs[i].name, Err: err}
+		e.err = &CallError{Func: coreFuncs[i].name, Err: err, MemoryBytes: e.mem.Size()}
 		e.flushOwed = true
 	}
 }

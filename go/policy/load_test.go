@@ -310,3 +310,76 @@ func TestFollowPanicsOnUnknownStrategy(t *testing.T) {
 	}()
 	e.Follow(5, 0)
 }
+
+// testPolicy loads one of the project's test-only policies (built by `cargo xtask policies`
+// alongside the real ones), skipping when the policy directory has none.
+func testPolicy(t *testing.T, name string) string {
+	path := filepath.Join(policyDir(t), name+".wasm")
+	if _, err := os.Stat(path); err != nil {
+		t.Skipf("%s not built: %v", name, err)
+	}
+	return path
+}
+
+// TestHostilePolicy runs the project's hostile policy, which misbehaves on trigger keys, and
+// checks that each fault ends in the documented fallback, not a panic or a runaway process.
+// (Its endless loop is not tried: wazero has no fuel to stop it.)
+func TestHostilePolicy(t *testing.T) {
+	path := testPolicy(t, "hostile")
+	load := func(t *testing.T) *policy.Engine {
+		e, err := policy.Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.Close() })
+		return e
+	}
+
+	t.Run("trap", func(t *testing.T) {
+		e := load(t)
+		if s := e.RecordWrite("hostile:trap", 0); s != policy.StrategyEager {
+			t.Errorf("strategy after a trap = %v, want eager", s)
+		}
+		var callErr *policy.CallError
+		if err := e.Err(); !errors.As(err, &callErr) || !strings.Contains(err.Error(), "unreachable") {
+			t.Errorf("Err() = %v, want a *CallError for the trap", err)
+		}
+	})
+
+	t.Run("memory cap", func(t *testing.T) {
+		e := load(t)
+		// Each write leaks 4 MiB: the cap must stop it within MaxMemoryBytes / 4 MiB writes.
+		for i := 0; i < policy.MaxMemoryBytes/(4<<20)+1 && e.Err() == nil; i++ {
+			e.RecordWrite("hostile:grow", uint64(i))
+		}
+		var callErr *policy.CallError
+		if err := e.Err(); !errors.As(err, &callErr) || callErr.MemoryBytes < policy.MaxMemoryBytes/2 {
+			t.Fatalf("Err() = %v, want a *CallError with memory near the cap", err)
+		}
+	})
+
+	t.Run("huge batch", func(t *testing.T) {
+		e := load(t)
+		e.RecordWrite("hostile:huge", 0)
+		b := e.PendingBatch(0)
+		if len(b.Keys) != 200_000 || b.Keys[199_999] != "junk:199999" {
+			t.Errorf("got a batch of %d keys, want the 200,000 the policy returns", len(b.Keys))
+		}
+		if err := e.Err(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// TestTrapOnLoad: a policy whose _initialize traps (wit-component runs it on instantiation)
+// must be refused by Load with an error.
+func TestTrapOnLoad(t *testing.T) {
+	e, err := policy.Load(testPolicy(t, "trap-on-load"))
+	if err == nil {
+		_ = e.Close()
+		t.Fatal("Load succeeded on a policy whose initialisation traps")
+	}
+	if !strings.Contains(err.Error(), "instantiate") {
+		t.Errorf("error %q does not say that instantiation failed", err)
+	}
+}

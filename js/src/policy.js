@@ -17,7 +17,8 @@
 //   config-error; it is rethrown as ConfigError(field, message), field by its WIT name.
 //   A value the WIT type cannot carry (a non-integer or out-of-range s32, a non-number float, an
 //   unknown strategy, a missing field) is also a ConfigError naming the field, as the contract
-//   asks, instead of being wrapped or coerced by the glue.
+//   asks, instead of being wrapped or coerced by the glue. Such a field is reported even when an
+//   earlier field holds a value the engine would refuse (the engine never sees that config).
 // - status().switches (u64): a Number (exact below 2^53, i.e. for 285,000 years at one switch
 //   per millisecond), so a snapshot is plain JSON-serialisable data.
 // - Records use jco's camelCase names (lowThreshold, flushAll, ...); configFromWire() and

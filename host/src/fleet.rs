@@ -360,15 +360,21 @@ pub(crate) async fn final_drain(s: &Shared) -> Result<()> {
     };
     let mut conn = s.conn.clone();
     let mut pipe = redis::pipe();
+    let mut commands = 0;
     if batch.flush_all {
         pipe.publish(&s.names.invalidation, s.sender.flush(Strategy::Batched, s.next_inval_seq())).ignore();
+        commands += 1;
     }
     for chunk in batch.keys.chunks(KEYS_PER_MESSAGE) {
         pipe.publish(&s.names.invalidation, s.sender.invalidate(chunk, Strategy::Batched, s.next_inval_seq())).ignore();
+        commands += 1;
     }
     if s.is_controller.swap(false, Ordering::AcqRel) {
         pipe.cmd("EVAL").arg(RELEASE_LUA).arg(1).arg(&s.names.controller_lease).arg(s.id()).ignore();
+        commands += 1;
     }
-    let _: () = pipe.query_async(&mut conn).await?;
+    if commands > 0 {
+        let _: () = pipe.query_async(&mut conn).await?;
+    }
     Ok(())
 }

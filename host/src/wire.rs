@@ -304,7 +304,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use proptest::prelude::{any, proptest, ProptestConfig};
 
     #[test]
     fn reads_the_original_products_messages() {

@@ -1,6 +1,6 @@
 //! Test-only: an adaptive policy that misbehaves when a write carries a trigger key, so the
 //! host's sandbox and fallback can be tested against a real component.
-//! `hostile:loop` spins forever, `hostile:trap` panics (a trap under panic=abort),
+//! A key ending in `hostile:loop` spins forever, `hostile:trap` panics (a trap under panic=abort),
 //! `hostile:grow` leaks 4 MiB per write, `hostile:huge` makes the next batch 200,000 keys.
 use std::cell::Cell;
 
@@ -13,16 +13,18 @@ thread_local! {
 }
 
 fn hook_write(key: &str) {
+    // Hosts namespace keys (`aci:<ns>:<key>`): match the user key at the end.
+    let key = key.rsplit_once("hostile:").map(|(_, k)| k).unwrap_or("");
     match key {
-        "hostile:loop" => {
+        "loop" => {
             let mut x: u64 = 1;
             loop {
                 x = std::hint::black_box(x.wrapping_mul(3));
             }
         }
-        "hostile:trap" => panic!("hostile policy traps on purpose"),
-        "hostile:grow" => LEAK.with(|l| l.borrow_mut().push(vec![1u8; 4 << 20])),
-        "hostile:huge" => HUGE.with(|h| h.set(true)),
+        "trap" => panic!("hostile policy traps on purpose"),
+        "grow" => LEAK.with(|l| l.borrow_mut().push(vec![1u8; 4 << 20])),
+        "huge" => HUGE.with(|h| h.set(true)),
         _ => {}
     }
 }

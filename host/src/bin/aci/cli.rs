@@ -1,10 +1,17 @@
 //! Subcommands that need Redis: demo, bench, node.
 
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use aci_cache::policy::{PolicyConfig, Strategy};
-use anyhow::{bail, Result};
+use aci_cache::policy::{PolicyConfig, PolicyModule, Strategy};
+use aci_cache::redis_server::RedisServer;
+use aci_cache::{AciCache, Role};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde_json::json;
 
 /// Policy tunables shared by the subcommands; unset means the policy's default.
 #[derive(Args, Clone, Debug, Default)]
@@ -40,18 +47,32 @@ impl Tuning {
     }
 }
 
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Redis URL; default: start a private redis-server on a free loopback port.
-    #[arg(long)]
-    pub redis: Option<String>,
+/// A Redis to talk to: the given URL, or a private server that lives as long as this value.
+struct Target {
+    url: String,
+    _server: Option<RedisServer>,
 }
 
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[arg(long)]
-    pub redis: Option<String>,
+fn redis_target(url: Option<String>) -> Result<Target> {
+    match url {
+        Some(url) => Ok(Target { url, _server: None }),
+        None => {
+            let server = RedisServer::start(&[]).context("starting a private redis-server (pass --redis URL to use yours)")?;
+            Ok(Target { url: server.url(), _server: Some(server) })
+        }
+    }
 }
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy> {
+    Strategy::parse(s).with_context(|| format!("unknown strategy `{s}` (ttl, batched or eager)"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// node
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -59,17 +80,429 @@ pub struct NodeArgs {
     pub redis: String,
     #[arg(long)]
     pub namespace: Option<String>,
+    /// controller, follower or auto.
+    #[arg(long, default_value = "auto")]
+    pub role: String,
+    /// Force the fleet strategy with the fixed policy.
     #[arg(long)]
     pub strategy: Option<String>,
+    #[arg(long, default_value_t = 250)]
+    pub tick_ms: u64,
 }
 
-pub fn demo(_a: DemoArgs) -> Result<ExitCode> {
-    bail!("not yet")
+/// Reads `set K V`, `get K`, `del K`, `strategy`, `stats`, `quit` on stdin; one JSON line each.
+pub fn node(a: NodeArgs) -> Result<ExitCode> {
+    let role = match a.role.as_str() {
+        "controller" => Role::Controller,
+        "follower" => Role::Follower,
+        "auto" => Role::Auto,
+        other => bail!("unknown role `{other}` (controller, follower or auto)"),
+    };
+    runtime()?.block_on(async move {
+        let mut b = AciCache::builder().redis_url(&a.redis).role(role).tick(Duration::from_millis(a.tick_ms));
+        if let Some(ns) = &a.namespace {
+            b = b.namespace(ns);
+        }
+        if let Some(s) = &a.strategy {
+            b = b.fixed_strategy(parse_strategy(s)?);
+        }
+        let cache = b.build().await?;
+        let out = |v: serde_json::Value| {
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{v}");
+            let _ = o.flush();
+        };
+        out(json!({"ready": true, "instance_id": cache.instance_id()}));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(line) = rx.recv().await {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let reply = match words.as_slice() {
+                ["set", k, v] => cache.set(k, v.to_string(), None).await.map(|_| json!({"ok": true})),
+                ["get", k] => cache.get_string(k).await.map(|v| json!({"value": v})),
+                ["del", k] => cache.delete(k).await.map(|_| json!({"ok": true})),
+                ["strategy"] => Ok(json!({"strategy": cache.strategy().as_str()})),
+                ["stats"] => {
+                    let s = cache.stats();
+                    Ok(json!({"reads": s.reads, "l1_hits": s.l1_hits, "l1_misses": s.l1_misses, "writes": s.writes,
+                        "messages_sent": s.messages_sent, "messages_received": s.messages_received,
+                        "invalidations_applied": s.invalidations_applied, "gaps": s.gaps, "malformed": s.malformed,
+                        "is_controller": s.is_controller, "strategy": s.strategy.map(|x| x.as_str())}))
+                }
+                ["quit"] => break,
+                [] => continue,
+                _ => Ok(json!({"error": format!("unknown command: {line}")})),
+            };
+            out(reply.unwrap_or_else(|e| json!({"error": e.to_string()})));
+        }
+        cache.shutdown().await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
-pub fn bench(_a: BenchArgs) -> Result<ExitCode> {
-    bail!("not yet")
+
+// ---------------------------------------------------------------------------------------------
+// demo
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Redis URL; default: start a private redis-server on a free loopback port.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Instances in the fleet.
+    #[arg(long, default_value_t = 3)]
+    pub instances: usize,
+    /// Scale every phase's duration (e.g. 0.5 for a quicker run).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
 }
-pub fn node(_a: NodeArgs) -> Result<ExitCode> {
-    let _ = Strategy::Eager;
-    bail!("not yet")
+
+struct Phase {
+    name: &'static str,
+    rate: f64,
+    secs: f64,
+}
+
+const PHASES: &[Phase] = &[
+    Phase { name: "idle", rate: 2.0, secs: 3.0 },
+    Phase { name: "medium", rate: 25.0, secs: 5.0 },
+    Phase { name: "burst", rate: 200.0, secs: 5.0 },
+    Phase { name: "idle", rate: 2.0, secs: 6.0 },
+];
+
+/// The newest acknowledged write of each key: value sequence number and when it was acked.
+type Truth = Arc<Mutex<HashMap<String, (u64, Instant)>>>;
+
+#[derive(Default, Clone)]
+struct Staleness {
+    reads: u64,
+    stale: u64,
+    max_ms: f64,
+}
+
+pub fn demo(a: DemoArgs) -> Result<ExitCode> {
+    anyhow::ensure!(a.instances >= 2 && a.instances <= 8, "--instances must be 2..=8");
+    anyhow::ensure!(a.speed > 0.0 && a.speed <= 10.0, "--speed must be in (0, 10]");
+    let target = redis_target(a.redis.clone())?;
+    let tty = std::io::stdout().is_terminal();
+    runtime()?.block_on(async move {
+        let ns = format!("demo-{}", std::process::id());
+        let mut fleet = Vec::new();
+        for _ in 0..a.instances {
+            // Short windows so the demo moves through the tiers in seconds, not minutes.
+            let c = AciCache::builder()
+                .redis_url(&target.url)
+                .namespace(&ns)
+                .tick(Duration::from_millis(100))
+                .window(Duration::from_millis(2000))
+                .hold(Duration::from_millis(1000))
+                .batch_interval(Duration::from_millis(500))
+                .local_ttl(Duration::from_secs(3))
+                .build()
+                .await
+                .with_context(|| format!("connecting to {}", target.url))?;
+            fleet.push(c);
+        }
+        let names: Vec<String> = (0..fleet.len()).map(|i| ((b'A' + i as u8) as char).to_string()).collect();
+        println!("aci demo: {} instances on {} (namespace {ns}); phases: {}", fleet.len(), target.url,
+            PHASES.iter().map(|p| format!("{} {}/s {}s", p.name, p.rate, p.secs * a.speed)).collect::<Vec<_>>().join(", "));
+        let truth: Truth = Arc::new(Mutex::new(HashMap::new()));
+        let stale: Arc<Mutex<HashMap<Strategy, Staleness>>> = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let phase_idx = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        const KEYS: usize = 40;
+
+        // Readers: every instance reads keys continuously and compares with the truth.
+        let mut readers = Vec::new();
+        for c in fleet.iter().cloned() {
+            let (truth, stale, stop) = (truth.clone(), stale.clone(), stop.clone());
+            readers.push(tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i = (i + 7) % KEYS;
+                    let key = format!("item:{i}");
+                    let before = truth.lock().unwrap().get(&key).copied();
+                    if let Ok(Some(v)) = c.get_string(&key).await {
+                        let seq: u64 = v.trim_start_matches('v').parse().unwrap_or(0);
+                        let mut st = stale.lock().unwrap();
+                        let e = st.entry(c.strategy()).or_default();
+                        e.reads += 1;
+                        // Stale: an older value than one acknowledged before this read began.
+                        if let Some((newest, acked)) = before {
+                            if seq < newest {
+                                e.stale += 1;
+                                e.max_ms = e.max_ms.max(acked.elapsed().as_secs_f64() * 1000.0);
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+
+        // The writer: the phase's rate, spread over the instances.
+        let writer = {
+            let (fleet, truth, stop, phase_idx) = (fleet.clone(), truth.clone(), stop.clone(), phase_idx.clone());
+            let speed = a.speed;
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                for (pi, p) in PHASES.iter().enumerate() {
+                    phase_idx.store(pi, std::sync::atomic::Ordering::Relaxed);
+                    let end = Instant::now() + Duration::from_secs_f64(p.secs * speed);
+                    let gap = Duration::from_secs_f64(1.0 / p.rate);
+                    let mut next = Instant::now();
+                    while Instant::now() < end {
+                        seq += 1;
+                        let c = &fleet[(seq as usize) % fleet.len()];
+                        let key = format!("item:{}", seq as usize % KEYS);
+                        if c.set(&key, format!("v{seq}"), None).await.is_ok() {
+                            truth.lock().unwrap().insert(key, (seq, Instant::now()));
+                        }
+                        next += gap;
+                        tokio::time::sleep_until(next.into()).await;
+                    }
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
+        };
+
+        let started = Instant::now();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut last_writes = 0u64;
+        let mut last_t = Instant::now();
+        let mut lines = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let done = stop.load(std::sync::atomic::Ordering::Relaxed);
+            let stats: Vec<_> = fleet.iter().map(|c| c.stats()).collect();
+            let writes: u64 = stats.iter().map(|s| s.writes).sum();
+            let dt = last_t.elapsed().as_secs_f64();
+            let rate = (writes - last_writes) as f64 / dt.max(1e-3);
+            last_writes = writes;
+            last_t = Instant::now();
+            let msgs: u64 = stats.iter().map(|s| s.messages_sent).sum();
+            let (hits, reads) = stats.iter().fold((0, 0), |(h, r), s| (h + s.l1_hits, r + s.reads));
+            let hit = if reads > 0 { 100.0 * hits as f64 / reads as f64 } else { 0.0 };
+            let strategies: Vec<String> = stats.iter().zip(&names).map(|(s, n)| {
+                let st = s.strategy.map(|x| x.as_str()).unwrap_or("?");
+                if let Some(x) = s.strategy { seen.insert(x.as_str()); }
+                format!("{n}{}={st}", if s.is_controller { "*" } else { "" })
+            }).collect();
+            let st = stale.lock().unwrap().clone();
+            let (sr, smax) = st.values().fold((0u64, 0f64), |(c, m), e| (c + e.stale, m.max(e.max_ms)));
+            let phase = PHASES[phase_idx.load(std::sync::atomic::Ordering::Relaxed)].name;
+            let line = format!(
+                "t={:>5.1}s  {:<6}  rate {:>6.1}/s (fleet, policy {:>6.1}/s)  {}  msgs {:>5}  L1 hit {:>5.1}%  stale reads {:>3} (max {:>4.0} ms)",
+                started.elapsed().as_secs_f64(), phase, rate, stats.iter().map(|s| s.write_rate).fold(0.0, f64::max),
+                strategies.join(" "), msgs, hit, sr, smax);
+            if tty {
+                // Redraw in place: header stays, the live line updates.
+                if lines > 0 {
+                    print!("\x1b[1A\x1b[2K");
+                }
+                println!("{line}");
+            } else {
+                println!("{line}");
+            }
+            lines += 1;
+            let _ = std::io::stdout().flush();
+            if done {
+                break;
+            }
+        }
+        let _ = writer.await;
+        for r in readers {
+            let _ = r.await;
+        }
+        println!("\nstaleness observed by readers, by the strategy in force at the reader:");
+        println!("{:<8} {:>8} {:>12} {:>14}", "strategy", "reads", "stale reads", "max stale ms");
+        let st = stale.lock().unwrap().clone();
+        for s in [Strategy::Ttl, Strategy::Batched, Strategy::Eager] {
+            let e = st.get(&s).cloned().unwrap_or_default();
+            println!("{:<8} {:>8} {:>12} {:>14.0}", s.as_str(), e.reads, e.stale, e.max_ms);
+        }
+        let total_msgs: u64 = fleet.iter().map(|c| c.stats().messages_sent).sum();
+        let total_writes: u64 = fleet.iter().map(|c| c.stats().writes).sum();
+        println!("writes {total_writes}, messages published {total_msgs} (all-eager would be {total_writes} invalidations plus heartbeats)");
+        println!("strategies seen: {}", seen.iter().copied().collect::<Vec<_>>().join(", "));
+        println!("bounds: eager ~ propagation (ms); batched <= batch interval (500 ms) + tick; ttl <= local TTL (3 s)");
+        for c in &fleet {
+            c.shutdown().await?;
+        }
+        if seen.len() < 3 {
+            eprintln!("aci demo: only saw {:?}: the machine may be too loaded to reach the burst rate", seen);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// bench
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Redis URL; default: a private redis-server on a free loopback port.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Only the per-call engine costs (wasm vs native), no Redis.
+    #[arg(long)]
+    pub engine_only: bool,
+    /// Scale the iteration counts.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// ns per iteration of `f`, run `n` times.
+fn time_ns(n: u64, mut f: impl FnMut(u64)) -> f64 {
+    let t = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn engine_bench(scale: f64) -> Result<()> {
+    let n = ((200_000.0 * scale) as u64).max(1000);
+    let keys100: Vec<String> = (0..100).map(|i| format!("user:{i}")).collect();
+    let batched = PolicyConfig { initial_strategy: Strategy::Batched, batch_max_keys: 100, batch_interval_ms: 1_000_000, ..PolicyConfig::default() };
+    let mut rows: Vec<(&str, &str, f64)> = Vec::new();
+    for round in 0..3 {
+        let mut w = PolicyModule::fixed().instantiate()?;
+        let mut nat = aci_policy_core::Engine::new(aci_policy_core::Kind::Fixed);
+        let mut wa = PolicyModule::adaptive().instantiate()?;
+        let mut na = aci_policy_core::Engine::new(aci_policy_core::Kind::Adaptive);
+        let _ = round;
+        rows.push(("rust-wasm", "record-write", time_ns(n, |i| { let _ = wa.record_write("user:42", i / 1000); })));
+        rows.push(("rust-native", "record-write", time_ns(n, |i| { let _ = na.record_write("user:42", i / 1000); })));
+        rows.push(("rust-wasm", "status", time_ns(n, |i| { let _ = wa.status(i / 1000); })));
+        rows.push(("rust-native", "status", time_ns(n, |i| { let _ = na.status(i / 1000); })));
+        w.configure(&batched, 0)?.map_err(|e| anyhow::anyhow!(e))?;
+        nat.configure(batched.clone(), 0).map_err(|e| anyhow::anyhow!(e.message))?;
+        let m = (n / 100).max(100);
+        rows.push(("rust-wasm", "pending-batch-100", time_ns(m, |i| { let _ = w.record_writes(&keys100, i); let _ = w.pending_batch(i); }) ));
+        rows.push(("rust-native", "pending-batch-100", time_ns(m, |i| { let _ = nat.record_writes(&keys100, i); let _ = nat.pending_batch(i); })));
+    }
+    // The pending-batch rows include refilling the batch (record-writes of 100 keys): report
+    // the pair's cost, labelled so.
+    for host in ["rust-wasm", "rust-native"] {
+        for op in ["record-write", "status", "pending-batch-100"] {
+            let v = median(rows.iter().filter(|r| r.0 == host && r.1 == op).map(|r| r.2).collect());
+            println!("engine-call {host} {op} {v:.0}");
+        }
+    }
+    println!("# pending-batch-100 here = record-writes(100 keys) + pending-batch returning them");
+    Ok(())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn bench(a: BenchArgs) -> Result<ExitCode> {
+    anyhow::ensure!(a.scale > 0.0 && a.scale <= 100.0, "--scale must be in (0, 100]");
+    println!("# engine calls (ns per call; median of 3 rounds)");
+    engine_bench(a.scale)?;
+    if a.engine_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = redis_target(a.redis.clone())?;
+    let scale = a.scale;
+    runtime()?.block_on(async move {
+        let client = redis::Client::open(target.url.as_str())?;
+        let mut raw = client.get_multiplexed_async_connection().await?;
+        let ns = format!("bench-{}", std::process::id());
+        let value = "x".repeat(100);
+        let n = ((5_000.0 * scale) as u64).max(200);
+        let rounds = 5;
+
+        // get: L1 hit vs raw GET.
+        let reader = AciCache::builder().redis_url(&target.url).namespace(&ns).role(Role::Controller).build().await?;
+        reader.set("hot", value.clone(), Some(Duration::from_secs(600))).await?;
+        let rkey = reader.redis_key("hot");
+        let (mut raw_get, mut l1_get) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for _ in 0..n {
+                let _: Option<Vec<u8>> = redis::cmd("GET").arg(&rkey).query_async(&mut raw).await?;
+            }
+            raw_get.push(t.elapsed().as_nanos() as f64 / n as f64);
+            let m = n * 20;
+            let t = Instant::now();
+            for _ in 0..m {
+                let _ = reader.get("hot").await?;
+            }
+            l1_get.push(t.elapsed().as_nanos() as f64 / m as f64);
+        }
+        let (rg, lg) = (median(raw_get), median(l1_get));
+        println!("\n# get: L1 hit vs raw GET (same Redis, sequential, median of {rounds} rounds)");
+        println!("raw GET          {rg:>10.0} ns");
+        println!("aci get (L1 hit) {lg:>10.0} ns   {:.0}x faster (target >= 100x)", rg / lg);
+        reader.shutdown().await?;
+
+        // set under each strategy vs raw SET (SET PX like the cache's).
+        println!("\n# set vs raw SET PX (ratio = aci / raw; target <= 1.10 under ttl and batched)");
+        for s in [Strategy::Ttl, Strategy::Batched, Strategy::Eager] {
+            let c = AciCache::builder().redis_url(&target.url).namespace(format!("{ns}-{}", s.as_str()))
+                .fixed_strategy(s).role(Role::Controller).build().await?;
+            let (mut rs, mut cs) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let t = Instant::now();
+                for i in 0..n {
+                    let _: () = redis::cmd("SET").arg(format!("raw:{}", i % 1000)).arg(&value).arg("PX").arg(10_000).query_async(&mut raw).await?;
+                }
+                rs.push(t.elapsed().as_nanos() as f64 / n as f64);
+                let t = Instant::now();
+                for i in 0..n {
+                    c.set(&format!("k:{}", i % 1000), value.clone(), None).await?;
+                }
+                cs.push(t.elapsed().as_nanos() as f64 / n as f64);
+            }
+            let (r, cc) = (median(rs), median(cs));
+            println!("{:<8} raw {r:>8.0} ns   aci {cc:>8.0} ns   ratio {:.2}", s.as_str(), cc / r);
+            c.shutdown().await?;
+        }
+
+        // eager propagation between two instances.
+        let a_ = AciCache::builder().redis_url(&target.url).namespace(format!("{ns}-lat")).fixed_strategy(Strategy::Eager).role(Role::Controller).build().await?;
+        let b_ = AciCache::builder().redis_url(&target.url).namespace(format!("{ns}-lat")).fixed_strategy(Strategy::Eager).role(Role::Follower).build().await?;
+        let iters = ((1000.0 * scale) as u64).max(50);
+        let mut lat = Vec::new();
+        let mut lost = 0;
+        for i in 0..iters {
+            let v = format!("v{i}");
+            a_.set("lat", v.clone(), None).await?;
+            let t = Instant::now();
+            loop {
+                if b_.get_string("lat").await?.as_deref() == Some(v.as_str()) {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(2) {
+                    lost += 1;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+            // Let B cache the new value so the next round measures an invalidation.
+            let _ = b_.get("lat").await?;
+        }
+        lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        println!("\n# eager: A.set returns -> B.get sees the new value ({iters} writes)");
+        println!("p50 {:.0} us   p99 {:.0} us   max {:.0} us   not seen within 2 s: {lost}   (raw PUBLISH->message round trip is the floor)",
+            pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 1.0));
+        a_.shutdown().await?;
+        b_.shutdown().await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

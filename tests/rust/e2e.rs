@@ -1,0 +1,386 @@
+//! End-to-end: real `redis-server` processes on free loopback ports (one per test), real
+//! caches, real Pub/Sub. Every semantic of the cache, the fleet and the policy runtime.
+
+use std::time::{Duration, Instant};
+
+use aci_cache::redis_server::RedisServer;
+use aci_cache::{AciCache, CacheBuilder, Role, Strategy};
+
+fn server() -> RedisServer {
+    RedisServer::start(&[]).expect("redis-server must be installed for the end-to-end tests")
+}
+
+fn builder(url: &str, ns: &str) -> CacheBuilder {
+    AciCache::builder().redis_url(url).namespace(ns).tick(Duration::from_millis(50))
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(timeout: Duration, mut f: impl FnMut() -> F) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_reads_its_own_write_and_hits_l1_without_redis() {
+    let mut srv = server();
+    let a = builder(&srv.url(), "ryw").build().await.unwrap();
+    a.set("user:1", "alice", None).await.unwrap();
+    assert_eq!(a.get_string("user:1").await.unwrap().as_deref(), Some("alice"));
+    let st = a.stats();
+    assert_eq!((st.reads, st.l1_hits, st.l1_misses), (1, 1, 0));
+    // With Redis gone, an L1 hit still answers: the hot path touches no Redis.
+    srv.kill();
+    assert_eq!(a.get_string("user:1").await.unwrap().as_deref(), Some("alice"));
+    assert_eq!(a.stats().l1_hits, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_fills_l1_and_the_l1_ttl_never_outlives_redis() {
+    let srv = server();
+    let a = builder(&srv.url(), "fill").local_ttl(Duration::from_secs(30)).build().await.unwrap();
+    let mut r = raw(&srv.url()).await;
+    let _: () = redis::cmd("SET").arg("aci:fill:k").arg("v1").arg("PX").arg(300).query_async(&mut r).await.unwrap();
+    assert_eq!(a.get_string("k").await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(a.get_string("k").await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(a.stats().l1_hits, 1, "second read served from L1");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Redis expired the key; L1 must not serve it for the 30 s local TTL.
+    assert_eq!(a.get_string("k").await.unwrap(), None);
+    assert_eq!(a.get_string("missing").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_two_instances_converge_and_redis_keeps_every_value() {
+    let srv = server();
+    let a = builder(&srv.url(), "eager").fixed_strategy(Strategy::Eager).role(Role::Controller).build().await.unwrap();
+    let b = builder(&srv.url(), "eager").fixed_strategy(Strategy::Eager).role(Role::Follower).build().await.unwrap();
+    let mut r = raw(&srv.url()).await;
+    let mut lat = Vec::new();
+    for i in 0..1000 {
+        let key = format!("k{}", i % 50);
+        // B holds the previous value in L1, so seeing the new one requires the invalidation.
+        let _ = b.get(&key).await.unwrap();
+        let v = format!("v{i}");
+        a.set(&key, v.clone(), None).await.unwrap();
+        let t = Instant::now();
+        let seen = wait_until(Duration::from_secs(1), || {
+            let (b, key, v) = (b.clone(), key.clone(), v.clone());
+            async move { b.get_string(&key).await.unwrap().as_deref() == Some(v.as_str()) }
+        })
+        .await;
+        assert!(seen, "B never saw {key}={v}");
+        lat.push(t.elapsed());
+    }
+    // Invalidations drop L1 entries only: every key still holds its last value in Redis.
+    let mut lost = 0;
+    for k in 0..50 {
+        let v: Option<String> = redis::cmd("GET").arg(format!("aci:eager:k{k}")).query_async(&mut r).await.unwrap();
+        let want = format!("v{}", 950 + k);
+        if v.as_deref() != Some(want.as_str()) {
+            lost += 1;
+        }
+    }
+    assert_eq!(lost, 0, "values lost from Redis");
+    lat.sort();
+    eprintln!("eager propagation p50 {:?} p99 {:?} (benchmark: aci bench)", lat[500], lat[990]);
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.writes, 1000);
+    assert!(sa.messages_sent >= 1000, "one invalidation per write: {}", sa.messages_sent);
+    assert!(sb.invalidations_applied >= 1000);
+    assert_eq!(sa.invalidations_applied, 0, "A ignores its own messages");
+    assert_eq!(sa.l1_hits + sa.l1_misses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_sends_nothing_and_staleness_is_bounded_by_the_local_ttl() {
+    let srv = server();
+    let local = Duration::from_millis(400);
+    let a = builder(&srv.url(), "ttl").fixed_strategy(Strategy::Ttl).role(Role::Controller).local_ttl(local).build().await.unwrap();
+    let b = builder(&srv.url(), "ttl").fixed_strategy(Strategy::Ttl).role(Role::Follower).local_ttl(local).build().await.unwrap();
+    a.set("k", "old", None).await.unwrap();
+    assert_eq!(b.get_string("k").await.unwrap().as_deref(), Some("old"));
+    let sent_before = a.stats().messages_sent;
+    a.set("k", "new", None).await.unwrap();
+    let written = Instant::now();
+    // No message: B keeps serving its copy...
+    assert_eq!(b.get_string("k").await.unwrap().as_deref(), Some("old"));
+    assert!(wait_until(Duration::from_secs(2), || { let b = b.clone(); async move { b.get_string("k").await.unwrap().as_deref() == Some("new") } }).await);
+    // ...until its local TTL ran out, and not much longer.
+    assert!(written.elapsed() < local + Duration::from_millis(300), "{:?}", written.elapsed());
+    let sent = a.stats().messages_sent - sent_before;
+    // Only heartbeats (strategy updates, one per 50 ms tick) went out, no invalidation.
+    assert_eq!(b.stats().invalidations_applied, 0);
+    assert!(sent < 20, "{sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_publishes_one_message_per_interval_and_drains_on_shutdown() {
+    let srv = server();
+    let interval = Duration::from_millis(300);
+    let a = builder(&srv.url(), "bat").fixed_strategy(Strategy::Batched).role(Role::Controller).batch_interval(interval).build().await.unwrap();
+    let b = builder(&srv.url(), "bat").fixed_strategy(Strategy::Batched).role(Role::Follower).batch_interval(interval).build().await.unwrap();
+    for i in 0..20 {
+        a.set(&format!("k{i}"), "old", None).await.unwrap();
+        b.get(&format!("k{i}")).await.unwrap();
+    }
+    tokio::time::sleep(interval * 2).await;
+    for i in 0..20 {
+        assert_eq!(b.get_string(&format!("k{i}")).await.unwrap().as_deref(), Some("old"));
+    }
+    let applied_before = b.stats().invalidations_applied;
+    let t = Instant::now();
+    for i in 0..20 {
+        a.set(&format!("k{i}"), "new", None).await.unwrap();
+    }
+    // Within the interval (plus a tick and the round trip) all 20 arrive together.
+    assert!(wait_until(Duration::from_secs(2), || {
+        let b = b.clone();
+        async move {
+            for i in 0..20 {
+                if b.get_string(&format!("k{i}")).await.unwrap().as_deref() != Some("new") {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await);
+    assert!(t.elapsed() < interval + Duration::from_millis(400), "{:?}", t.elapsed());
+    assert_eq!(b.stats().invalidations_applied - applied_before, 20);
+
+    // A pending batch is published by shutdown, not lost.
+    a.set("last", "old", None).await.unwrap();
+    tokio::time::sleep(interval * 2).await;
+    b.get("last").await.unwrap();
+    a.set("last", "new", None).await.unwrap();
+    a.shutdown().await.unwrap();
+    assert!(wait_until(Duration::from_millis(200), || { let b = b.clone(); async move { b.get_string("last").await.unwrap().as_deref() == Some("new") } }).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_always_publishes_at_once() {
+    let srv = server();
+    let a = builder(&srv.url(), "del").fixed_strategy(Strategy::Ttl).role(Role::Controller).local_ttl(Duration::from_secs(60)).build().await.unwrap();
+    let b = builder(&srv.url(), "del").fixed_strategy(Strategy::Ttl).role(Role::Follower).local_ttl(Duration::from_secs(60)).build().await.unwrap();
+    a.set("k", "v", None).await.unwrap();
+    assert_eq!(b.get_string("k").await.unwrap().as_deref(), Some("v"));
+    assert!(a.delete("k").await.unwrap());
+    assert!(wait_until(Duration::from_millis(300), || { let b = b.clone(); async move { b.get_string("k").await.unwrap().is_none() } }).await);
+    assert_eq!(a.get_string("k").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_racing_writes_never_leaves_an_old_value_cached() {
+    let srv = server();
+    // A long local TTL: a wrongly installed old value would stay visible for a minute.
+    let a = builder(&srv.url(), "race").fixed_strategy(Strategy::Eager).role(Role::Controller).local_ttl(Duration::from_secs(60)).build().await.unwrap();
+    let b = builder(&srv.url(), "race").fixed_strategy(Strategy::Eager).role(Role::Follower).local_ttl(Duration::from_secs(60)).build().await.unwrap();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                for _ in 0..3000 {
+                    let _ = b.get("hot").await;
+                }
+            })
+        })
+        .collect();
+    for i in 0..1500 {
+        a.set("hot", format!("v{i}"), None).await.unwrap();
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(b.get_string("hot").await.unwrap().as_deref(), Some("v1499"));
+    assert_eq!(a.get_string("hot").await.unwrap().as_deref(), Some("v1499"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_decides_from_the_fleets_rate_and_followers_apply_it() {
+    let srv = server();
+    let mk = |role| {
+        builder(&srv.url(), "fleet").role(role).window(Duration::from_millis(1000)).hold(Duration::from_millis(300)).build()
+    };
+    let ctl = mk(Role::Auto).await.unwrap();
+    let f1 = mk(Role::Auto).await.unwrap();
+    let f2 = mk(Role::Auto).await.unwrap();
+    assert!(ctl.is_controller() && !f1.is_controller() && !f2.is_controller(), "one elected controller");
+    assert!(wait_until(Duration::from_secs(1), || { let f = f1.clone(); async move { f.strategy() == Strategy::Ttl } }).await,
+        "followers learn the controller's ttl");
+    // Only the followers write: 2 x 40 writes/s = 80/s > 50, while each alone is below 50.
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_millis(1800) {
+        f1.set(&format!("a{}", i % 10), "x", None).await.unwrap();
+        f2.set(&format!("b{}", i % 10), "x", None).await.unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(ctl.strategy(), Strategy::Eager, "controller measured the fleet: {:?}", ctl.stats().write_rate);
+    assert_eq!(f1.strategy(), Strategy::Eager);
+    assert_eq!(f2.strategy(), Strategy::Eager);
+    assert!(ctl.stats().writes == 0);
+    // Quiet again: down after window + hold, everywhere.
+    assert!(wait_until(Duration::from_secs(4), || { let f = f2.clone(); async move { f.strategy() == Strategy::Ttl } }).await);
+    let switches = ctl.stats().switches;
+    assert!(switches.iter().any(|s| s.to == Strategy::Eager) && switches.iter().any(|s| s.from == Strategy::Eager));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_follower_learns_the_strategy_within_a_tick() {
+    let srv = server();
+    let ctl = builder(&srv.url(), "late").fixed_strategy(Strategy::Batched).role(Role::Controller).build().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = builder(&srv.url(), "late").role(Role::Follower).build().await.unwrap();
+    // Until it hears the controller a follower runs eager (safe); then it applies batched.
+    let t = Instant::now();
+    assert!(wait_until(Duration::from_millis(500), || { let l = late.clone(); async move { l.strategy() == Strategy::Batched } }).await);
+    assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+    drop(ctl);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_rate_ramp_moves_through_all_three_strategies() {
+    let srv = server();
+    let c = builder(&srv.url(), "ramp").role(Role::Controller).window(Duration::from_millis(1000)).hold(Duration::from_millis(300)).build().await.unwrap();
+    let mut watch = c.watch_strategy();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![c.strategy()]));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while watch.changed().await.is_ok() {
+            let s = *watch.borrow();
+            s2.lock().unwrap().push(s);
+        }
+    });
+    for (rate, ms) in [(25u64, 1500u64), (120, 1200), (0, 2500)] {
+        let start = Instant::now();
+        let mut i = 0;
+        while start.elapsed() < Duration::from_millis(ms) {
+            if rate > 0 {
+                c.set(&format!("k{}", i % 20), "v", None).await.unwrap();
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(1000 / rate)).await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let seen = seen.lock().unwrap().clone();
+    let pos = |s| seen.iter().position(|x| *x == s);
+    assert_eq!(seen.first(), Some(&Strategy::Ttl), "{seen:?}");
+    assert!(pos(Strategy::Batched).unwrap() < pos(Strategy::Eager).unwrap(), "{seen:?}");
+    assert_eq!(seen.last(), Some(&Strategy::Ttl), "{seen:?}");
+    let st = c.stats();
+    assert!(st.switches.len() >= 3, "{:?}", st.switches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_foreign_messages_are_counted_and_ignored() {
+    let srv = server();
+    let a = builder(&srv.url(), "mal").fixed_strategy(Strategy::Eager).role(Role::Controller).build().await.unwrap();
+    a.set("k", "v", None).await.unwrap();
+    let mut r = raw(&srv.url()).await;
+    let junk: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        b"{\"action\":\"explode\",\"source\":\"x\"}".to_vec(),
+        b"{\"action\":\"invalidate\",\"keys\":\"k\",\"source\":\"x\"}".to_vec(),
+        vec![0xff, 0xfe, 0x00],
+        format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+        vec![b'x'; 2 << 20],
+    ];
+    for j in &junk {
+        let _: i64 = redis::cmd("PUBLISH").arg("aci:mal:invalidation").arg(j).query_async(&mut r).await.unwrap();
+    }
+    let _: i64 = redis::cmd("PUBLISH").arg("aci:mal:strategy").arg("{\"action\":\"strategy_update\",\"strategy\":\"sometimes\",\"source\":\"x\"}").query_async(&mut r).await.unwrap();
+    assert!(wait_until(Duration::from_secs(2), || { let a = a.clone(); async move { a.stats().malformed == 7 } }).await, "{}", a.stats().malformed);
+    assert_eq!(a.get_string("k").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(a.stats().l1_hits, 1, "L1 untouched by junk");
+    // An original-product message (no seq, no epoch) is applied.
+    let orig = r#"{"action":"invalidate","keys":["aci:mal:k"],"strategy":"eager","timestamp":1.0,"source":"0123456789ab"}"#;
+    let _: i64 = redis::cmd("PUBLISH").arg("aci:mal:invalidation").arg(orig).query_async(&mut r).await.unwrap();
+    assert!(wait_until(Duration::from_secs(1), || { let a = a.clone(); async move { a.stats().invalidations_applied == 1 } }).await);
+    let _ = a.get("k").await.unwrap();
+    assert_eq!(a.stats().l1_misses, 1, "invalidated by the original's message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_gap_flushes_l1() {
+    let srv = server();
+    let a = builder(&srv.url(), "gap").fixed_strategy(Strategy::Ttl).role(Role::Controller).local_ttl(Duration::from_secs(60)).build().await.unwrap();
+    a.set("k", "v", None).await.unwrap();
+    let mut r = raw(&srv.url()).await;
+    let msg = |seq: u64| format!(r#"{{"action":"invalidate","keys":["aci:gap:other"],"strategy":"eager","timestamp":1.0,"source":"feedfeedfeed","epoch":"e1","seq":{seq}}}"#);
+    for seq in [1u64, 2, 5] {
+        let _: i64 = redis::cmd("PUBLISH").arg("aci:gap:invalidation").arg(msg(seq)).query_async(&mut r).await.unwrap();
+    }
+    // Seqs 3 and 4 never come: after the reorder allowance the gap is a loss.
+    assert!(wait_until(Duration::from_secs(2), || { let a = a.clone(); async move { a.stats().gaps == 1 } }).await);
+    let _ = a.get("k").await.unwrap();
+    assert_eq!(a.stats().l1_misses, 1, "L1 was flushed");
+}
+
+fn hostile() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies/hostile.wasm")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_or_trapping_policy_falls_back_to_eager_and_the_cache_keeps_serving() {
+    let srv = server();
+    let a = builder(&srv.url(), "hostile").policy_file(hostile()).role(Role::Controller).build().await.unwrap();
+    let b = builder(&srv.url(), "hostile").role(Role::Follower).build().await.unwrap();
+    a.set("k", "v0", None).await.unwrap();
+    assert_eq!(a.strategy(), Strategy::Ttl);
+    let t = Instant::now();
+    a.set("hostile:loop", "x", None).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "the fuel bound stopped the loop: {:?}", t.elapsed());
+    assert_eq!(a.stats().policy_faults, 1);
+    assert_eq!(a.strategy(), Strategy::Eager, "fallback");
+    a.set("hostile:trap", "x", None).await.unwrap();
+    a.set("hostile:grow", "x", None).await.unwrap();
+    a.set("hostile:grow", "x", None).await.unwrap();
+    a.set("hostile:huge", "x", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let faults = a.stats().policy_faults;
+    assert!(faults >= 2, "{faults}");
+    // Still serving, and invalidating eagerly: B sees A's writes at once.
+    b.get("k").await.unwrap();
+    a.set("k", "v1", None).await.unwrap();
+    assert!(wait_until(Duration::from_millis(300), || { let b = b.clone(); async move { b.get_string("k").await.unwrap().as_deref() == Some("v1") } }).await);
+    assert_eq!(a.get_string("k").await.unwrap().as_deref(), Some("v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_is_a_typed_error_naming_the_field() {
+    let srv = server();
+    let err = |b: CacheBuilder| async move {
+        match b.build().await {
+            Err(aci_cache::Error::Config(e)) => e.field,
+            Err(other) => panic!("not a config error: {other}"),
+            Ok(_) => panic!("accepted"),
+        }
+    };
+    let u = srv.url();
+    assert_eq!(err(builder(&u, "c").low_threshold(50.0).high_threshold(10.0)).await, "low_threshold");
+    assert_eq!(err(builder(&u, "c").low_threshold(-1.0)).await, "low_threshold");
+    assert_eq!(err(builder(&u, "c").window(Duration::ZERO)).await, "window");
+    assert_eq!(err(builder(&u, "c").batch_interval(Duration::ZERO)).await, "batch_interval");
+    assert_eq!(err(builder(&u, "c").tick(Duration::ZERO)).await, "tick");
+    assert_eq!(err(builder(&u, "c").default_ttl(Duration::ZERO)).await, "default_ttl");
+    assert_eq!(err(builder(&u, "bad ns")).await, "namespace");
+    assert_eq!(err(builder(&u, "c").l1_max_entries(0)).await, "l1_max_entries");
+    assert_eq!(err(builder(&u, "c").window(Duration::from_secs(100 * 86400))).await, "window");
+    match builder(&u, "c").policy_file("/nonexistent.wasm").build().await {
+        Err(aci_cache::Error::Policy(aci_cache::PolicyError::Io(..))) => {}
+        other => panic!("{:?}", other.err()),
+    }
+}

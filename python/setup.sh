@@ -45,4 +45,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[test]"
-"$venv/bin/python" -c "import aci_cache, wasmtime, redis; print('setup.sh: aci-cache', aci_cache.__version__, '| wasmtime', wasmtime.__version__ if hasattr(wasmtime, '__version__') else '?', '| redis', redis.__version__)"
+"$venv/bin/python" - <<'PY'
+from importlib.metadata import version
+import aci_cache
+from aci_cache.engine import packaged_policies
+print(f"setup.sh: aci-cache {aci_cache.__version__}, wasmtime {version('wasmtime')}, redis {version('redis')}, "
+      f"policies {', '.join(packaged_policies())}")
+PY

@@ -1,7 +1,31 @@
-"""aci-cache: adaptive cache invalidation for Redis."""
+"""aci-cache: adaptive cache invalidation for Redis.
+
+``AdaptiveCache`` wraps a redis-py client with a bounded local (L1) cache kept coherent across a
+fleet of instances over Redis Pub/Sub; a WebAssembly policy picks how (``ttl``, ``batched`` or
+``eager`` invalidation) from the fleet's measured write rate.
+"""
 
 __version__ = "0.2.0"
 
-from .engine import ConfigError as EngineConfigError, Engine, EngineError, EngineFault, PolicyLoadError
+from .config import CacheConfig, ConfigValueError
+from .engine import ConfigError as EngineConfigError
+from .engine import Engine, EngineError, EngineFault, PolicyLoadError
+from .cache import AdaptiveCache
 
-__all__ = ["Engine", "EngineError", "EngineFault", "EngineConfigError", "PolicyLoadError", "__version__"]
+try:  # redis.asyncio ships with redis-py >= 4.2
+    from .aio import AsyncAdaptiveCache
+except ImportError:  # pragma: no cover
+    pass
+
+__all__ = [
+    "AdaptiveCache",
+    "AsyncAdaptiveCache",
+    "CacheConfig",
+    "ConfigValueError",
+    "Engine",
+    "EngineError",
+    "EngineFault",
+    "EngineConfigError",
+    "PolicyLoadError",
+    "__version__",
+]

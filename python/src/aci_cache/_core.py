@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .config import WIT_TO_PY, CacheConfig
+from .config import WIT_TO_PY, CacheConfig, ConfigValueError
 from .engine import STRATEGIES, ConfigError as EngineConfigError, Engine, EngineError, EngineFault
 
 log = logging.getLogger("aci_cache")
@@ -37,15 +37,6 @@ _U32_MAX = (1 << 32) - 1
 REPORT_HEARTBEAT = 1.0
 
 MALFORMED_KINDS = ("not_json", "not_object", "unknown_action", "wrong_types", "too_large", "too_many_keys")
-
-
-class ConfigValueError(ValueError):
-    """An invalid setting, named by its constructor argument (``field``)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def _dumps(obj: Dict[str, Any]) -> str:
@@ -66,8 +57,7 @@ class TickOutput:
     ``callbacks``. Invalidation payloads are built by ``Core.invalidation_payloads`` under the
     publish lock, so they carry consecutive seqs in publish order."""
 
-    inval_keys: List[List[str]] = field(default_factory=list)  # each: one invalidate message
-    inval_strategy: str = "batched"
+    inval: List[Tuple[List[str], str]] = field(default_factory=list)  # (keys, strategy) per message
     flush: bool = False
     strategy_update: bool = False
     write_report: Optional[int] = None
@@ -79,6 +69,9 @@ class Core:
         self.cfg = cfg
         self.encoder = encoder
         self.decode_responses = decode_responses
+        self._encoding = getattr(encoder, "encoding", "utf-8")
+        # str values round-trip unchanged through encode/decode with strict errors
+        self._str_fast = getattr(encoder, "encoding_errors", "strict") == "strict"
         self.instance_id = cfg.instance_id or secrets.token_hex(6)
         self.epoch = secrets.token_hex(8)
         p = cfg.channel_prefix + (f":{cfg.namespace}" if cfg.namespace else "")
@@ -89,6 +82,10 @@ class Core:
         self.ch_reports = f"{p}:reports"
         self.lease_key = f"{p}:controller"
         self.channels = (self.ch_inval, self.ch_strategy, self.ch_reports)
+        # Our own messages come back to us; they start with this (see the payload builders),
+        # which lets the Pub/Sub thread drop them without parsing.
+        self.own_prefix = f'{{"source":"{self.instance_id}","epoch":"{self.epoch}",'
+        self.own_prefix_b = self.own_prefix.encode()
         self.lease_ms = max(1, int(round(cfg.controller_interval * 1000)))
         self.controller_timeout = float(cfg.controller_interval)
         self.local_ttl = float(cfg.local_ttl)
@@ -136,11 +133,10 @@ class Core:
         self.callbacks: List[Callable[[str, str], Any]] = []
         self.switch_log: List[Tuple[float, str, str]] = []
         self.n_switches = 0
+        self.n_reads = 0
+        self.n_hits = 0
+        self.n_writes = 0
         self.stats_c = dict(
-            total_reads=0,
-            total_writes=0,
-            cache_hits=0,
-            cache_misses=0,
             messages_sent=0,
             messages_received=0,
             invalidations_applied=0,
@@ -201,6 +197,11 @@ class Core:
 
     def normalize(self, value: Any) -> Any:
         """The value as a GET through the same client would return it (for read-your-writes)."""
+        t = type(value)
+        if t is str and self._str_fast:
+            return value if self.decode_responses else value.encode(self._encoding)
+        if t is bytes and not self.decode_responses:
+            return value
         b = self.encoder.encode(value)
         if self.decode_responses:
             return self.encoder.decode(b, force=True)
@@ -228,8 +229,12 @@ class Core:
             return
         self.l1[rk] = (value, expires, size)
         self.l1_bytes += size
+        if len(self.l1) > self.max_entries or self.l1_bytes > self.max_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
         l1 = self.l1
-        while len(l1) > self.max_entries or self.l1_bytes > self.max_bytes:
+        while l1 and (len(l1) > self.max_entries or self.l1_bytes > self.max_bytes):
             _k, (_v, _e, s) = l1.popitem(last=False)
             self.l1_bytes -= s
             self.stats_c["evictions"] += 1
@@ -237,20 +242,17 @@ class Core:
     def lookup(self, rk: str) -> Tuple[bool, Any, Optional[Tuple[int, int]]]:
         """L1 read. Returns (hit, value, fill token); the token is None when L1 is bypassed."""
         with self.lock:
-            st = self.stats_c
-            st["total_reads"] += 1
+            self.n_reads += 1
             if not self.link_up:
-                st["cache_misses"] += 1
                 return False, None, None
             e = self.l1.get(rk)
             if e is not None:
                 if e[1] > time.monotonic():
                     self.l1.move_to_end(rk)
-                    st["cache_hits"] += 1
+                    self.n_hits += 1
                     return True, e[0], None
                 self.l1.pop(rk)
                 self.l1_bytes -= e[2]
-            st["cache_misses"] += 1
             return False, None, (self.stripes[hash(rk) % _STRIPES], self.flush_gen)
 
     def fill(self, rk: str, value: Any, pttl: Any, token: Optional[Tuple[int, int]]) -> None:
@@ -268,23 +270,47 @@ class Core:
                 return
             self._install(rk, value, time.monotonic() + ttl)
 
-    def begin_write(self, rk: str) -> int:
-        """Before a SET/DEL: make in-flight GETs of this key unable to install (fill race)."""
+    def begin_write(self, rk: str) -> Tuple[int, int]:
+        """Before a SET/DEL: make in-flight GETs of this key unable to install (fill race).
+        Returns the token for end_write."""
         i = hash(rk) % _STRIPES
+        stripes = self.stripes
         with self.lock:
-            g = self.stripes[i] + 1
-            self.stripes[i] = g
-            return g
+            g = stripes[i] + 1
+            stripes[i] = g
+        return i, g
 
-    def end_write(self, rk: str, value: Any, ttl: float, gen: int, ok: bool, published: bool) -> None:
+    def end_write(self, rk: str, value: Any, ttl: float, token: Tuple[int, int], ok: bool, published: bool) -> None:
         """After a SET: read-your-writes (unless another write or invalidation came in between)
         and record the write for the next tick."""
+        i, gen = token
+        expires = time.monotonic() + (ttl if ttl < self.local_ttl else self.local_ttl)
         with self.lock:
-            if ok and self.link_up and self.stripes[hash(rk) % _STRIPES] == gen and value is not None:
-                self._install(rk, value, time.monotonic() + min(self.local_ttl, ttl))
+            if ok and self.link_up and self.stripes[i] == gen:
+                l1 = self.l1
+                old = l1.get(rk)
+                size = len(rk) + (len(value) if isinstance(value, (bytes, str)) else 16)
+                if old is not None:
+                    self.l1_bytes += size - old[2]
+                    l1[rk] = (value, expires, size)
+                    l1.move_to_end(rk)
+                    if self.l1_bytes > self.max_bytes:
+                        self._evict()
+                else:
+                    self._install(rk, value, expires)
             else:
                 self._drop(rk)
-            self._count_write(rk, published)
+            # _count_write, inlined
+            self.n_writes += 1
+            self.report_count += 1
+            pending = self.pending
+            prev = pending.get(rk)
+            if prev is None:
+                pending[rk] = not published
+            else:
+                self.pending_dups += 1
+                if not published:
+                    pending[rk] = True
 
     def end_delete(self, rk: str, published: bool) -> None:
         with self.lock:
@@ -292,7 +318,7 @@ class Core:
             self._count_write(rk, published)
 
     def _count_write(self, rk: str, published: bool) -> None:
-        self.stats_c["total_writes"] += 1
+        self.n_writes += 1
         self.report_count += 1
         prev = self.pending.get(rk)
         if prev is None:
@@ -338,18 +364,15 @@ class Core:
         if seq > self.published_seq:
             self.published_seq = seq
 
-    def _base(self, action: str) -> Dict[str, Any]:
-        return {"action": action}
-
     def invalidate_payload(self, keys: List[str], strategy: str, seq: int) -> str:
         return _dumps(
             {
+                "source": self.instance_id,
+                "epoch": self.epoch,
                 "action": "invalidate",
                 "keys": keys,
                 "strategy": strategy,
                 "timestamp": time.time(),
-                "source": self.instance_id,
-                "epoch": self.epoch,
                 "seq": seq,
             }
         )
@@ -357,11 +380,11 @@ class Core:
     def flush_payload(self, seq: int) -> str:
         return _dumps(
             {
+                "source": self.instance_id,
+                "epoch": self.epoch,
                 "action": "flush",
                 "strategy": "batched",
                 "timestamp": time.time(),
-                "source": self.instance_id,
-                "epoch": self.epoch,
                 "seq": seq,
             }
         )
@@ -369,12 +392,12 @@ class Core:
     def strategy_payload(self) -> str:
         return _dumps(
             {
+                "source": self.instance_id,
+                "epoch": self.epoch,
                 "action": "strategy_update",
                 "strategy": self.strategy,
                 "write_rate": self.write_rate,
                 "timestamp": time.time(),
-                "source": self.instance_id,
-                "epoch": self.epoch,
                 "inval_seq": self.published_seq,
             }
         )
@@ -382,11 +405,11 @@ class Core:
     def report_payload(self, count: int) -> str:
         return _dumps(
             {
+                "source": self.instance_id,
+                "epoch": self.epoch,
                 "action": "write_report",
                 "count": count,
                 "timestamp": time.time(),
-                "source": self.instance_id,
-                "epoch": self.epoch,
                 "inval_seq": self.published_seq,
             }
         )
@@ -437,11 +460,11 @@ class Core:
             ctrl_strategy, ctrl_heard = self.ctrl_strategy, self.ctrl_heard
         try:
             out = self._tick_engine(now, mono, pending, dups, remote, ctrl_strategy, ctrl_heard, out)
-        except EngineFault as e:
-            self._fallback_engine(str(e))
+        except Exception as e:  # EngineFault, or anything unexpected on the engine path
+            self._fallback_engine(f"{type(e).__name__}: {e}")
             # Keys buffered in the dead instance are unknown: everybody drops everything.
             out.flush = True
-            out.inval_keys = []
+            out.inval = []
             snap = self.engine.status(now)
             self._apply_snapshot(snap, out)
         # reports and heartbeats
@@ -469,14 +492,13 @@ class Core:
         after = self.strategy
         if pending:
             keys = list(pending)
-            after = eng.record_writes(keys, now)
+            after = eng.record_write(keys[0], now) if len(keys) == 1 else eng.record_writes(keys, now)
             unpublished = [k for k, unpub in pending.items() if unpub]
             if after == "eager" and unpublished:
                 # The rate crossed into eager during this tick's writes: the policy buffers none
                 # of the keys counted after the switch and expects the host to have published
                 # them, which set() (deciding from the last tick) did not.
-                out.inval_keys.extend(self.chunk_keys(unpublished))
-                out.inval_strategy = "eager"
+                out.inval.extend((c, "eager") for c in self.chunk_keys(unpublished))
         if unpublished and (self.strategy == "batched" or after == "batched"):
             with self.lock:  # for flush(): batched writes whose batch is not published yet
                 for k in unpublished:
@@ -504,7 +526,7 @@ class Core:
             if b.flush_all or len(b.keys) > MAX_MESSAGE_KEYS:
                 out.flush = True
             elif b.keys:
-                out.inval_keys.extend(self.chunk_keys(b.keys))
+                out.inval.extend((c, "batched") for c in self.chunk_keys(b.keys))
             with self.lock:
                 self.unbatched.clear()
                 self.unbatched_overflow = False
@@ -571,6 +593,11 @@ class Core:
             return False
 
     def _on_message(self, channel: Any, data: Any) -> bool:
+        if isinstance(data, bytes):
+            if data.startswith(self.own_prefix_b):
+                return False
+        elif isinstance(data, str) and data.startswith(self.own_prefix):
+            return False
         if isinstance(channel, bytes):
             channel = channel.decode("utf-8", "replace")
         size = len(data.encode("utf-8")) if isinstance(data, str) else len(data) if isinstance(data, (bytes, bytearray)) else 0
@@ -704,7 +731,13 @@ class Core:
 
     def stats(self) -> Dict[str, Any]:
         with self.lock:
-            d: Dict[str, Any] = dict(self.stats_c)
+            d: Dict[str, Any] = dict(
+                total_reads=self.n_reads,
+                total_writes=self.n_writes,
+                cache_hits=self.n_hits,
+                cache_misses=self.n_reads - self.n_hits,
+            )
+            d.update(self.stats_c)
             d["current_strategy"] = self.strategy
             d["write_rate"] = self.write_rate
             d["strategy_switches"] = list(self.switch_log)

@@ -10,7 +10,16 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from .engine import STRATEGIES
 
-__all__ = ["CacheConfig", "ROLES", "WIT_TO_PY"]
+__all__ = ["CacheConfig", "ConfigValueError", "ROLES", "WIT_TO_PY"]
+
+
+class ConfigValueError(ValueError):
+    """An invalid setting; ``field`` is the constructor argument's name."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field = field
+        self.message = message
 
 ROLES = ("auto", "controller", "follower")
 
@@ -84,6 +93,13 @@ class CacheConfig:
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "CacheConfig":
+        """Settings from keyword arguments; ``config=CacheConfig(...)`` gives a base that the
+        other keywords override."""
+        base = kwargs.pop("config", None)
+        if base is not None:
+            if not isinstance(base, CacheConfig):
+                raise TypeError(f"config must be a CacheConfig, got {type(base).__name__}")
+            kwargs = {**{f.name: getattr(base, f.name) for f in fields(cls)}, **kwargs}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
@@ -104,54 +120,52 @@ class CacheConfig:
             if v is None and optional:
                 return
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{name} must be a number, got {v!r}")
+                raise ConfigValueError(name, f"must be a number, got {v!r}")
             if not math.isfinite(v):
-                raise ValueError(f"{name} must be finite, got {v!r}")
+                raise ConfigValueError(name, f"must be finite, got {v!r}")
             if positive and v <= 0:
-                raise ValueError(f"{name} must be > 0, got {v!r}")
+                raise ConfigValueError(name, f"must be > 0, got {v!r}")
             if nonneg and v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v!r}")
+                raise ConfigValueError(name, f"must be >= 0, got {v!r}")
 
         def integer(name: str, *, optional: bool = False) -> None:
             v = getattr(self, name)
             if v is None and optional:
                 return
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{name} must be an integer, got {v!r}")
+                raise ConfigValueError(name, f"must be an integer, got {v!r}")
             if v <= 0:
-                raise ValueError(f"{name} must be > 0, got {v!r}")
+                raise ConfigValueError(name, f"must be > 0, got {v!r}")
 
         number("high_threshold", nonneg=True)
         number("low_threshold", nonneg=True)
         if self.low_threshold >= self.high_threshold:
-            raise ValueError(
-                f"low_threshold must be less than high_threshold ({self.high_threshold}), got {self.low_threshold}"
-            )
+            raise ConfigValueError("low_threshold", f"must be less than high_threshold ({self.high_threshold}), got {self.low_threshold}")
         number("default_ttl", positive=True)
         number("batch_interval", positive=True)
         number("controller_interval", positive=True)
         number("sliding_window", positive=True)
         if not isinstance(self.channel_prefix, str) or not self.channel_prefix:
-            raise ValueError(f"channel_prefix must be a non-empty string, got {self.channel_prefix!r}")
+            raise ConfigValueError("channel_prefix", f"must be a non-empty string, got {self.channel_prefix!r}")
         if self.namespace is not None and (not isinstance(self.namespace, str) or not self.namespace):
-            raise ValueError(f"namespace must be a non-empty string or None, got {self.namespace!r}")
+            raise ConfigValueError("namespace", f"must be a non-empty string or None, got {self.namespace!r}")
         if self.is_controller is not None and not isinstance(self.is_controller, bool):
-            raise ValueError(f"is_controller must be True, False or None, got {self.is_controller!r}")
+            raise ConfigValueError("is_controller", f"must be True, False or None, got {self.is_controller!r}")
         number("local_ttl", positive=True)
         integer("local_max_entries")
         integer("local_max_bytes")
         number("tick_interval", positive=True)
         if self.role is not None and self.role not in ROLES:
-            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+            raise ConfigValueError("role", f"must be one of {', '.join(ROLES)}, got {self.role!r}")
         if self.strategy is not None and self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)} or None, got {self.strategy!r}")
+            raise ConfigValueError("strategy", f"must be one of {', '.join(STRATEGIES)} or None, got {self.strategy!r}")
         number("hold", nonneg=True, optional=True)
         integer("batch_max_keys", optional=True)
         integer("batch_max_bytes", optional=True)
         if self.instance_id is not None and (
             not isinstance(self.instance_id, str) or not _HEX12.match(self.instance_id)
         ):
-            raise ValueError(f"instance_id must be 12 lowercase hex characters, got {self.instance_id!r}")
+            raise ConfigValueError("instance_id", f"must be 12 lowercase hex characters, got {self.instance_id!r}")
         number("connect_timeout", nonneg=True)
 
     # -- derived -------------------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""The cache against raw redis-py, in one run on the same Redis.
+
+Starts a private redis-server on a free loopback port (or uses --redis URL) and times, on one
+connection each, single-threaded:
+  raw-get, raw-set            redis-py GET and SET EX (what this package's set sends)
+  get-l1-hit, get-l1-miss     AdaptiveCache.get served from L1 / from Redis (GET+PTTL pipeline)
+  set-ttl, set-batched, set-eager   AdaptiveCache.set with the strategy forced
+Each op runs in many short interleaved rounds (so that load from elsewhere on the machine hits
+every op alike); the median round is reported. Output, one line per op:
+  bench python <op> <ns per op> <speed relative to the raw op (raw ns / op ns)>x
+then the targets (set >= 0.9x raw SET under ttl/batched, L1 hit >= 10x raw GET).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+import redis
+
+from aci_cache import AdaptiveCache
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis() -> tuple:
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="aci-bench-")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", d], stdout=subprocess.DEVNULL)
+    c = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            c.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    c.close()
+    return proc, port, d
+
+
+def timed(fn: Callable[[int], None], n: int) -> float:
+    t = time.perf_counter_ns()
+    fn(n)
+    return (time.perf_counter_ns() - t) / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--redis", help="use this Redis instead of a private redis-server")
+    ap.add_argument("--ops", type=int, default=300, help="Redis round trips per op per round")
+    ap.add_argument("--rounds", type=int, default=30)
+    args, _ = ap.parse_known_args()
+
+    proc = None
+    if args.redis:
+        url = args.redis
+    else:
+        proc, port, tmpdir = start_redis()
+        url = f"redis://127.0.0.1:{port}/0"
+    try:
+        raw = redis.Redis.from_url(url)
+        raw.ping()
+        n = args.ops
+        keys = [f"bench:k{i}" for i in range(1000)]
+        for k in keys:
+            raw.set(k, "v" * 32, ex=600)
+        value = "v" * 32
+
+        caches: Dict[str, AdaptiveCache] = {}
+        for strategy in ("ttl", "batched", "eager"):
+            caches[strategy] = AdaptiveCache(redis.Redis.from_url(url), namespace=f"bench-{strategy}",
+                                             strategy=strategy, default_ttl=600)
+        hit_cache = caches["ttl"]
+        hit_cache.set("hot", value)
+        miss_keys = [f"bench:miss{i}" for i in range(n * args.rounds + 200)]
+        # the miss keys exist in Redis under the cache's namespace, never in its L1
+        ms = AdaptiveCache(redis.Redis.from_url(url), namespace="bench-miss", strategy="ttl")
+        pipe = raw.pipeline(transaction=False)
+        for k in miss_keys:
+            pipe.set(f"aci:bench-miss:{k}", value, ex=600)
+        pipe.execute()
+
+        def raw_get(m):
+            g = raw.get
+            for i in range(m):
+                g(keys[i % 1000])
+
+        def raw_set(m):
+            s = raw.set
+            for i in range(m):
+                s(keys[i % 1000], value, ex=600)
+
+        def get_hit(m):
+            g = hit_cache.get
+            for _ in range(m):
+                g("hot")
+
+        miss_next = [0]
+
+        def get_miss(m):
+            g = ms.get
+            j = miss_next[0]
+            for i in range(j, j + m):
+                g(miss_keys[i])
+            miss_next[0] = j + m
+
+        def set_with(c: AdaptiveCache):
+            def run(m):
+                s = c.set
+                for i in range(m):
+                    s(keys[i % 1000], value)
+            return run
+
+        ops: Dict[str, tuple] = {
+            "raw-get": (raw_get, n),
+            "raw-set": (raw_set, n),
+            "get-l1-hit": (get_hit, n * 50),
+            "get-l1-miss": (get_miss, n),
+            "set-ttl": (set_with(caches["ttl"]), n),
+            "set-batched": (set_with(caches["batched"]), n),
+            "set-eager": (set_with(caches["eager"]), n),
+        }
+        for fn, m in ops.values():  # warm up
+            fn(min(m, 200))
+        samples: Dict[str, List[float]] = {k: [] for k in ops}
+        for _ in range(args.rounds):
+            for name, (fn, m) in ops.items():
+                samples[name].append(timed(fn, m))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        base = {"raw-get": "raw-get", "raw-set": "raw-set", "get-l1-hit": "raw-get", "get-l1-miss": "raw-get",
+                "set-ttl": "raw-set", "set-batched": "raw-set", "set-eager": "raw-set"}
+        info = raw.info("server")
+        print(f"# python {sys.version.split()[0]}, redis-py {redis.__version__}, redis-server "
+              f"{info.get('redis_version')}, {args.rounds} rounds, median", flush=True)
+        for name in ops:
+            ratio = med[base[name]] / med[name]
+            print(f"bench python {name} {med[name]:.0f} {ratio:.2f}x", flush=True)
+        hit_ratio = med["raw-get"] / med["get-l1-hit"]
+        set_ratios = {s: med["raw-set"] / med[f"set-{s}"] for s in ("ttl", "batched")}
+        ok_hit = hit_ratio >= 10
+        ok_set = all(r >= 0.9 for r in set_ratios.values())
+        print(f"# target get-l1-hit >= 10x raw GET: {hit_ratio:.1f}x {'ok' if ok_hit else 'MISSED'}")
+        print("# target set >= 0.9x raw SET (ttl, batched): "
+              + ", ".join(f"{s} {r:.2f}x" for s, r in set_ratios.items()) + (" ok" if ok_set else " MISSED"))
+        for c in caches.values():
+            c.stop()
+        ms.stop()
+        raw.close()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

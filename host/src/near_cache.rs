@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
 
 const STRIPES: usize = 4096;
-/// Per-entry bookkeeping charged against the byte budget (moka's node, Arc headers).
+/// Per-entry bookkeeping charged against the byte budget (table slot, Arc headers).
 const ENTRY_OVERHEAD: usize = 96;
 
 #[derive(Clone)]
@@ -28,14 +29,16 @@ struct Entry {
     expires_at: Instant,
 }
 
-struct PerEntryTtl;
+/// Bytes an entry is charged: its key, value and bookkeeping, but at least `floor`, so the
+/// byte budget also caps the entry count.
+#[derive(Clone)]
+struct EntryWeight {
+    floor: u64,
+}
 
-impl moka::Expiry<Arc<str>, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _k: &Arc<str>, v: &Entry, now: Instant) -> Option<Duration> {
-        Some(v.expires_at.saturating_duration_since(now))
-    }
-    fn expire_after_update(&self, _k: &Arc<str>, v: &Entry, now: Instant, _left: Option<Duration>) -> Option<Duration> {
-        Some(v.expires_at.saturating_duration_since(now))
+impl Weighter<Arc<str>, Entry> for EntryWeight {
+    fn weight(&self, k: &Arc<str>, v: &Entry) -> u64 {
+        ((k.len() + v.value.len() + ENTRY_OVERHEAD) as u64).max(self.floor)
     }
 }
 
@@ -48,7 +51,7 @@ pub struct FillToken {
 }
 
 pub struct NearCache {
-    map: Cache<Arc<str>, Entry>,
+    map: Cache<Arc<str>, Entry, EntryWeight>,
     generation: AtomicU64,
     stripes: Box<[AtomicU64]>,
     /// False while the invalidation stream cannot be trusted (subscription down): reads must
@@ -60,16 +63,15 @@ pub struct NearCache {
 impl NearCache {
     /// Bounded by both `max_entries` and `max_bytes`: each entry weighs at least
     /// `max_bytes / max_entries`, so the byte budget also caps the count.
+    ///
+    /// quick_cache (S3-FIFO: scan-resistant, hit ratios on par with TinyLFU) rather than moka:
+    /// measured here, moka's get cost ~400 ns and insert ~1.4 us, too much for a hit path that
+    /// must be 100x cheaper than a Redis round trip. It has no TTLs, so each entry carries its
+    /// deadline and expired entries are dropped when read or evicted by the budget.
     pub fn new(max_entries: u64, max_bytes: u64) -> Self {
-        let floor = (max_bytes / max_entries.max(1)).clamp(1, u32::MAX as u64) as u32;
-        let map = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(move |k: &Arc<str>, v: &Entry| {
-                let w = (k.len() + v.value.len() + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32;
-                w.max(floor)
-            })
-            .expire_after(PerEntryTtl)
-            .build();
+        let floor = (max_bytes / max_entries.max(1)).max(1);
+        let estimated = max_entries.min(max_bytes / ENTRY_OVERHEAD as u64).clamp(16, 1 << 20) as usize;
+        let map = Cache::with_weighter(estimated, max_bytes, EntryWeight { floor });
         NearCache {
             map,
             generation: AtomicU64::new(0),
@@ -98,6 +100,8 @@ impl NearCache {
         }
         let e = self.map.get(key)?;
         if e.generation != self.generation.load(Ordering::Acquire) || e.expires_at <= Instant::now() {
+            // Dead weight: free the budget now rather than at eviction.
+            self.map.remove(key);
             return None;
         }
         Some(e.value)
@@ -131,7 +135,7 @@ impl NearCache {
         // An invalidation may have landed between the check and the insert; re-checking after
         // the insert closes that window (the invalidation's own removal happens after its bump).
         if !unchanged(self) {
-            self.map.invalidate(&key);
+            self.map.remove(&key);
             return false;
         }
         true
@@ -142,7 +146,7 @@ impl NearCache {
     pub fn put_own_write(&self, key: &str, value: Bytes, ttl: Duration) {
         self.bump(key);
         if value.len() > self.max_value_bytes || ttl.is_zero() {
-            self.map.invalidate(key);
+            self.map.remove(key);
             return;
         }
         let generation = self.generation.load(Ordering::Acquire);
@@ -156,13 +160,13 @@ impl NearCache {
     /// Drops `key` (a received invalidation or a local delete). Never touches Redis.
     pub fn invalidate(&self, key: &str) {
         self.bump(key);
-        self.map.invalidate(key);
+        self.map.remove(key);
     }
 
-    /// Makes every entry unreachable in O(1); memory is reclaimed lazily.
+    /// Makes every entry unreachable in O(1); memory is reclaimed lazily (on read, or by
+    /// eviction).
     pub fn flush(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.map.invalidate_all();
     }
 
     /// Stops serving (and flushes) until [`resume`](Self::resume): used while invalidations
@@ -182,14 +186,14 @@ impl NearCache {
         self.serving.load(Ordering::Acquire)
     }
 
+    /// Entries held, including unreachable ones not yet reclaimed.
     pub fn entry_count(&self) -> u64 {
-        self.map.run_pending_tasks();
-        self.map.entry_count()
+        self.map.len() as u64
     }
 
+    /// Bytes charged against the budget.
     pub fn weighted_size(&self) -> u64 {
-        self.map.run_pending_tasks();
-        self.map.weighted_size()
+        self.map.weight()
     }
 }
 

@@ -44,6 +44,27 @@ impl Names {
         }
     }
 
+    /// Runs `f` on the Redis key of `key` without allocating (a reused per-thread buffer):
+    /// the L1 hit path calls this on every `get`.
+    pub fn with_redis_key<R>(&self, key: &str, f: impl FnOnce(&str) -> R) -> R {
+        if self.key_prefix.is_empty() {
+            return f(key);
+        }
+        thread_local! {
+            static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        BUF.with(|b| match b.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                buf.push_str(&self.key_prefix);
+                buf.push_str(key);
+                f(&buf)
+            }
+            // Re-entered from inside `f`: fall back to a fresh string.
+            Err(_) => f(&self.redis_key(key)),
+        })
+    }
+
     /// The Redis key of a user key: namespaced as the original stores it.
     pub fn redis_key(&self, key: &str) -> String {
         let mut s = String::with_capacity(self.key_prefix.len() + key.len());

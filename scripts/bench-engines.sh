@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The cost of one engine call in every host, in one run, against the native Rust cost of the
+# same logic (aci-policy-core linked directly): the price of the component boundary per host.
+# A benchmark, not a test: numbers move with machine load; compare ratios within one run.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cargo build --release --quiet -p aci-cache --bin aci
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+{
+    target/release/aci bench --engine-only
+    python/.venv/bin/python python/bench/engine_calls.py
+    (cd js && node bench/engine-calls.js)
+    (cd go && go run ./cmd/enginebench 2>/dev/null)
+} | tee /dev/stderr | grep '^engine-call ' > "$out"
+echo
+awk '
+{ cost[$2" "$3] = $4; hosts[$2] = 1; ops[$3] = 1 }
+END {
+    split("rust-native rust-wasm go js python", order, " ")
+    split("record-write status pending-batch-100", opl, " ")
+    printf "%-12s", "host"
+    for (j = 1; j <= 3; j++) printf " %24s", opl[j] " ns (x native)"
+    printf "\n"
+    for (i = 1; i <= 5; i++) {
+        h = order[i]; if (!(h in hosts)) continue
+        printf "%-12s", h
+        for (j = 1; j <= 3; j++) {
+            k = h " " opl[j]; n = "rust-native " opl[j]
+            if (k in cost) printf " %14.0f (%7.1fx)", cost[k], cost[k] / cost[n]
+            else printf " %24s", "-"
+        }
+        printf "\n"
+    }
+    print "note: rust-* pending-batch-100 includes refilling the batch (record-writes of 100 keys)"
+}' "$out"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Quick start: set up (Rust part), build, and run the demo against a private redis-server.
+# Extra arguments go to `aci demo` (e.g. --redis redis://host:6379, --speed 0.5).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+ACI_SETUP_RUST_ONLY=1 bash scripts/setup.sh >&2
+cargo build --release --quiet -p aci-cache --bin aci
+exec target/release/aci demo "$@"

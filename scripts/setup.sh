@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One-time (idempotent) setup of everything aci-cache builds and tests with, on a fresh machine
+# of the project's kind: redis-server from Debian's packages, the wasm32 Rust target, the policy
+# components, and the Python, JS and Go hosts' dependencies.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    step "installing redis-server (Debian package)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+redis-server --version
+
+step "rust wasm32 target"
+rustup target add wasm32-unknown-unknown
+
+step "policy components (guest/ -> target/policies/*.wasm)"
+cargo xtask policies
+
+if [ "${ACI_SETUP_RUST_ONLY:-}" != "1" ]; then
+    step "python host"
+    bash python/setup.sh
+    step "js host"
+    bash js/setup.sh
+    step "go host"
+    bash go/setup.sh
+fi

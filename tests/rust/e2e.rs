@@ -31,16 +31,24 @@ async fn wait_until<F: std::future::Future<Output = bool>>(timeout: Duration, mu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_reads_its_own_write_and_hits_l1_without_redis() {
-    let mut srv = server();
+    let srv = server();
     let a = builder(&srv.url(), "ryw").build().await.unwrap();
     a.set("user:1", "alice", None).await.unwrap();
     assert_eq!(a.get_string("user:1").await.unwrap().as_deref(), Some("alice"));
     let st = a.stats();
     assert_eq!((st.reads, st.l1_hits, st.l1_misses), (1, 1, 0));
-    // With Redis gone, an L1 hit still answers: the hot path touches no Redis.
-    srv.kill();
-    assert_eq!(a.get_string("user:1").await.unwrap().as_deref(), Some("alice"));
-    assert_eq!(a.stats().l1_hits, 2);
+    // The server's own command counters: 1000 L1 hits send no GET (nor anything else) to Redis.
+    let mut r = raw(&srv.url()).await;
+    let gets = |info: String| info.lines().find(|l| l.starts_with("cmdstat_get:")).map(str::to_string);
+    assert_eq!(a.get("absent").await.unwrap(), None, "a miss goes to Redis");
+    let before: String = redis::cmd("INFO").arg("commandstats").query_async(&mut r).await.unwrap();
+    for _ in 0..1000 {
+        assert_eq!(a.get("user:1").await.unwrap().as_deref(), Some(&b"alice"[..]));
+    }
+    let after: String = redis::cmd("INFO").arg("commandstats").query_async(&mut r).await.unwrap();
+    assert!(gets(before.clone()).is_some(), "{before}");
+    assert_eq!(gets(before), gets(after));
+    assert_eq!(a.stats().l1_hits, 1001);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

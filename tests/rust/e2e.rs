@@ -37,18 +37,25 @@ async fn the_writer_reads_its_own_write_and_hits_l1_without_redis() {
     assert_eq!(a.get_string("user:1").await.unwrap().as_deref(), Some("alice"));
     let st = a.stats();
     assert_eq!((st.reads, st.l1_hits, st.l1_misses), (1, 1, 0));
-    // The server's own command counters: 1000 L1 hits send no GET (nor anything else) to Redis.
+    // The server's own command counters: L1 hits send no GET to Redis; each miss sends one.
     let mut r = raw(&srv.url()).await;
-    let gets = |info: String| info.lines().find(|l| l.starts_with("cmdstat_get:")).map(str::to_string);
+    let mut gets = async || -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut r).await.unwrap();
+        info.lines().find_map(|l| l.strip_prefix("cmdstat_get:calls=")).and_then(|l| l.split(',').next()).map(|n| n.parse().unwrap()).unwrap_or(0)
+    };
     assert_eq!(a.get("absent").await.unwrap(), None, "a miss goes to Redis");
-    let before: String = redis::cmd("INFO").arg("commandstats").query_async(&mut r).await.unwrap();
+    let (gets_before, misses_before) = (gets().await, a.stats().l1_misses);
+    assert!(gets_before >= 1);
     for _ in 0..1000 {
         assert_eq!(a.get("user:1").await.unwrap().as_deref(), Some(&b"alice"[..]));
     }
-    let after: String = redis::cmd("INFO").arg("commandstats").query_async(&mut r).await.unwrap();
-    assert!(gets(before.clone()).is_some(), "{before}");
-    assert_eq!(gets(before), gets(after));
-    assert_eq!(a.stats().l1_hits, 1001);
+    let st = a.stats();
+    let misses = st.l1_misses - misses_before;
+    assert_eq!(gets().await - gets_before, misses, "{st:?}");
+    // A miss here can only follow a whole-L1 flush (e.g. a late first subscription on a loaded
+    // machine); the hits are the point.
+    assert!(misses <= st.flushes, "{st:?}");
+    assert!(st.l1_hits >= 999, "{st:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{CacheBuilder, PolicySource, Role, Settings};
+use crate::config::{CacheBuilder, PolicySource, Settings};
 use crate::error::Result;
 use crate::fleet;
 use crate::loss_detector::LossDetector;
@@ -156,6 +156,18 @@ impl Shared {
     }
 }
 
+/// The component and the config to run it with.
+fn load_policy(source: &PolicySource, settings: &Settings) -> Result<(PolicyModule, PolicyConfig)> {
+    let base = settings.policy_config.clone();
+    let (module, cfg) = match source {
+        PolicySource::Bundled => (PolicyModule::adaptive(), base),
+        PolicySource::Fixed(s) => (PolicyModule::fixed(), PolicyConfig { initial_strategy: *s, ..base }),
+        PolicySource::File(p) => (PolicyModule::from_file(p, settings.sandbox)?, base),
+        PolicySource::Bytes(b) => (PolicyModule::from_bytes(b, settings.sandbox)?, base),
+    };
+    Ok((module.with_limits(settings.sandbox), cfg))
+}
+
 struct Inner {
     shared: Arc<Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -190,18 +202,7 @@ impl AciCache {
         let settings = b.settings()?;
         let url = settings.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".to_string());
         let client = redis::Client::open(url.as_str())?;
-        let (module, mut pcfg): (PolicyModule, PolicyConfig) = match &settings.policy {
-            PolicySource::Bundled => (PolicyModule::adaptive(), settings.policy_config.clone()),
-            PolicySource::Fixed(s) => {
-                (PolicyModule::fixed(), PolicyConfig { initial_strategy: *s, ..settings.policy_config.clone() })
-            }
-            PolicySource::File(p) => (PolicyModule::from_file(p, settings.sandbox)?, settings.policy_config.clone()),
-            PolicySource::Bytes(b) => (PolicyModule::from_bytes(b, settings.sandbox)?, settings.policy_config.clone()),
-        };
-        let module = module.with_limits(settings.sandbox);
-        if settings.role == Role::Follower {
-            pcfg.initial_strategy = pcfg.initial_strategy.max(Strategy::Ttl);
-        }
+        let (module, pcfg) = load_policy(&settings.policy, &settings)?;
         let start = Instant::now();
         let policy = PolicyRuntime::new(module, pcfg, 0)?;
         let cm_config = redis::aio::ConnectionManagerConfig::new()
@@ -326,6 +327,45 @@ impl AciCache {
         inc(&s.counters.deletes);
         inc(&s.counters.messages_sent);
         Ok(deleted > 0)
+    }
+
+    /// Replaces the policy while serving (hot swap). The new one must load, validate and accept
+    /// the config, or nothing changes. It takes over the mode (leading or following) and the
+    /// strategy in force, is primed with the measured rate so it does not start from zero,
+    /// and the old one's buffered keys are published, not lost.
+    pub async fn swap_policy(&self, source: PolicySource) -> Result<()> {
+        let s = self.s();
+        let (module, cfg) = load_policy(&source, &s.settings)?;
+        let now = s.now_ms();
+        let mut fresh = PolicyRuntime::new(module, cfg.clone(), now)?;
+        let batch = {
+            let mut p = lock(&s.policy);
+            let st = p.status(now);
+            let window_s = cfg.window_ms as f64 / 1000.0;
+            fresh.record_remote_writes((st.write_rate * window_s).round().min(u32::MAX as f64) as u32, now);
+            fresh.follow(st.strategy, now);
+            if !p.is_following() {
+                fresh.lead(now);
+            }
+            let batch = fleet::drain_all(&mut p, now);
+            *p = fresh;
+            batch
+        };
+        let strategy = lock(&s.policy).last_strategy();
+        s.note_strategy(strategy, None);
+        let mut pipe = redis::pipe();
+        if fleet::add_batch(s, &mut pipe, &batch) > 0 {
+            let mut conn = s.conn.clone();
+            let _: () = pipe.query_async(&mut conn).await?;
+        }
+        tracing::info!(instance = s.id(), policy = lock(&s.policy).module().name(), "policy swapped");
+        Ok(())
+    }
+
+    /// The running policy's name and version.
+    pub fn policy_info(&self) -> (String, String) {
+        let p = lock(&self.s().policy);
+        (p.module().name().to_string(), p.module().version().to_string())
     }
 
     /// Drops this instance's whole L1 (Redis untouched).

@@ -16,7 +16,7 @@ use crate::cache::{inc, lock, Shared};
 use crate::config::Role;
 use crate::error::Result;
 use crate::loss_detector::Verdict;
-use crate::policy::Strategy;
+use crate::policy::{Batch, PolicyRuntime, Strategy};
 use crate::wire::{self, Message};
 
 /// Heartbeats (reports with count 0) at least this often, so receivers can check sequences
@@ -309,16 +309,7 @@ async fn tick(s: &Shared, last_heartbeat: &mut u64) -> redis::RedisResult<()> {
     s.note_strategy(status.strategy, Some(status.write_rate));
 
     let mut pipe = redis::pipe();
-    let mut sent = 0u64;
-    if batch.flush_all {
-        pipe.publish(&s.names.invalidation, s.sender.flush(Strategy::Batched, s.next_inval_seq())).ignore();
-        sent += 1;
-    } else {
-        for chunk in batch.keys.chunks(KEYS_PER_MESSAGE) {
-            pipe.publish(&s.names.invalidation, s.sender.invalidate(chunk, Strategy::Batched, s.next_inval_seq())).ignore();
-            sent += 1;
-        }
-    }
+    let mut sent = add_batch(s, &mut pipe, &batch);
     let inval_seq = s.inval_seq.load(Ordering::Acquire);
     if controller {
         pipe.publish(&s.names.strategy, s.sender.strategy_update(status.strategy, status.write_rate, inval_seq)).ignore();
@@ -348,27 +339,33 @@ async fn tick(s: &Shared, last_heartbeat: &mut u64) -> redis::RedisResult<()> {
     Ok(())
 }
 
-/// On shutdown: publish the pending batch (switching away from batched makes it due at once)
-/// and release the controller lease.
-pub(crate) async fn final_drain(s: &Shared) -> Result<()> {
-    let now = s.now_ms();
-    let batch = {
-        let mut p = lock(&s.policy);
-        p.follow(Strategy::Eager, now);
-        let cap = p.config().batch_max_keys.max(1) as usize;
-        p.pending_batch(now, cap)
-    };
-    let mut conn = s.conn.clone();
-    let mut pipe = redis::pipe();
-    let mut commands = 0;
+/// Adds the messages that publish `batch` to `pipe` (a flush when keys were lost, else the
+/// keys in chunks); returns how many.
+pub(crate) fn add_batch(s: &Shared, pipe: &mut redis::Pipeline, batch: &Batch) -> u64 {
+    let mut n = 0;
     if batch.flush_all {
         pipe.publish(&s.names.invalidation, s.sender.flush(Strategy::Batched, s.next_inval_seq())).ignore();
-        commands += 1;
+        return 1;
     }
     for chunk in batch.keys.chunks(KEYS_PER_MESSAGE) {
         pipe.publish(&s.names.invalidation, s.sender.invalidate(chunk, Strategy::Batched, s.next_inval_seq())).ignore();
-        commands += 1;
+        n += 1;
     }
+    n
+}
+
+/// Whatever the policy still buffers, made due (switching away from batched drains it).
+pub(crate) fn drain_all(p: &mut PolicyRuntime, now: u64) -> Batch {
+    p.follow(Strategy::Eager, now);
+    p.pending_batch(now, usize::MAX)
+}
+
+/// On shutdown: publish the pending batch and release the controller lease.
+pub(crate) async fn final_drain(s: &Shared) -> Result<()> {
+    let batch = drain_all(&mut lock(&s.policy), s.now_ms());
+    let mut conn = s.conn.clone();
+    let mut pipe = redis::pipe();
+    let mut commands = add_batch(s, &mut pipe, &batch);
     if s.is_controller.swap(false, Ordering::AcqRel) {
         pipe.cmd("EVAL").arg(RELEASE_LUA).arg(1).arg(&s.names.controller_lease).arg(s.id()).ignore();
         commands += 1;

@@ -550,7 +550,11 @@ impl PolicyRuntime {
 
     pub fn lead(&mut self, now_ms: u64) {
         self.following = None;
-        self.run("lead", now_ms, |i| i.lead(now_ms));
+        let s = self.run("lead", now_ms, |i| {
+            i.lead(now_ms)?;
+            i.current_strategy(now_ms)
+        });
+        self.guard(s, now_ms);
     }
 
     pub fn is_following(&self) -> bool {

@@ -32,7 +32,9 @@ async fn wait_until<F: std::future::Future<Output = bool>>(timeout: Duration, mu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_reads_its_own_write_and_hits_l1_without_redis() {
     let srv = server();
-    let a = builder(&srv.url(), "ryw").build().await.unwrap();
+    // A fixed role: under Role::Auto the lease renewal's Lua script calls GET, which the
+    // server's command stats would count.
+    let a = builder(&srv.url(), "ryw").role(Role::Controller).build().await.unwrap();
     a.set("user:1", "alice", None).await.unwrap();
     assert_eq!(a.get_string("user:1").await.unwrap().as_deref(), Some("alice"));
     let st = a.stats();
@@ -52,10 +54,7 @@ async fn the_writer_reads_its_own_write_and_hits_l1_without_redis() {
     let st = a.stats();
     let misses = st.l1_misses - misses_before;
     assert_eq!(gets().await - gets_before, misses, "{st:?}");
-    // A miss here can only follow a whole-L1 flush (e.g. a late first subscription on a loaded
-    // machine); the hits are the point.
-    assert!(misses <= st.flushes, "{st:?}");
-    assert!(st.l1_hits >= 999, "{st:?}");
+    assert_eq!(misses, 0, "{st:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,4 +412,34 @@ fn demo_starts_its_own_redis_shows_all_three_strategies_and_exits() {
     assert!(stdout.contains("strategies seen: batched, eager, ttl"), "{stdout}\n{stderr}");
     assert!(!stdout.contains('\x1b'), "escape codes without a terminal");
     assert!(stdout.lines().filter(|l| l.starts_with("t=")).count() >= 10, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_hot_swap_keeps_serving_and_publishes_the_old_batch() {
+    let srv = server();
+    let long = Duration::from_secs(60);
+    let a = builder(&srv.url(), "swap").fixed_strategy(Strategy::Batched).role(Role::Controller).batch_interval(long).local_ttl(long).build().await.unwrap();
+    let b = builder(&srv.url(), "swap").role(Role::Follower).local_ttl(long).build().await.unwrap();
+    a.set("k", "old", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(b.get_string("k").await.unwrap().as_deref(), Some("old"));
+    a.set("k", "new", None).await.unwrap(); // buffered: the batch is due only in 60 s
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(b.get_string("k").await.unwrap().as_deref(), Some("old"));
+
+    // A bad policy is refused and changes nothing.
+    assert!(a.swap_policy(aci_cache::PolicySource::File("/nonexistent.wasm".into())).await.is_err());
+    assert_eq!(a.policy_info().0, "fixed");
+    assert_eq!(a.strategy(), Strategy::Batched);
+
+    a.swap_policy(aci_cache::PolicySource::Fixed(Strategy::Eager)).await.unwrap();
+    assert_eq!(a.strategy(), Strategy::Eager);
+    // The old policy's buffered key was published at the swap.
+    assert!(wait_until(Duration::from_millis(300), || { let b = b.clone(); async move { b.get_string("k").await.unwrap().as_deref() == Some("new") } }).await);
+    assert!(wait_until(Duration::from_millis(300), || { let b = b.clone(); async move { b.strategy() == Strategy::Eager } }).await);
+
+    a.swap_policy(aci_cache::PolicySource::Bundled).await.unwrap();
+    assert_eq!(a.policy_info().0, "adaptive");
+    a.set("k", "newer", None).await.unwrap();
+    assert_eq!(a.get_string("k").await.unwrap().as_deref(), Some("newer"));
 }

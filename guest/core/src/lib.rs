@@ -317,7 +317,14 @@ impl Engine {
     }
 
     fn evaluate(&mut self) {
-        if self.following || self.kind == Kind::Fixed {
+        if self.following {
+            return;
+        }
+        if self.kind == Kind::Fixed {
+            // Leading, the fixed policy's decision is its configured strategy, whatever it
+            // followed before.
+            let s = self.cfg.initial_strategy;
+            self.set_strategy(s);
             return;
         }
         let target = self.target();

@@ -58,7 +58,20 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
 fn become_controller(s: &Shared, now: u64) {
     if !s.is_controller.swap(true, Ordering::AcqRel) {
         tracing::info!(instance = s.id(), "controller");
-        lock(&s.policy).lead(now);
+        let mut p = lock(&s.policy);
+        // A new controller has measured only its own writes. Prime it with the fleet rate the
+        // last controller announced, so a takeover under load does not switch down for lack of
+        // history (our own writes may count twice for one window: an error toward eager).
+        let rate = f64::from_bits(s.write_rate_bits.load(Ordering::Relaxed));
+        let window_s = p.config().window_ms as f64 / 1000.0;
+        let primed = (rate * window_s).round();
+        if primed >= 1.0 {
+            p.record_remote_writes(primed.min(u32::MAX as f64) as u32, now);
+        }
+        p.lead(now);
+        let strategy = p.last_strategy();
+        drop(p);
+        s.note_strategy(strategy, None);
     }
 }
 

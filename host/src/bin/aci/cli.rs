@@ -176,8 +176,9 @@ const PHASES: &[Phase] = &[
     Phase { name: "idle", rate: 2.0, secs: 6.0 },
 ];
 
-/// The newest acknowledged write of each key: value sequence number and when it was acked.
-type Truth = Arc<Mutex<HashMap<String, (u64, Instant)>>>;
+/// The newest acknowledged write of each key: value sequence number, when it was acked, and the
+/// writer's strategy (which decides how fast it propagates).
+type Truth = Arc<Mutex<HashMap<String, (u64, Instant, Strategy)>>>;
 
 #[derive(Default, Clone)]
 struct Staleness {
@@ -231,11 +232,12 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
                     if let Ok(Some(v)) = c.get_string(&key).await {
                         let seq: u64 = v.trim_start_matches('v').parse().unwrap_or(0);
                         let mut st = stale.lock().unwrap();
-                        let e = st.entry(c.strategy()).or_default();
-                        e.reads += 1;
-                        // Stale: an older value than one acknowledged before this read began.
-                        if let Some((newest, acked)) = before {
+                        st.entry(c.strategy()).or_default().reads += 1;
+                        // Stale: an older value than one acknowledged before this read began,
+                        // charged to the strategy that newer write was made under.
+                        if let Some((newest, acked, by)) = before {
                             if seq < newest {
+                                let e = st.entry(by).or_default();
                                 e.stale += 1;
                                 e.max_ms = e.max_ms.max(acked.elapsed().as_secs_f64() * 1000.0);
                             }
@@ -262,7 +264,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
                         let c = &fleet[(seq as usize) % fleet.len()];
                         let key = format!("item:{}", seq as usize % KEYS);
                         if c.set(&key, format!("v{seq}"), None).await.is_ok() {
-                            truth.lock().unwrap().insert(key, (seq, Instant::now()));
+                            truth.lock().unwrap().insert(key, (seq, Instant::now(), c.strategy()));
                         }
                         next += gap;
                         tokio::time::sleep_until(next.into()).await;
@@ -320,7 +322,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         for r in readers {
             let _ = r.await;
         }
-        println!("\nstaleness observed by readers, by the strategy in force at the reader:");
+        println!("\nreads (by the reader's strategy) and stale reads (by the strategy the newer write was made under):");
         println!("{:<8} {:>8} {:>12} {:>14}", "strategy", "reads", "stale reads", "max stale ms");
         let st = stale.lock().unwrap().clone();
         for s in [Strategy::Ttl, Strategy::Batched, Strategy::Eager] {

@@ -52,6 +52,8 @@ pub struct Stats {
     pub resubscribes: u64,
     /// Times a follower lost its controller and fell back to eager.
     pub controller_lost: u64,
+    /// Times L1 stopped serving because the subscription lagged past `max_lag`.
+    pub lag_suspensions: u64,
     pub strategy: Option<Strategy>,
     pub write_rate: f64,
     pub l1_serving: bool,
@@ -73,6 +75,7 @@ pub(crate) struct Counters {
     pub malformed: AtomicU64,
     pub resubscribes: AtomicU64,
     pub controller_lost: AtomicU64,
+    pub lag_suspensions: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -96,6 +99,8 @@ pub(crate) struct Shared {
     pub unreported_writes: AtomicU64,
     pub remote_writes: AtomicU64,
     pub is_controller: AtomicBool,
+    /// Set while our own messages come back later than `max_lag`.
+    pub lagging: AtomicBool,
     pub loss: Mutex<LossDetector>,
     pub last_controller_news_ms: AtomicU64,
     pub write_rate_bits: AtomicU64,
@@ -232,6 +237,7 @@ impl AciCache {
             unreported_writes: AtomicU64::new(0),
             remote_writes: AtomicU64::new(0),
             is_controller: AtomicBool::new(false),
+            lagging: AtomicBool::new(false),
             loss: Mutex::new(LossDetector::default()),
             last_controller_news_ms: AtomicU64::new(0),
             write_rate_bits: AtomicU64::new(0),
@@ -432,6 +438,7 @@ impl AciCache {
             policy_faults: lock(&s.policy).fault_stats().faults,
             resubscribes: g(&c.resubscribes),
             controller_lost: g(&c.controller_lost),
+            lag_suspensions: g(&c.lag_suspensions),
             strategy: Some(s.strategy()),
             write_rate: f64::from_bits(s.write_rate_bits.load(Ordering::Relaxed)),
             l1_serving: s.l1.is_serving(),

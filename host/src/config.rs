@@ -50,6 +50,10 @@ pub struct Settings {
     /// Without any message (our own heartbeats included) for this long, the subscription is
     /// presumed dead: L1 stops serving and we resubscribe.
     pub liveness_timeout: Duration,
+    /// When our own messages come back later than this, the subscription is falling behind
+    /// (the server is about to drop it, or the process is starved): L1 stops serving until
+    /// the lag is under half of it again.
+    pub max_lag: Duration,
     pub command_timeout: Duration,
     pub policy_config: PolicyConfig,
     pub sandbox: SandboxLimits,
@@ -71,6 +75,7 @@ impl Default for Settings {
             tick: Duration::from_millis(250),
             controller_timeout: Duration::from_secs(3),
             liveness_timeout: Duration::from_secs(3),
+            max_lag: Duration::from_millis(500),
             command_timeout: Duration::from_secs(2),
             policy_config: PolicyConfig::default(),
             sandbox: SandboxLimits::default(),
@@ -110,6 +115,7 @@ impl Settings {
         positive("tick", self.tick)?;
         positive("controller_timeout", self.controller_timeout)?;
         positive("liveness_timeout", self.liveness_timeout)?;
+        positive("max_lag", self.max_lag)?;
         positive("command_timeout", self.command_timeout)?;
         if self.controller_timeout < self.tick * 2 {
             return Err(ConfigError::new("controller_timeout", "must be at least two ticks"));
@@ -222,6 +228,9 @@ impl CacheBuilder {
     duration_setter!(
         /// Silence on the subscription after which it is presumed dead (default 3 s).
         liveness_timeout, liveness_timeout);
+    duration_setter!(
+        /// Lag of our own messages past which L1 stops serving (default 500 ms).
+        max_lag, max_lag);
     duration_setter!(
         /// Redis command timeout (default 2 s).
         command_timeout, command_timeout);

@@ -146,6 +146,7 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                 // Positions of other senders are unknown after a gap in listening; whatever we
                 // cached before may have been invalidated meanwhile.
                 lock(&s.loss).forget_all();
+                s.lagging.store(false, Ordering::Release);
                 s.l1.resume();
                 inc(&s.counters.flushes);
                 let _ = ready.send(true);
@@ -206,6 +207,10 @@ pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
     };
     let origin = msg.origin();
     if origin.source == s.id() {
+        // Our own message, stamped by our own clock: how far behind is the subscription?
+        if origin.epoch.as_deref() == Some(s.sender.epoch.as_str()) {
+            check_lag(s, wire::unix_now() - origin.timestamp);
+        }
         return;
     }
     inc(&s.counters.messages_received);
@@ -254,6 +259,22 @@ pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
                 s.remote_writes.fetch_add(*count, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// A subscriber that falls behind serves stale values for as long as it lags, and Redis drops
+/// it once its output buffer fills: stop serving L1 before either matters.
+fn check_lag(s: &Shared, lag_s: f64) {
+    let max = s.settings.max_lag.as_secs_f64();
+    if lag_s > max {
+        if !s.lagging.swap(true, Ordering::AcqRel) {
+            s.l1.suspend();
+            inc(&s.counters.lag_suspensions);
+            tracing::warn!(instance = s.id(), lag_ms = (lag_s * 1000.0) as u64, "subscription lagging: L1 suspended");
+        }
+    } else if lag_s < max / 2.0 && s.lagging.swap(false, Ordering::AcqRel) {
+        s.l1.resume();
+        tracing::info!(instance = s.id(), "subscription caught up: L1 serving again");
     }
 }
 

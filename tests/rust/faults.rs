@@ -295,11 +295,14 @@ async fn client_pause() {
     let f = Fleet::start(caches.clone(), 8, Duration::from_millis(3));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(700).arg("ALL").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("ALL").query_async(&mut conn).await.unwrap();
     let fault = Instant::now();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let rec = recovery(&caches, fault, None).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
+    // Heartbeats held up by the pause come back ~1 s late: L1 was suspended meanwhile.
+    let lagged: u64 = caches.iter().map(|c| c.stats().lag_suspensions).sum();
+    assert!(lagged >= 1, "the lag check never fired");
     let (h, finals) = f.finish(&url, "pause").await;
     judge("client-pause", h.check(&finals, eager_bound), rec);
 }

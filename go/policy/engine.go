@@ -13,9 +13,11 @@
 // write itself; one batch with FlushAll, since buffered keys are lost) and Err reports the
 // failure. A host checks Err once per tick and replaces the engine.
 //
-// Each instance's linear memory is capped at MaxMemoryBytes. There is no CPU budget: wazero
-// has no fuel, so a policy that loops forever hangs the calling goroutine (and, since calls
-// are serialised, every later call on that engine).
+// Each instance's linear memory is capped at MaxMemoryBytes, and each call into it runs under a
+// deadline (DefaultCallTimeout unless WithCallTimeout says otherwise): wazero has no fuel, so
+// the CPU budget that the Rust host counts in fuel is wall-clock time here. A call still
+// running at its deadline is stopped and fails like a trap, with a *CallError whose Err is a
+// *TimeoutError (errors.Is(err, context.DeadlineExceeded) holds).
 package policy
 
 import (
@@ -27,9 +29,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/sys"
 )
 
 // MaxMemoryBytes caps each instance's linear memory, as the Rust host's sandbox does: a policy
@@ -39,27 +43,76 @@ const MaxMemoryBytes = 32 << 20
 
 const maxMemoryPages = MaxMemoryBytes / 65536
 
-// Calls are short and never block on I/O, so there is nothing to cancel: one background
-// context serves them all.
+// DefaultCallTimeout is the deadline of each call into a policy unless WithCallTimeout sets
+// another. It stands for the Rust host's fuel budget (20M fuel, some 10-40 ms of wasm): far
+// above what a call costs (microseconds), far below what a host can wait for. Long lists come
+// closer: under the deadline checks, a record-writes of 5,000 keys takes some 40 ms.
+const DefaultCallTimeout = 50 * time.Millisecond
+
+// Host-side work (compiling, closing) never waits for the guest, so it runs without a
+// deadline; each call into the guest gets a deadline of its own (see Engine.call).
 var bg = context.Background()
+
+// Option tunes Compile, CompileFile, Load and LoadBytes.
+type Option func(*options)
+
+type options struct {
+	callTimeout time.Duration
+	unbounded   bool
+}
+
+// WithCallTimeout sets the deadline of each call into the policy (default DefaultCallTimeout):
+// each guest function an engine method runs (cabi_realloc once per string argument, the
+// function itself, its post-return) and the policy's initialisation at Instantiate may run for
+// d at most. A call still running at its deadline is stopped, and the engine fails as on a
+// trap. The bound is wall-clock time, so time the goroutine waits for a CPU counts too: leave
+// a wide margin over what the policy needs. d must be greater than zero (Compile fails
+// otherwise); WithoutCallTimeout removes the bound.
+func WithCallTimeout(d time.Duration) Option {
+	return func(o *options) { o.callTimeout, o.unbounded = d, false }
+}
+
+// WithoutCallTimeout removes the deadline: a policy that loops forever then hangs the calling
+// goroutine (and every later call on its engine). The deadline costs one to two microseconds
+// per call into the guest, and makes loops in the guest several times slower (see the
+// README); this is for policies the host trusts as it trusts its own code.
+func WithoutCallTimeout() Option {
+	return func(o *options) { o.callTimeout, o.unbounded = 0, true }
+}
+
+func newOptions(opts []Option) (options, error) {
+	o := options{callTimeout: DefaultCallTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if !o.unbounded && o.callTimeout <= 0 {
+		return o, fmt.Errorf("call timeout %v: must be greater than zero (or use WithoutCallTimeout)", o.callTimeout)
+	}
+	return o, nil
+}
 
 // Module is a compiled policy. Compiling is the costly step (milliseconds); each Instantiate
 // is cheap and gives an independent engine, e.g. one per cache namespace.
 type Module struct {
-	rt       wazero.Runtime
-	compiled wazero.CompiledModule
+	rt          wazero.Runtime
+	compiled    wazero.CompiledModule
+	callTimeout time.Duration // 0: unbounded
 }
 
 // Compile checks that wasm is a policy component and compiles its core module.
-func Compile(wasm []byte) (*Module, error) {
-	m, err := compile(wasm)
+func Compile(wasm []byte, opts ...Option) (*Module, error) {
+	m, err := compile(wasm, opts)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
 	return m, nil
 }
 
-func compile(wasm []byte) (*Module, error) {
+func compile(wasm []byte, opts []Option) (*Module, error) {
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, err
+	}
 	mods, err := coreModules(wasm)
 	if err != nil {
 		return nil, err
@@ -67,7 +120,13 @@ func compile(wasm []byte) (*Module, error) {
 	if len(mods) == 0 {
 		return nil, fmt.Errorf("%w: the component embeds no core module", ErrNotPolicy)
 	}
-	rt := wazero.NewRuntimeWithConfig(bg, wazero.NewRuntimeConfig().WithMemoryLimitPages(maxMemoryPages))
+	// CloseOnContextDone compiles a check at every loop head (has the instance been
+	// closed?) and makes each call watch its context, closing the instance when the context
+	// ends: that is what stops a guest at its deadline. The instance is closed, not the
+	// compiled code, so the other engines of the Module are unaffected.
+	rt := wazero.NewRuntimeWithConfig(bg, wazero.NewRuntimeConfig().
+		WithMemoryLimitPages(maxMemoryPages).
+		WithCloseOnContextDone(!o.unbounded))
 	// wit-component gives a world that imports nothing a single core module; should a
 	// component carry helper modules too, the one with the interface's exports is the guest.
 	var problems []string
@@ -82,19 +141,19 @@ func compile(wasm []byte) (*Module, error) {
 			problems = append(problems, fmt.Sprintf("core module %d: %v", i, err))
 			continue
 		}
-		return &Module{rt: rt, compiled: compiled}, nil
+		return &Module{rt: rt, compiled: compiled, callTimeout: o.callTimeout}, nil
 	}
 	_ = rt.Close(bg)
 	return nil, fmt.Errorf("%w: %s", ErrNotPolicy, strings.Join(problems, "; "))
 }
 
 // CompileFile is Compile for the component file at path.
-func CompileFile(path string) (*Module, error) {
+func CompileFile(path string, opts ...Option) (*Module, error) {
 	wasm, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	m, err := compile(wasm)
+	m, err := compile(wasm, opts)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %s: %w", path, err)
 	}
@@ -161,6 +220,7 @@ func sigString(params, results []api.ValueType) string {
 }
 
 // Instantiate creates a fresh engine: default config, leading, nothing measured or buffered.
+// The guest's initialisation, if it has one, runs under the Module's call deadline.
 func (m *Module) Instantiate() (*Engine, error) {
 	e, err := m.instantiate()
 	if err != nil {
@@ -173,11 +233,17 @@ func (m *Module) instantiate() (*Engine, error) {
 	// An anonymous instance, so that one runtime holds any number of them. wit-component
 	// runs a reactor's _initialize before any export is called; Rust policies have none.
 	cfg := wazero.NewModuleConfig().WithName("").WithStartFunctions("_initialize")
-	mod, err := m.rt.InstantiateModule(bg, m.compiled, cfg)
+	ctx, cancel := withTimeout(m.callTimeout)
+	mod, err := m.rt.InstantiateModule(ctx, m.compiled, cfg)
+	cancel()
 	if err != nil {
+		if timedOut(err) {
+			return nil, fmt.Errorf("instantiate: _initialize %w", &TimeoutError{Limit: m.callTimeout})
+		}
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}
-	e := &Engine{mod: mod, mem: mod.ExportedMemory(exportMemory), realloc: mod.ExportedFunction(exportRealloc)}
+	e := &Engine{mod: mod, mem: mod.ExportedMemory(exportMemory), realloc: mod.ExportedFunction(exportRealloc),
+		timeout: m.callTimeout}
 	for i, f := range coreFuncs {
 		e.fns[i] = export{fn: mod.ExportedFunction(f.exportName()), post: mod.ExportedFunction(f.postReturnName())}
 	}
@@ -189,8 +255,8 @@ func (m *Module) Close() error { return m.rt.Close(bg) }
 
 // Load compiles the policy component at path and instantiates one engine; closing the engine
 // releases everything.
-func Load(path string) (*Engine, error) {
-	m, err := CompileFile(path)
+func Load(path string, opts ...Option) (*Engine, error) {
+	m, err := CompileFile(path, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -202,8 +268,8 @@ func Load(path string) (*Engine, error) {
 }
 
 // LoadBytes is Load for a component already in memory.
-func LoadBytes(wasm []byte) (*Engine, error) {
-	m, err := Compile(wasm)
+func LoadBytes(wasm []byte, opts ...Option) (*Engine, error) {
+	m, err := Compile(wasm, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -236,8 +302,10 @@ type Engine struct {
 	owner   *Module // set by Load, which compiled the module for this engine alone
 
 	// stack carries a call's flat parameters in and its flat results out; reusing it
-	// keeps calls free of allocations. 16 is the canonical ABI's limit on flat parameters.
+	// saves allocating them. 16 is the canonical ABI's limit on flat parameters.
 	stack [16]uint64
+
+	timeout time.Duration // the deadline of each call into the guest; 0: unbounded
 
 	err       error // first failure; the instance is unusable from then on
 	flushOwed bool  // a failure lost the buffer: the next PendingBatch reports FlushAll
@@ -247,7 +315,9 @@ type export struct {
 	fn, post api.Function // post is nil where the guest exports no post-return
 }
 
-// CallError is a trap, or a result that breaks the canonical ABI, in a call into the engine.
+// CallError is a trap, a call stopped at its deadline (Err is then a *TimeoutError, and
+// errors.Is(err, context.DeadlineExceeded) holds), or a result that breaks the canonical ABI,
+// in a call into the engine.
 type CallError struct {
 	Func string // WIT function name, e.g. "record-write"
 	Err  error
@@ -262,6 +332,25 @@ func (e *CallError) Error() string {
 }
 
 func (e *CallError) Unwrap() error { return e.Err }
+
+// TimeoutError says that a call into the policy was still running at its deadline (see
+// WithCallTimeout) and was stopped. It is wrapped in the *CallError that Err reports.
+type TimeoutError struct {
+	Limit time.Duration // the deadline per call
+}
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("timed out: still running at the %v deadline per call", e.Limit)
+}
+
+// Is makes errors.Is(err, context.DeadlineExceeded) hold.
+func (e *TimeoutError) Is(target error) bool { return target == context.DeadlineExceeded }
+
+// timedOut tells whether err is wazero stopping a call at its context's deadline.
+func timedOut(err error) bool {
+	var exit *sys.ExitError
+	return errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeDeadlineExceeded
+}
 
 // ErrClosed is the Err of an engine after Close.
 var ErrClosed = errors.New("policy: engine closed")
@@ -296,13 +385,41 @@ func (e *Engine) fail(i fnIndex, err error) {
 	}
 }
 
+// call runs the guest function f, its flat parameters in e.stack, under a deadline of its
+// own. Each call into the guest gets the whole e.timeout (a method makes one per string it
+// passes, for cabi_realloc, one for the function and one for its post-return), so that the
+// host's share of a long list of keys never counts against the bound, only guest code that
+// runs too long. Past the deadline wazero closes this engine's instance, and only it: the
+// guest stops at its next loop head or return and f fails with a *sys.ExitError, reported
+// here as a *TimeoutError.
+func (e *Engine) call(f api.Function) error {
+	ctx, cancel := withTimeout(e.timeout)
+	err := f.CallWithStack(ctx, e.stack[:])
+	// wazero's goroutine that watched ctx has returned with the call; cancel stops the timer.
+	cancel()
+	if err != nil && timedOut(err) {
+		return &TimeoutError{Limit: e.timeout}
+	}
+	return err
+}
+
+func noCancel() {}
+
+// withTimeout is context.WithTimeout, or no deadline where d is 0 (WithoutCallTimeout).
+func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	if d == 0 {
+		return bg, noCancel
+	}
+	return context.WithTimeout(bg, d)
+}
+
 // invoke calls function i with its flat parameters already in e.stack and leaves its flat
 // results there. It reports false once the engine has failed.
 func (e *Engine) invoke(i fnIndex) bool {
 	if e.err != nil {
 		return false
 	}
-	if err := e.fns[i].fn.CallWithStack(bg, e.stack[:]); err != nil {
+	if err := e.call(e.fns[i].fn); err != nil {
 		e.fail(i, err)
 		return false
 	}
@@ -314,7 +431,7 @@ func (e *Engine) invoke(i fnIndex) bool {
 func (e *Engine) postReturn(i fnIndex, ret uint64) {
 	if post := e.fns[i].post; post != nil && e.err == nil {
 		e.stack[0] = ret
-		if err := post.CallWithStack(bg, e.stack[:]); err != nil {
+		if err := e.call(post); err != nil {
 			e.fail(i, fmt.Errorf("post-return: %w", err))
 		}
 	}
@@ -331,7 +448,7 @@ func (e *Engine) memory() []byte {
 // passed as an argument.
 func (e *Engine) alloc(align, size uint32) (uint32, error) {
 	e.stack[0], e.stack[1], e.stack[2], e.stack[3] = 0, 0, uint64(align), uint64(size)
-	if err := e.realloc.CallWithStack(bg, e.stack[:]); err != nil {
+	if err := e.call(e.realloc); err != nil {
 		return 0, fmt.Errorf("cabi_realloc: %w", err)
 	}
 	ptr := uint32(e.stack[0])

@@ -1,15 +1,18 @@
 package policy_test
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aci-cache/aci-cache/go/policy"
 )
@@ -323,17 +326,103 @@ func testPolicy(t *testing.T, name string) string {
 
 // TestHostilePolicy runs the project's hostile policy, which misbehaves on trigger keys, and
 // checks that each fault ends in the documented fallback, not a panic or a runaway process.
-// (Its endless loop is not tried: wazero has no fuel to stop it.)
 func TestHostilePolicy(t *testing.T) {
 	path := testPolicy(t, "hostile")
-	load := func(t *testing.T) *policy.Engine {
-		e, err := policy.Load(path)
+	load := func(t *testing.T, opts ...policy.Option) *policy.Engine {
+		e, err := policy.Load(path, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = e.Close() })
 		return e
 	}
+
+	t.Run("endless loop", func(t *testing.T) {
+		m, err := policy.CompileFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		instantiate := func() *policy.Engine {
+			e, err := m.Instantiate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = e.Close() })
+			return e
+		}
+		victim, bystander := instantiate(), instantiate()
+		bystander.RecordRemoteWrites(10, 0)
+		goroutines := runtime.NumGoroutine()
+
+		start := time.Now()
+		s := victim.RecordWrite("hostile:loop", 1)
+		if elapsed := time.Since(start); elapsed > 2*time.Second {
+			t.Errorf("RecordWrite of the looping key returned after %v; the deadline is %v", elapsed, policy.DefaultCallTimeout)
+		} else {
+			t.Logf("the looping call returned after %v", elapsed)
+		}
+		if s != policy.StrategyEager {
+			t.Errorf("strategy after a timeout = %v, want eager", s)
+		}
+		err = victim.Err()
+		var callErr *policy.CallError
+		var timeout *policy.TimeoutError
+		if !errors.As(err, &callErr) || callErr.Func != "record-write" || !errors.As(err, &timeout) ||
+			timeout.Limit != policy.DefaultCallTimeout || !errors.Is(err, context.DeadlineExceeded) ||
+			!strings.Contains(err.Error(), "deadline") {
+			t.Fatalf("Err() = %v, want a *CallError for record-write wrapping a *TimeoutError at the default deadline", err)
+		}
+		if b := victim.PendingBatch(2); !b.FlushAll || len(b.Keys) != 0 {
+			t.Errorf("first PendingBatch after a timeout = %+v, want FlushAll", b)
+		}
+		if s := victim.RecordWrite("user:1", 3); s != policy.StrategyEager {
+			t.Errorf("RecordWrite after a timeout = %v, want eager", s)
+		}
+		if err := victim.Close(); err != nil {
+			t.Errorf("Close after a timeout: %v", err)
+		}
+
+		// Closing the victim's instance left the compiled code, and the other engines, alone.
+		for _, e := range []*policy.Engine{bystander, instantiate()} {
+			cfg := e.DefaultConfig()
+			cfg.InitialStrategy = policy.StrategyBatched
+			if err := e.Configure(cfg, 4); err != nil {
+				t.Fatal(err)
+			}
+			if s := e.RecordWrite("user:1", 4); s != policy.StrategyBatched {
+				t.Errorf("RecordWrite on another engine = %v, want batched", s)
+			}
+			if b := e.PendingBatch(4 + uint64(cfg.BatchIntervalMs)); len(b.Keys) != 1 || b.Keys[0] != "user:1" || b.FlushAll {
+				t.Errorf("PendingBatch on another engine = %+v, want [user:1]", b)
+			}
+			if err := e.Err(); err != nil {
+				t.Errorf("another engine failed: %v", err)
+			}
+		}
+
+		// wazero watches each call's context from a goroutine of its own; none may outlive
+		// its call, stopped or not.
+		for i := range 3 {
+			e := instantiate()
+			e.RecordWrite("hostile:loop", uint64(i))
+			if e.Err() == nil {
+				t.Fatal("the looping call did not fail")
+			}
+		}
+		waitGoroutines(t, goroutines)
+	})
+
+	t.Run("shorter deadline", func(t *testing.T) {
+		e := load(t, policy.WithCallTimeout(5*time.Millisecond))
+		e.RecordWrites([]string{"user:1", "user:2"}, 0) // one call into the guest per key, then one for the list
+		e.RecordWrite("hostile:loop", 0)
+		var timeout *policy.TimeoutError
+		if err := e.Err(); !errors.As(err, &timeout) || timeout.Limit != 5*time.Millisecond ||
+			!strings.Contains(err.Error(), "5ms deadline") {
+			t.Errorf("Err() = %v, want a timeout at 5ms", err)
+		}
+	})
 
 	t.Run("trap", func(t *testing.T) {
 		e := load(t)
@@ -347,7 +436,9 @@ func TestHostilePolicy(t *testing.T) {
 	})
 
 	t.Run("memory cap", func(t *testing.T) {
-		e := load(t)
+		// Each 4 MiB write takes 5-10 ms, and 30-40 ms under -race: a deadline far away
+		// keeps this test about memory.
+		e := load(t, policy.WithCallTimeout(10*time.Second))
 		// Each write leaks 4 MiB: the cap must stop it within MaxMemoryBytes / 4 MiB writes.
 		for i := 0; i < policy.MaxMemoryBytes/(4<<20)+1 && e.Err() == nil; i++ {
 			e.RecordWrite("hostile:grow", uint64(i))
@@ -359,7 +450,10 @@ func TestHostilePolicy(t *testing.T) {
 	})
 
 	t.Run("huge batch", func(t *testing.T) {
-		e := load(t)
+		// Building 200,000 keys is legitimate work, if a lot: slowed down by wazero's deadline
+		// checks at every loop head, it takes longer than the default deadline (the Rust
+		// host's fuel budget allows it). What is tested here is the lifting of a huge batch.
+		e := load(t, policy.WithCallTimeout(10*time.Second))
 		e.RecordWrite("hostile:huge", 0)
 		b := e.PendingBatch(0)
 		if len(b.Keys) != 200_000 || b.Keys[199_999] != "junk:199999" {
@@ -369,6 +463,98 @@ func TestHostilePolicy(t *testing.T) {
 			t.Error(err)
 		}
 	})
+}
+
+// waitGoroutines waits for the number of goroutines to come back to at most n.
+func waitGoroutines(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > n {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestLoopingGuestTimesOut runs hand-built policies that loop forever where the host calls
+// them without a method of the interface: in cabi_realloc, when a method passes a string,
+// and in _initialize, at instantiation. Each must stop at the deadline like the methods.
+func TestLoopingGuestTimesOut(t *testing.T) {
+	const limit = 10 * time.Millisecond
+	goroutines := runtime.NumGoroutine()
+
+	t.Run("cabi_realloc", func(t *testing.T) {
+		e, err := policy.LoadBytes(component(policyShape(map[string][]byte{"cabi_realloc": endlessLoop}).bytes()),
+			policy.WithCallTimeout(limit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		if s := e.RecordWrite("user:1", 0); s != policy.StrategyEager {
+			t.Errorf("strategy = %v, want eager", s)
+		}
+		var callErr *policy.CallError
+		if err := e.Err(); !errors.As(err, &callErr) || callErr.Func != "record-write" ||
+			!errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "cabi_realloc: timed out") {
+			t.Errorf("Err() = %v, want a *CallError for record-write saying that cabi_realloc timed out", err)
+		}
+		if b := e.PendingBatch(1); !b.FlushAll {
+			t.Errorf("PendingBatch = %+v, want FlushAll", b)
+		}
+	})
+
+	t.Run("_initialize", func(t *testing.T) {
+		shape := policyShape(nil)
+		shape.funcs = append(shape.funcs, wasmFunc{body: endlessLoop})
+		shape.exports = append(shape.exports, wasmExport{name: "_initialize", idx: uint32(len(shape.funcs) - 1)})
+		start := time.Now()
+		e, err := policy.LoadBytes(component(shape.bytes()), policy.WithCallTimeout(limit))
+		if err == nil {
+			_ = e.Close()
+			t.Fatal("Load succeeded on a policy whose initialisation never ends")
+		}
+		if elapsed := time.Since(start); elapsed > 2*time.Second {
+			t.Errorf("Load returned after %v", elapsed)
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "instantiate: _initialize timed out") {
+			t.Errorf("error %q, want one saying that _initialize timed out", err)
+		}
+	})
+
+	waitGoroutines(t, goroutines)
+}
+
+// TestCallTimeoutOptions: a deadline must be positive; WithoutCallTimeout removes it.
+func TestCallTimeoutOptions(t *testing.T) {
+	wasm, err := os.ReadFile(filepath.Join(policyDir(t), "adaptive.wasm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []time.Duration{0, -time.Second} {
+		if m, err := policy.Compile(wasm, policy.WithCallTimeout(d)); err == nil {
+			_ = m.Close()
+			t.Errorf("Compile with WithCallTimeout(%v) succeeded", d)
+		} else if !strings.Contains(err.Error(), "must be greater than zero") {
+			t.Errorf("WithCallTimeout(%v): error %q", d, err)
+		}
+	}
+	// The last option wins.
+	for _, opts := range [][]policy.Option{
+		{policy.WithoutCallTimeout()},
+		{policy.WithCallTimeout(0), policy.WithoutCallTimeout()},
+		{policy.WithoutCallTimeout(), policy.WithCallTimeout(time.Second)},
+	} {
+		e, err := policy.LoadBytes(wasm, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := e.RecordWrite("user:1", 0); s != policy.StrategyTTL || e.Err() != nil {
+			t.Errorf("RecordWrite = %v, Err() = %v", s, e.Err())
+		}
+		_ = e.Close()
+	}
 }
 
 // TestTrapOnLoad: a policy whose _initialize traps (wit-component runs it on instantiation)

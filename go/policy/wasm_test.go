@@ -17,6 +17,10 @@ const (
 	opF64Const    byte = 0x44
 )
 
+// endlessLoop is a body that never returns: `loop br 0 end` (then `unreachable`, which is
+// never reached but gives the body any result type).
+var endlessLoop = []byte{0x03, 0x40, 0x0c, 0x00, 0x0b, opUnreachable}
+
 type wasmFunc struct {
 	params, results []byte
 	body            []byte // instructions, without locals or the final end

@@ -4,7 +4,8 @@
 //	engine-call go <op> <nanoseconds per call>
 //
 // The policy is adaptive.wasm in -dir (default: $ACI_POLICY_DIR, else target/policies in the
-// repository that contains the working directory).
+// repository that contains the working directory). Calls run under the deadline per call set by
+// -call-timeout (default policy.DefaultCallTimeout; 0 measures them without one).
 package main
 
 import (
@@ -21,14 +22,19 @@ import (
 
 func main() {
 	dir := flag.String("dir", os.Getenv("ACI_POLICY_DIR"), "directory holding adaptive.wasm")
+	timeout := flag.Duration("call-timeout", policy.DefaultCallTimeout, "deadline per call into the policy; 0 for none")
 	flag.Parse()
-	if err := run(*dir); err != nil {
+	opt := policy.WithCallTimeout(*timeout)
+	if *timeout == 0 {
+		opt = policy.WithoutCallTimeout()
+	}
+	if err := run(*dir, opt); err != nil {
 		fmt.Fprintln(os.Stderr, "enginebench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir string) error {
+func run(dir string, opts ...policy.Option) error {
 	if dir == "" {
 		root, err := repoRoot()
 		if err != nil {
@@ -36,7 +42,7 @@ func run(dir string) error {
 		}
 		dir = filepath.Join(root, "target", "policies")
 	}
-	m, err := policy.CompileFile(filepath.Join(dir, "adaptive.wasm"))
+	m, err := policy.CompileFile(filepath.Join(dir, "adaptive.wasm"), opts...)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,18 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Result<Child, RedisServerError> {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| RedisServerError::NotInstalled(e.to_string()))
+}
+
 impl RedisServer {
     /// Starts one with persistence off; `extra` are more `--name value` arguments.
     pub fn start(extra: &[&str]) -> Result<RedisServer, RedisServerError> {
@@ -33,31 +45,29 @@ impl RedisServer {
             let port = free_port().map_err(|e| RedisServerError::NoStart { port: 0, detail: e.to_string() })?;
             let dir = std::env::temp_dir().join(format!("aci-redis-{}-{port}", std::process::id()));
             let _ = std::fs::create_dir_all(&dir);
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir").arg(&dir)
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| RedisServerError::NotInstalled(e.to_string()))?;
+            let child = spawn(port, &dir, extra)?;
             let mut server = RedisServer { child, port, dir };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(server);
-                }
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    last = format!("exited with {status}");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if last.is_empty() {
-                last = "not accepting connections after 5 s".into();
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(detail) => last = detail,
             }
         }
         Err(RedisServerError::NoStart { port: 0, detail: last })
+    }
+
+    /// Waits until the server accepts connections, or says why not.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("not accepting connections after 5 s".into())
     }
 
     pub fn url(&self) -> String {
@@ -70,26 +80,11 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
-    /// Starts the server again on the same port (after `kill`).
+    /// Starts the server again on the same port and folder (after `kill`).
     pub fn restart(&mut self, extra: &[&str]) -> Result<(), RedisServerError> {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir").arg(&self.dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| RedisServerError::NotInstalled(e.to_string()))?;
-        self.child = child;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(RedisServerError::NoStart { port: self.port, detail: "not accepting connections after restart".into() })
+        self.child = spawn(self.port, &self.dir, extra)?;
+        self.wait_ready().map_err(|detail| RedisServerError::NoStart { port: self.port, detail })
     }
 }
 

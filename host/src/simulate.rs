@@ -95,6 +95,7 @@ fn idx(s: Strategy) -> usize {
 /// Replays `writes` through `policy`, ticking every `tick_ms` (as a host would) to drain batches.
 pub fn run(policy: &mut PolicyRuntime, writes: &[TraceWrite], tick_ms: u64, tail_ms: u64) -> Simulation {
     let mut sim = Simulation::default();
+    // Simulated time starts at 0 (trace times are absolute from there).
     let start = 0;
     let end = writes.last().map(|w| w.at_ms).unwrap_or(0) + tail_ms;
     let mut strategy = policy.status(start).strategy;

@@ -1,0 +1,906 @@
+// AdaptiveCache: the original aci-cache Node API over a real near cache (L1) and the fleet
+// protocol of docs/WIRE.md v2.
+//
+//   const cache = new AdaptiveCache({ redis: new Redis() });
+//   await cache.start();
+//   await cache.set('user:42', '{"name":"Alice"}');
+//   await cache.get('user:42');
+//   await cache.stop();
+//
+// Everything on the network path (the subscription, the tick) logs and counts its errors and
+// goes on: nothing there throws into the user's process. Calls the user makes (get, set, ...)
+// reject with Redis's error when Redis fails them.
+
+import { performance } from 'node:perf_hooks';
+import { CacheConfigError, Names, policyOverrides, randomEpoch, randomId, resolveOptions } from './config.js';
+import { PolicyRuntime } from './engine.js';
+import { NearCache } from './near-cache.js';
+import { KEYS_PER_MESSAGE, LOST, LossDetector, MAX_U32, Sender, decode } from './wire.js';
+
+const HEARTBEAT_MS = 1000;
+const MAX_SWITCH_HISTORY = 1000;
+const SAFE = Number.MAX_SAFE_INTEGER;
+const RENEW_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+const RELEASE_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+// Milliseconds on a monotonic clock: L1 deadlines, liveness, the policy's clock.
+const mono = () => performance.now();
+
+/** The cache is not started, or was stopped. */
+export class CacheStateError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'CacheStateError';
+  }
+}
+
+export class AdaptiveCache {
+  #o;
+  #names;
+  #sender;
+  #l1;
+  #redis;
+  #sub = null;
+  #ownSub = false;
+  #rt = null;
+  #log;
+  #state = 'new'; // new | starting | running | stopped
+  #strategy = 'eager';
+  #isController = false;
+  #writeRate = 0;
+  #switches = [];
+  #switchCbs = [];
+  #detector = new LossDetector();
+  // subscription
+  #subscribed = false;
+  #lagging = false;
+  #lastHeard = 0;
+  #subAttempt = 0;
+  #subBackoff = 50;
+  #subTimer = null;
+  #subInFlight = false;
+  #subWaiters = [];
+  #reportsSubscribed = false;
+  // sending
+  #seq = 0;
+  #marked = 0;
+  #invalSinceTick = false;
+  #mustFlush = false;
+  #unreported = 0;
+  #remoteWrites = 0;
+  #lastControllerNews = 0;
+  #lastStrategyUpdate = -Infinity;
+  #lastHeartbeat = -Infinity;
+  #announced = null;
+  #tickTimer = null;
+  #ticking = null;
+  #malformedSeen = new Set();
+  #localTtlMs;
+  #defaultTtlMs;
+  // counters
+  #c = {
+    hits: 0, misses: 0, l1Hits: 0, l1Misses: 0, writes: 0, deletes: 0, messagesSent: 0,
+    pubsubReceived: 0, messagesReceived: 0, invalidationsApplied: 0, flushes: 0, gaps: 0,
+    malformed: 0, resubscribes: 0, subscriptionErrors: 0, controllerLost: 0, lagSuspensions: 0, publishFailures: 0,
+  };
+
+  /**
+   * @param {import('./index.js').AdaptiveCacheOptions} options
+   * Throws CacheConfigError naming the option on any invalid value.
+   */
+  constructor(options) {
+    const o = resolveOptions(options);
+    this.#o = o;
+    this.id = o.instanceId ?? randomId();
+    this.#names = new Names(o.channelPrefix, o.namespace, this.id);
+    this.#sender = new Sender(this.id, randomEpoch());
+    this.#l1 = new NearCache(o.localMaxEntries, o.localMaxBytes);
+    this.#redis = o.redis;
+    this.#log = o.logger ?? console;
+    this.#localTtlMs = o.localTtl * 1000;
+    this.#defaultTtlMs = Math.max(1, Math.round(o.defaultTtl * 1000));
+  }
+
+  // ---- properties ------------------------------------------------------------------------------
+
+  /** The strategy in force here: 'ttl' | 'batched' | 'eager'. */
+  get strategy() {
+    return this.#strategy;
+  }
+
+  /** 'controller' or 'follower' (the configured role decides, or the lease when auto). */
+  get role() {
+    return this.#isController ? 'controller' : 'follower';
+  }
+
+  get isController() {
+    return this.#isController;
+  }
+
+  /** The Redis key `key` is stored under. */
+  redisKey(key) {
+    this.#names.checkKey(key);
+    return this.#names.redisKey(key);
+  }
+
+  /** The original package's stats. */
+  get statsSnapshot() {
+    const c = this.#c;
+    return {
+      totalReads: c.hits + c.misses,
+      cacheHits: c.hits,
+      cacheMisses: c.misses,
+      totalWrites: c.writes,
+      currentStrategy: this.#strategy,
+      writeRate: this.#writeRate,
+      strategySwitches: this.#switches.map((s) => ({ ...s })),
+    };
+  }
+
+  /** Everything counted, including the L1 and fleet counters. */
+  stats() {
+    const c = this.#c;
+    return {
+      instanceId: this.id,
+      role: this.role,
+      isController: this.#isController,
+      strategy: this.#strategy,
+      writeRate: this.#writeRate,
+      reads: c.hits + c.misses,
+      hits: c.hits,
+      misses: c.misses,
+      l1Hits: c.l1Hits,
+      l1Misses: c.l1Misses,
+      writes: c.writes,
+      deletes: c.deletes,
+      messagesSent: c.messagesSent,
+      pubsubReceived: c.pubsubReceived,
+      messagesReceived: c.messagesReceived,
+      invalidationsApplied: c.invalidationsApplied,
+      flushes: c.flushes,
+      gaps: c.gaps,
+      malformed: c.malformed,
+      resubscribes: c.resubscribes,
+      controllerLost: c.controllerLost,
+      lagSuspensions: c.lagSuspensions,
+      publishFailures: c.publishFailures,
+      policyFaults: this.#rt?.faults ?? 0,
+      policy: this.#rt?.describe ?? null,
+      l1Serving: this.#l1.serving,
+      l1Entries: this.#l1.size,
+      l1Bytes: this.#l1.bytes,
+      strategySwitches: this.#switches.length,
+    };
+  }
+
+  /** Calls cb(from, to) on every strategy change; returns a function that unregisters it. */
+  onSwitch(cb) {
+    if (typeof cb !== 'function') throw new TypeError('onSwitch needs a function');
+    this.#switchCbs.push(cb);
+    return () => {
+      this.#switchCbs = this.#switchCbs.filter((f) => f !== cb);
+    };
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------------------
+
+  /**
+   * Loads the policy, subscribes (waiting up to connectTimeout; reads bypass L1 until the
+   * subscription is up), settles the role and starts the tick.
+   */
+  async start() {
+    if (this.#state !== 'new') throw new CacheStateError(`start(): the cache is ${this.#state}`);
+    this.#state = 'starting';
+    const o = this.#o;
+    try {
+      const spec = o.policy ?? (o.strategy !== undefined ? 'fixed' : 'adaptive');
+      this.#rt = await PolicyRuntime.create(spec, policyOverrides(o), {
+        onFault: (err) => this.#log.warn(`aci-cache ${this.id}: ${err.message}; answering eager`),
+      });
+    } catch (err) {
+      this.#state = 'new';
+      if (err?.name === 'ConfigError') throw new CacheConfigError(err.field, err.message);
+      throw err;
+    }
+    const now = mono();
+    this.#strategy = this.#rt.currentStrategy(Math.floor(now));
+    this.#lastControllerNews = now;
+
+    if (o.pubsubRedis) {
+      this.#sub = o.pubsubRedis;
+    } else {
+      // Our own connection: reconnect with capped exponential backoff and jitter (WIRE.md 5).
+      this.#sub = this.#redis.duplicate({
+        retryStrategy: (times) => jitter(Math.min(5000, 50 * 2 ** Math.min(times - 1, 10))),
+        maxRetriesPerRequest: null,
+        autoResubscribe: false,
+      });
+      this.#ownSub = true;
+    }
+    this.#sub.on('messageBuffer', this.#onMessage);
+    this.#sub.on('close', this.#onSubDown);
+    this.#sub.on('ready', this.#onSubReady);
+    this.#sub.on('error', this.#onSubError);
+
+    const subscribed = new Promise((resolve) => this.#subWaiters.push(resolve));
+    this.#subscribe();
+    await Promise.race([subscribed, sleep(o.connectTimeout * 1000)]);
+    if (!this.#subscribed) {
+      this.#log.warn(`aci-cache ${this.id}: not subscribed yet; reads go to Redis until it is`);
+    }
+
+    const t = Math.floor(mono());
+    if (o.role === 'controller') this.#becomeController(t);
+    else if (o.role === 'follower') this.#becomeFollower(t, true);
+    else {
+      let holds = false;
+      try {
+        holds = await this.#tryLease();
+      } catch (err) {
+        this.#log.warn(`aci-cache ${this.id}: controller lease: ${err.message}; following`);
+      }
+      if (holds) this.#becomeController(t);
+      else this.#becomeFollower(t, true);
+    }
+    if (this.#isController) await this.#subscribeReports(true);
+
+    this.#state = 'running';
+    this.#tickTimer = setInterval(() => this.#runTick(), o.tickInterval * 1000);
+    this.#tickTimer.unref?.();
+    // First heartbeat and strategy_update now rather than a tick later.
+    this.#runTick();
+  }
+
+  /**
+   * Publishes what is batched, gives up the controller lease, closes the subscription it opened.
+   * The `redis` client passed in stays open (it is the caller's). Idempotent.
+   */
+  async stop() {
+    if (this.#state === 'stopped' || this.#state === 'new') {
+      this.#state = 'stopped';
+      return;
+    }
+    this.#state = 'stopped';
+    clearInterval(this.#tickTimer);
+    clearTimeout(this.#subTimer);
+    if (this.#ticking) await this.#ticking.catch(() => {});
+    this.#l1.suspend();
+    this.#subscribed = false;
+    try {
+      const now = Math.floor(mono());
+      const batch = this.#rt.drainAll(now);
+      const pipe = this.#redis.pipeline();
+      let n = this.#addBatch(pipe, batch);
+      if (this.#isController) {
+        pipe.eval(RELEASE_LUA, 1, this.#names.lease, this.id);
+        n++;
+      }
+      if (n > 0) await this.#exec(pipe, n, batch.keys.length > 0 || batch.flushAll);
+    } catch (err) {
+      this.#log.warn(`aci-cache ${this.id}: stop: ${err.message}`);
+    }
+    this.#isController = false;
+    const sub = this.#sub;
+    sub.off('messageBuffer', this.#onMessage);
+    sub.off('close', this.#onSubDown);
+    sub.off('ready', this.#onSubReady);
+    sub.off('error', this.#onSubError);
+    try {
+      if (this.#ownSub) await sub.quit();
+      else await sub.unsubscribe(...this.#channels(), this.#names.reports);
+    } catch {
+      if (this.#ownSub) sub.disconnect();
+    }
+  }
+
+  #checkRunning(what) {
+    if (this.#state !== 'running' && this.#state !== 'starting') {
+      throw new CacheStateError(`${what}: the cache is ${this.#state === 'new' ? 'not started (await start() first)' : 'stopped'}`);
+    }
+  }
+
+  // ---- reads -----------------------------------------------------------------------------------
+
+  /** The value of `key` as a string (UTF-8), or null. */
+  async get(key) {
+    const e = this.#l1.serving ? this.#l1.get(key, mono()) : undefined;
+    if (e !== undefined) {
+      this.#c.l1Hits++;
+      this.#c.hits++;
+      return e.s !== undefined ? e.s : (e.s = e.b.toString());
+    }
+    const b = await this.#miss(key);
+    return b === null ? null : b.toString();
+  }
+
+  /** The value of `key` as bytes (a copy: the caller may modify it), or null. */
+  async getBuffer(key) {
+    const e = this.#l1.serving ? this.#l1.get(key, mono()) : undefined;
+    if (e !== undefined) {
+      this.#c.l1Hits++;
+      this.#c.hits++;
+      if (e.b === undefined) e.b = Buffer.from(e.s);
+      return Buffer.from(e.b);
+    }
+    const b = await this.#miss(key);
+    return b === null ? null : Buffer.from(b);
+  }
+
+  // GET and PTTL in one round trip. Concurrent misses of one key share it, unless an
+  // invalidation or a local write came in between (then a new read starts).
+  async #miss(key) {
+    this.#checkRunning('get');
+    this.#names.checkKey(key);
+    const c = this.#c;
+    c.l1Misses++;
+    const l1 = this.#l1;
+    let f = l1.joinFill(key);
+    if (f === undefined) {
+      f = l1.beginFill(key);
+      const rk = this.#names.redisKey(key);
+      const sent = mono();
+      f.promise = this.#redis
+        .pipeline()
+        .getBuffer(rk)
+        .pttl(rk)
+        .exec()
+        .then(
+          (res) => {
+            const [[e1, value], [e2, pttl]] = res;
+            if (e1) throw e1;
+            if (value === null) {
+              l1.completeFill(f, key, null, 0, 0);
+              return null;
+            }
+            if (!e2) {
+              // -1: no expiry in Redis, the local bound alone; -2: gone since the GET.
+              const ttl = pttl === -1 ? this.#localTtlMs : pttl > 0 ? Math.min(this.#localTtlMs, pttl) : 0;
+              l1.completeFill(f, key, value, sent + ttl, mono());
+            } else {
+              l1.completeFill(f, key, null, 0, 0);
+            }
+            return value;
+          },
+          (err) => {
+            l1.completeFill(f, key, null, 0, 0);
+            throw err;
+          },
+        );
+    }
+    const v = await f.promise;
+    if (v === null) c.misses++;
+    else c.hits++;
+    return v;
+  }
+
+  // ---- writes ----------------------------------------------------------------------------------
+
+  /**
+   * Writes `key` to Redis with `ttl` seconds (default defaultTtl) and tells the fleet per the
+   * strategy in force: eager pipelines one invalidation with the SET; batched leaves the key
+   * to the policy's next batch; ttl sends nothing.
+   */
+  async set(key, value, ttl) {
+    this.#checkRunning('set');
+    this.#names.checkKey(key);
+    let str, buf;
+    if (typeof value === 'string') str = value;
+    else if (Buffer.isBuffer(value)) buf = Buffer.from(value); // our copy: the caller may reuse theirs
+    else if (value instanceof Uint8Array) buf = Buffer.from(value);
+    else throw new TypeError(`value: must be a string or a Buffer, got ${value === null ? 'null' : typeof value}`);
+    let ttlMs = this.#defaultTtlMs;
+    if (ttl !== undefined && ttl !== null) {
+      if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl <= 0) {
+        throw new CacheConfigError('ttl', `must be a positive number of seconds, got ${String(ttl)}`);
+      }
+      ttlMs = Math.max(1, Math.round(ttl * 1000));
+    }
+    const rk = this.#names.redisKey(key);
+    const v = str !== undefined ? str : buf;
+    const inForce = this.#strategy;
+    const t0 = mono();
+    let sent;
+    if (inForce === 'eager') {
+      const pipe = this.#redis.pipeline();
+      const flushing = this.#addPendingFlush(pipe);
+      pipe.set(rk, v, 'PX', ttlMs);
+      pipe.publish(this.#names.invalidation, this.#sender.invalidate([rk], 'eager', ++this.#seq));
+      this.#invalSinceTick = true;
+      sent = this.#execWrite(pipe, flushing);
+    } else {
+      sent = this.#redis.set(rk, v, 'PX', ttlMs);
+    }
+    // Counted while Redis works on the SET.
+    const now = Math.floor(t0);
+    const s = this.#rt.recordWrite(rk, now);
+    this.#unreported++;
+    try {
+      await sent;
+    } catch (err) {
+      // The write may or may not have happened: our copy cannot be trusted either way.
+      this.#l1.invalidate(key);
+      throw err;
+    }
+    if (s === 'eager' && inForce !== 'eager') {
+      // This very write switched the policy to eager: it must not wait for a batch.
+      const pipe = this.#redis.pipeline();
+      const flushing = this.#addPendingFlush(pipe);
+      pipe.publish(this.#names.invalidation, this.#sender.invalidate([rk], 'eager', ++this.#seq));
+      this.#invalSinceTick = true;
+      try {
+        await this.#execWrite(pipe, flushing, 0);
+      } catch (err) {
+        this.#l1.invalidate(key);
+        throw err;
+      }
+    }
+    this.#noteStrategy(s);
+    this.#c.writes++;
+    this.#l1.putOwn(key, str, buf, t0 + Math.min(this.#localTtlMs, ttlMs), mono());
+  }
+
+  /** Deletes `key` from Redis and tells the fleet at once, whatever the strategy. */
+  async delete(key) {
+    this.#checkRunning('delete');
+    this.#names.checkKey(key);
+    const rk = this.#names.redisKey(key);
+    this.#l1.invalidate(key);
+    const pipe = this.#redis.pipeline();
+    const flushing = this.#addPendingFlush(pipe);
+    pipe.del(rk);
+    pipe.publish(this.#names.invalidation, this.#sender.invalidate([rk], 'eager', ++this.#seq));
+    this.#invalSinceTick = true;
+    const res = await this.#execWrite(pipe, flushing);
+    // A fill may have read the value just before the DEL.
+    this.#l1.invalidate(key);
+    this.#c.deletes++;
+    return res[flushing ? 1 : 0][1] > 0;
+  }
+
+  /**
+   * Drops this namespace's data from Redis (SCAN + UNLINK of `<prefix>:<namespace>:*`, never
+   * another service's keys) and every instance's L1 (one `flush` message). Needs a namespace:
+   * without one, this cache's keys cannot be told apart from anything else in the database.
+   * Keys written while the scan runs may survive it.
+   */
+  async flush() {
+    this.#checkRunning('flush');
+    if (this.#names.namespace === null) {
+      throw new CacheConfigError('namespace', 'flush() needs a namespace: without one, this cache cannot tell its keys from other services\' (use flushLocal() for the local cache)');
+    }
+    this.#l1.flush();
+    const match = `${this.#names.keyPrefix}*`;
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.#redis.scan(cursor, 'MATCH', match, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length) await this.#redis.unlink(...keys);
+    } while (cursor !== '0');
+    const pipe = this.#redis.pipeline();
+    const flushing = this.#addPendingFlush(pipe);
+    pipe.publish(this.#names.invalidation, this.#sender.flush(++this.#seq));
+    this.#invalSinceTick = true;
+    await this.#execWrite(pipe, flushing, 0);
+    this.#l1.flush();
+    this.#c.flushes++;
+  }
+
+  /** Drops this instance's L1 only (Redis and other instances untouched). */
+  flushLocal() {
+    this.#l1.flush();
+    this.#c.flushes++;
+  }
+
+  // ---- publishing ------------------------------------------------------------------------------
+
+  // After a failed publish, receivers may have missed invalidations: the next message on the
+  // invalidation channel is a flush (WIRE.md 4). Returns whether one was added.
+  #addPendingFlush(pipe) {
+    if (!this.#mustFlush) return false;
+    pipe.publish(this.#names.invalidation, this.#sender.flush(++this.#seq));
+    return true;
+  }
+
+  // Runs a pipeline that publishes invalidations; any failure there means a flush is owed.
+  async #execWrite(pipe, flushing, commands = 1) {
+    let res;
+    try {
+      res = await pipe.exec();
+    } catch (err) {
+      this.#publishFailed();
+      throw err;
+    }
+    let n = 0;
+    for (const [err] of res) {
+      if (err) {
+        this.#publishFailed();
+        throw err;
+      }
+      n++;
+    }
+    if (flushing) this.#mustFlush = false;
+    this.#c.messagesSent += n - commands; // every other command is a PUBLISH
+    return res;
+  }
+
+  #publishFailed() {
+    this.#mustFlush = true;
+    this.#c.publishFailures++;
+  }
+
+  // Runs a pipeline of `n` messages (tick, stop).
+  async #exec(pipe, n, carriesInvalidations) {
+    let res;
+    try {
+      res = await pipe.exec();
+    } catch (err) {
+      if (carriesInvalidations) this.#publishFailed();
+      throw err;
+    }
+    for (const [err] of res) {
+      if (err) {
+        if (carriesInvalidations) this.#publishFailed();
+        throw err;
+      }
+    }
+    this.#c.messagesSent += n;
+  }
+
+  // Adds the messages that publish a drained batch; returns how many.
+  #addBatch(pipe, batch) {
+    if (batch.flushAll) {
+      pipe.publish(this.#names.invalidation, this.#sender.flush(++this.#seq));
+      this.#invalSinceTick = true;
+      return 1;
+    }
+    let n = 0;
+    for (let i = 0; i < batch.keys.length; i += KEYS_PER_MESSAGE) {
+      const chunk = batch.keys.slice(i, i + KEYS_PER_MESSAGE);
+      pipe.publish(this.#names.invalidation, this.#sender.invalidate(chunk, 'batched', ++this.#seq));
+      this.#invalSinceTick = true;
+      n++;
+    }
+    return n;
+  }
+
+  // ---- strategy --------------------------------------------------------------------------------
+
+  #noteStrategy(s) {
+    if (s === this.#strategy) return;
+    const from = this.#strategy;
+    this.#strategy = s;
+    if (this.#switches.length >= MAX_SWITCH_HISTORY) this.#switches.shift();
+    this.#switches.push({ timestamp: Date.now() / 1000, from, to: s });
+    if (this.#isController && this.#state === 'running' && s !== this.#announced) {
+      // The fleet hears of a change at once, not at the next tick.
+      setImmediate(() => this.#runTick());
+    }
+    for (const cb of this.#switchCbs) {
+      // Outside the caller's stack, so a callback cannot break a write or the tick.
+      queueMicrotask(() => {
+        try {
+          cb(from, s);
+        } catch (err) {
+          this.#log.warn(`aci-cache ${this.id}: onSwitch callback threw: ${err?.message ?? err}`);
+        }
+      });
+    }
+  }
+
+  #becomeController(now) {
+    if (this.#isController) return;
+    this.#isController = true;
+    const rt = this.#rt;
+    // A new controller has measured only its own writes: prime it with the fleet rate the last
+    // one announced, so a takeover under load does not switch down for lack of history.
+    const primed = Math.round(this.#writeRate * (rt.windowMs / 1000));
+    if (primed >= 1) rt.recordRemoteWrites(Math.min(primed, MAX_U32), now);
+    rt.lead(now);
+    this.#lastStrategyUpdate = -Infinity; // announce at once
+    this.#noteStrategy(rt.currentStrategy(now));
+  }
+
+  #becomeFollower(now, first = false) {
+    const was = this.#isController;
+    this.#isController = false;
+    if (was || first || this.#rt.following === null) {
+      // Until a controller is heard: eager, the one strategy that never leaves readers stale.
+      this.#rt.follow('eager', now);
+      this.#noteStrategy('eager');
+      this.#lastControllerNews = mono();
+    }
+  }
+
+  async #tryLease() {
+    const lease = this.#names.lease;
+    const ms = Math.max(1, Math.round(this.#o.controllerInterval * 1000));
+    if (this.#isController) {
+      const renewed = await this.#redis.eval(RENEW_LUA, 1, lease, this.id, ms);
+      if (renewed === 1) return true;
+    }
+    const took = await this.#redis.set(lease, this.id, 'PX', ms, 'NX');
+    return took === 'OK';
+  }
+
+  // ---- subscription ----------------------------------------------------------------------------
+
+  #channels() {
+    return [this.#names.invalidation, this.#names.strategy, this.#names.liveness];
+  }
+
+  // (Re)subscribes; on success the detector forgets every sender and L1 serves again, empty.
+  async #subscribe() {
+    const attempt = ++this.#subAttempt;
+    this.#subInFlight = true;
+    try {
+      const chans = this.#channels();
+      if (this.#isController) chans.push(this.#names.reports);
+      await this.#sub.subscribe(...chans);
+      this.#reportsSubscribed = this.#isController;
+    } catch (err) {
+      this.#subInFlight = false;
+      if (attempt !== this.#subAttempt || this.#state === 'stopped') return;
+      this.#log.warn(`aci-cache ${this.id}: subscribe failed: ${err.message}; retrying`);
+      this.#scheduleResubscribe();
+      return;
+    }
+    this.#subInFlight = false;
+    if (attempt !== this.#subAttempt || this.#state === 'stopped') return;
+    if (this.#subscribed) return;
+    if (this.#c.flushes > 0 || this.#lastHeard > 0) this.#c.resubscribes++;
+    this.#subBackoff = 50;
+    this.#detector.resubscribed();
+    this.#lagging = false;
+    this.#subscribed = true;
+    this.#lastHeard = mono();
+    this.#l1.resume();
+    this.#c.flushes++;
+    for (const w of this.#subWaiters.splice(0)) w();
+  }
+
+  #scheduleResubscribe() {
+    if (this.#state === 'stopped') return;
+    clearTimeout(this.#subTimer);
+    const wait = jitter(this.#subBackoff);
+    this.#subBackoff = Math.min(5000, this.#subBackoff * 2);
+    this.#subTimer = setTimeout(() => {
+      this.#subTimer = null;
+      if (this.#sub.status === 'ready') this.#subscribe();
+      // otherwise the client's reconnect ends in 'ready', which subscribes
+    }, wait);
+    this.#subTimer.unref?.();
+  }
+
+  #down(why) {
+    if (this.#subscribed) {
+      this.#log.warn(`aci-cache ${this.id}: subscription lost (${why}): L1 suspended, resubscribing`);
+    }
+    this.#subscribed = false;
+    this.#reportsSubscribed = false;
+    this.#subAttempt++;
+    this.#l1.suspend();
+  }
+
+  #onSubDown = () => {
+    if (this.#state === 'stopped') return;
+    this.#down('connection closed');
+  };
+
+  #onSubReady = () => {
+    if (this.#state === 'stopped' || this.#state === 'new') return;
+    this.#subscribe();
+  };
+
+  #onSubError = () => {
+    // ioredis reconnects by itself and the 'close' handler suspended L1; this listener only
+    // keeps the error from being reported as unhandled.
+    this.#c.subscriptionErrors++;
+  };
+
+  #onMessage = (_channel, payload) => {
+    const c = this.#c;
+    c.pubsubReceived++;
+    const now = mono();
+    this.#lastHeard = now;
+    const m = decode(payload);
+    if (m.malformed !== undefined) {
+      c.malformed++;
+      if (!this.#malformedSeen.has(m.malformed)) {
+        this.#malformedSeen.add(m.malformed);
+        this.#log.warn(`aci-cache ${this.id}: malformed message ignored (${m.malformed}, ${payload.length} bytes; logged once per kind)`);
+      }
+      return;
+    }
+    if (m.source === this.id) {
+      if (m.epoch === this.#sender.epoch) this.#checkLag(Date.now() / 1000 - m.timestamp);
+      return;
+    }
+    c.messagesReceived++;
+    const t = Math.floor(now);
+    const d = this.#detector;
+    switch (m.action) {
+      case 'invalidate': {
+        const l1 = this.#l1;
+        const names = this.#names;
+        for (const rk of m.keys) {
+          const k = names.userKey(rk);
+          if (k !== undefined) l1.invalidate(k);
+        }
+        c.invalidationsApplied += m.keys.length;
+        if (m.seq !== null && d.message(m.source, m.epoch, m.seq, t) === LOST) this.#lost('sequence gap or sender restart');
+        break;
+      }
+      case 'flush':
+        this.#l1.flush();
+        c.flushes++;
+        if (m.seq !== null && d.message(m.source, m.epoch, m.seq, t) === LOST) this.#lost('sender restart');
+        break;
+      case 'mark':
+        if (d.position(m.source, m.epoch, m.inval_seq, t) === LOST) this.#lost('sender restart');
+        break;
+      case 'strategy_update':
+        if (m.inval_seq !== null && d.position(m.source, m.epoch, m.inval_seq, t) === LOST) this.#lost('sender restart');
+        // Two controllers can overlap for one lease period after a takeover: ours decides.
+        if (this.#isController) break;
+        this.#lastControllerNews = now;
+        this.#writeRate = m.write_rate;
+        this.#rt.follow(m.strategy, t);
+        this.#noteStrategy(m.strategy);
+        break;
+      case 'write_report':
+        if (m.inval_seq !== null && d.position(m.source, m.epoch, m.inval_seq, t) === LOST) this.#lost('sender restart');
+        if (this.#isController) this.#remoteWrites = Math.min(SAFE, this.#remoteWrites + m.count);
+        break;
+      default: // heartbeat: another instance's, on our liveness channel? Nothing to do.
+    }
+  };
+
+  #lost(why) {
+    this.#c.gaps++;
+    this.#c.flushes++;
+    this.#l1.flush();
+    this.#log.warn(`aci-cache ${this.id}: invalidation loss detected (${why}): L1 flushed`);
+  }
+
+  // Our own messages, stamped by our own clock, tell how far behind the subscription is.
+  #checkLag(lagS) {
+    const max = this.#o.maxLag;
+    if (lagS > max) {
+      if (!this.#lagging) {
+        this.#lagging = true;
+        this.#c.lagSuspensions++;
+        this.#l1.suspend();
+        this.#log.warn(`aci-cache ${this.id}: subscription lagging ${Math.round(lagS * 1000)} ms: L1 suspended`);
+      }
+    } else if (this.#lagging && lagS < max / 2) {
+      this.#lagging = false;
+      if (this.#subscribed) this.#l1.resume();
+    }
+  }
+
+  async #subscribeReports(on) {
+    if (this.#reportsSubscribed === on || !this.#subscribed) return;
+    try {
+      if (on) await this.#sub.subscribe(this.#names.reports);
+      else await this.#sub.unsubscribe(this.#names.reports);
+      this.#reportsSubscribed = on;
+    } catch (err) {
+      this.#log.warn(`aci-cache ${this.id}: ${on ? '' : 'un'}subscribing ${this.#names.reports}: ${err.message}`);
+    }
+  }
+
+  // ---- the tick --------------------------------------------------------------------------------
+
+  #runTick() {
+    if (this.#ticking || this.#state !== 'running') return;
+    this.#ticking = this.#tick()
+      .catch((err) => {
+        this.#log.warn(`aci-cache ${this.id}: tick failed: ${err.message}; retrying next tick`);
+      })
+      .finally(() => {
+        this.#ticking = null;
+      });
+  }
+
+  async #tick() {
+    const o = this.#o;
+    let now = mono();
+    if (this.#subscribed && now - this.#lastHeard > o.livenessTimeout * 1000) {
+      this.#down('no message within the liveness timeout');
+      // Drop the connection: ioredis reconnects (with backoff) and 'ready' resubscribes.
+      this.#sub.disconnect(true);
+    } else if (!this.#subscribed && this.#sub.status === 'ready' && this.#subTimer === null && !this.#subInFlight) {
+      // Connected but not subscribed (a failed SUBSCRIBE, a missed 'ready'): retry with backoff.
+      this.#scheduleResubscribe();
+    }
+    if (o.role === 'auto' && this.#state === 'running') {
+      let holds = this.#isController;
+      try {
+        holds = await this.#tryLease();
+      } catch (err) {
+        // Cannot reach Redis: whoever we were stays (the lease expires by itself).
+        this.#log.warn(`aci-cache ${this.id}: controller lease: ${err.message}`);
+      }
+      if (this.#state !== 'running') return;
+      const t = Math.floor(mono());
+      if (holds) this.#becomeController(t);
+      else this.#becomeFollower(t);
+    }
+    await this.#subscribeReports(this.#isController);
+    if (this.#state !== 'running') return;
+    now = mono();
+    const t = Math.floor(now);
+    if (this.#detector.tick(t) === LOST) this.#lost('sequence gap not filled in time');
+    const controller = this.#isController;
+    const rt = this.#rt;
+    if (!controller && now - this.#lastControllerNews > o.controllerInterval * 1000 && this.#strategy !== 'eager') {
+      rt.follow('eager', t);
+      this.#c.controllerLost++;
+      this.#noteStrategy('eager');
+      this.#log.warn(`aci-cache ${this.id}: no controller heard for ${o.controllerInterval} s: following eager`);
+    }
+    if (controller && this.#remoteWrites > 0) {
+      // At most 2^32-1 per tick, in one call: nothing here scales with a number read off the wire.
+      const n = Math.min(this.#remoteWrites, MAX_U32);
+      this.#remoteWrites = 0;
+      rt.recordRemoteWrites(n, t);
+    }
+    const status = rt.status(t);
+    const batch = status.batchDue ? rt.pendingBatch(t) : null;
+    if (controller) this.#writeRate = status.writeRate;
+    this.#noteStrategy(status.strategy);
+
+    const pipe = this.#redis.pipeline();
+    let n = 0;
+    let inval = false;
+    if (this.#mustFlush && this.#addPendingFlush(pipe)) {
+      n++;
+      inval = true;
+    }
+    if (batch && (batch.flushAll || batch.keys.length)) {
+      n += this.#addBatch(pipe, batch);
+      inval = true;
+    }
+    // A sender gone quiet announces its last seq once, so a lost last message is noticed.
+    if (!this.#invalSinceTick && !inval && this.#seq > this.#marked) {
+      pipe.publish(this.#names.invalidation, this.#sender.mark(this.#seq));
+      this.#marked = this.#seq;
+      n++;
+    }
+    this.#invalSinceTick = false;
+    if (controller) {
+      this.#unreported = 0; // our own writes went to our policy directly
+      if (status.strategy !== this.#announced || now - this.#lastStrategyUpdate >= HEARTBEAT_MS) {
+        pipe.publish(this.#names.strategy, this.#sender.strategyUpdate(status.strategy, status.writeRate, this.#seq));
+        this.#announced = status.strategy;
+        this.#lastStrategyUpdate = now;
+        n++;
+      }
+    } else if (this.#unreported > 0) {
+      const count = Math.min(this.#unreported, MAX_U32);
+      this.#unreported = 0;
+      pipe.publish(this.#names.reports, this.#sender.writeReport(count, this.#seq));
+      n++;
+    }
+    if (now - this.#lastHeartbeat >= HEARTBEAT_MS) {
+      pipe.publish(this.#names.liveness, this.#sender.heartbeat());
+      this.#lastHeartbeat = now;
+      n++;
+    }
+    if (n === 0) return;
+    const flushing = this.#mustFlush;
+    await this.#exec(pipe, n, inval || this.#mustFlush);
+    if (flushing) this.#mustFlush = false;
+  }
+}
+
+function jitter(ms) {
+  return Math.round(ms / 2 + Math.random() * (ms / 2 + 1));
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    t.unref?.();
+  });
+}

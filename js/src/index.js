@@ -1,0 +1,7 @@
+// aci-cache for Node.js: the original package's API (AdaptiveCache over an ioredis client)
+// with a real near cache and the fleet protocol of docs/WIRE.md v2, plus the policy engine.
+export { AdaptiveCache, CacheStateError } from './cache.js';
+export { CacheConfigError, DEFAULTS, Names } from './config.js';
+export { PolicyFault, PolicyRuntime } from './engine.js';
+export { ConfigError, Policy, PolicyTrap, configFromWire, configToWire, loadPolicy, policyDir } from './policy.js';
+export { LossDetector, Sender, decode } from './wire.js';

@@ -1,0 +1,112 @@
+// Replays the language-neutral wire vectors (tests/vectors/wire/*.json, docs/WIRE.md v2) with
+// exact comparison: decode.json through decode(), loss.json through LossDetector, naming.json
+// through Names. Format: tests/vectors/wire/make.py.
+
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { CacheConfigError, Names } from '../src/config.js';
+import { LossDetector, Sender, decode } from '../src/wire.js';
+
+const DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'tests', 'vectors', 'wire');
+const load = (f) => JSON.parse(readFileSync(path.join(DIR, f), 'utf8')).cases;
+
+// snake_case config fields of the vectors -> our option names.
+const FIELD = { namespace: 'namespace', channel_prefix: 'channelPrefix', instance_id: 'instanceId', key: 'key' };
+
+function payloadOf(c) {
+  let bytes = c.payload_hex !== undefined ? Buffer.from(c.payload_hex, 'hex') : Buffer.from(c.payload, 'utf8');
+  if (c.expand_keys !== undefined) {
+    const keys = Array(c.expand_keys).fill('"k"').join(',');
+    bytes = Buffer.from(bytes.toString('utf8').replace('"@KEYS@"', keys), 'utf8');
+  }
+  if (c.pad_to !== undefined && bytes.length < c.pad_to) {
+    bytes = Buffer.concat([bytes, Buffer.alloc(c.pad_to - bytes.length, 0x20)]);
+  }
+  return bytes;
+}
+
+describe('decode.json', () => {
+  const cases = load('decode.json');
+  test('vectors are present', () => assert.ok(cases.length > 50));
+  for (const c of cases) {
+    test(c.name, () => {
+      const got = decode(payloadOf(c));
+      if ('keys_count' in c.expect) {
+        assert.equal(got.action, c.expect.action);
+        assert.equal(got.keys.length, c.expect.keys_count);
+        return;
+      }
+      assert.deepStrictEqual(got, c.expect);
+    });
+  }
+});
+
+describe('loss.json', () => {
+  for (const c of load('loss.json')) {
+    test(c.name, () => {
+      const d = new LossDetector();
+      c.events.forEach((e, i) => {
+        let got;
+        if (e.do === 'message') got = d.message(e.source, e.epoch ?? null, e.seq, e.at);
+        else if (e.do === 'position') got = d.position(e.source, e.epoch ?? null, e.inval_seq, e.at);
+        else if (e.do === 'tick') got = d.tick(e.at);
+        else if (e.do === 'resubscribed') got = (d.resubscribed(), 'ok');
+        else assert.fail(`unknown event ${e.do}`);
+        assert.equal(got, e.expect, `event ${i} (${JSON.stringify(e)})`);
+      });
+    });
+  }
+});
+
+describe('naming.json', () => {
+  for (const c of load('naming.json')) {
+    test(c.name, () => {
+      let names;
+      try {
+        names = new Names(c.channel_prefix, c.namespace, c.instance_id);
+        names.checkKey(c.key);
+      } catch (err) {
+        assert.ok(err instanceof CacheConfigError, `${err}`);
+        assert.ok('error' in c.expect, `unexpected error ${err.message}`);
+        assert.equal(err.field, FIELD[c.expect.error]);
+        return;
+      }
+      assert.ok(!('error' in c.expect), `expected an error on ${c.expect.error}`);
+      const got = {
+        invalidation: names.invalidation, strategy: names.strategy, reports: names.reports,
+        liveness: names.liveness, lease: names.lease, redis_key: names.redisKey(c.key),
+      };
+      assert.deepStrictEqual(got, c.expect);
+    });
+  }
+});
+
+describe('encoding', () => {
+  test('every message we send decodes to what we meant', () => {
+    const s = new Sender('3f2a9c1b0d4e', '9c1b0d4e3f2a9c1b');
+    const base = { source: s.source, epoch: s.epoch };
+    const check = (text, want) => {
+      const got = decode(Buffer.from(text));
+      assert.equal(typeof got.timestamp, 'number');
+      delete got.timestamp;
+      assert.deepStrictEqual(got, { ...want, ...base });
+    };
+    check(s.invalidate(['a', 'line\nbreak', 'é'], 'eager', 7), { action: 'invalidate', keys: ['a', 'line\nbreak', 'é'], strategy: 'eager', seq: 7 });
+    check(s.flush(8), { action: 'flush', seq: 8 });
+    check(s.mark(8), { action: 'mark', inval_seq: 8 });
+    check(s.strategyUpdate('batched', 12.5, 8), { action: 'strategy_update', strategy: 'batched', write_rate: 12.5, inval_seq: 8 });
+    check(s.writeReport(2 ** 40, 3), { action: 'write_report', count: 2 ** 32 - 1, inval_seq: 3 });
+    check(s.heartbeat(), { action: 'heartbeat' });
+  });
+
+  test('a deeply nested 1 MiB payload is refused without blowing the stack', () => {
+    const deep = Buffer.from('['.repeat((1 << 20) - 1));
+    assert.deepStrictEqual(decode(deep), { malformed: 'not-json' });
+    const nested = Buffer.from('{"action":"heartbeat","source":"a","x":' + '['.repeat(500_000) + ']'.repeat(500_000) + '}');
+    assert.ok(nested.length <= 1 << 20);
+    assert.equal(decode(nested).action, 'heartbeat');
+  });
+});

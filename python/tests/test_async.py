@@ -73,7 +73,7 @@ def test_async_and_sync_instances_invalidate_each_other(redis_server, ns):
             deadline = time.monotonic() + 3
             while a.stats["malformed"] < 1 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            assert a.stats["malformed_by_kind"] == {"not_json": 1}
+            assert a.stats["malformed_by_kind"] == {"not-json": 1}
             assert a.stats["gaps"] == 0 and s.stats["gaps"] == 0
         await client.aclose()
 
@@ -95,11 +95,20 @@ def test_async_batched_and_flush(redis_server, ns):
             await a.set("k", "2")
             await asyncio.sleep(0.35)  # one tick: the key is in the policy's batch
             assert await b.get("k") == b"1"
+            # flush(): the namespace's data is gone, and b's L1 drops it at once
             await a.flush()
+            deadline = time.monotonic() + 2
+            while b.stats["l1_entries"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert await b.get("k") is None
+            await a.set("k", "3")
+            assert await b.get("k") == b"3"
+            await a.set("k", "4")
+            await a.stop()  # the final publish carries the pending batch
             deadline = time.monotonic() + 2
             while b.stats["invalidations_applied"] < 1 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            assert await b.get("k") == b"2"
+            assert await b.get("k") == b"4"
         await c1.aclose()
         await c2.aclose()
 

@@ -189,4 +189,37 @@ def test_hostile_huge_batch_is_returned():
     e = Engine(_fixture_policy("hostile"))
     e.configure({"initial-strategy": "batched"}, 0)
     e.record_write("hostile:huge", 1)
-    assert len(e.pending_batch(10_000).keys) == 200_000
+    # 200,000 keys cost more than a call's fuel (20,000,000, as in every host): a fault
+    with pytest.raises(EngineFault):
+        e.pending_batch(10_000)
+    assert e.dead
+
+
+def test_policies_load_under_an_address_space_limit(tmp_path):
+    """Issue 8 item 4: each instance reserves address space in proportion to its 32 MiB cap (not
+    wasmtime's 4 GiB + guard default), so a process limited to 1 GiB loads several, and a cache
+    runs (before: PolicyLoadError, mmap failed to reserve)."""
+    import shutil
+    import subprocess
+    import sys
+
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit not installed")
+    code = (
+        "from aci_cache.engine import Engine, DEFAULT_MEMORY_BYTES\n"
+        "es = [Engine(n) for n in ('adaptive', 'fixed', 'adaptive', 'fixed')]\n"
+        "es[0].record_remote_writes(1000, 0)\n"
+        "assert es[0].current_strategy(0) == 'eager'\n"
+        "print('ok', DEFAULT_MEMORY_BYTES)\n"
+    )
+    p = subprocess.run([prlimit, f"--as={1 << 30}", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["ok", str(32 << 20)]
+
+
+def test_sandbox_bounds_are_the_specs():
+    from aci_cache import engine
+
+    assert engine.DEFAULT_FUEL == 20_000_000 and engine.DEFAULT_MEMORY_BYTES == 32 << 20

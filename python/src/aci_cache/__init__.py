@@ -8,6 +8,7 @@ fleet of instances over Redis Pub/Sub; a WebAssembly policy picks how (``ttl``, 
 __version__ = "0.2.0"
 
 from .config import CacheConfig, ConfigValueError
+from .stats import CacheStats
 from .engine import ConfigError as EngineConfigError
 from .engine import Engine, EngineError, EngineFault, PolicyLoadError
 from .cache import AdaptiveCache
@@ -21,6 +22,7 @@ __all__ = [
     "AdaptiveCache",
     "AsyncAdaptiveCache",
     "CacheConfig",
+    "CacheStats",
     "ConfigValueError",
     "Engine",
     "EngineError",

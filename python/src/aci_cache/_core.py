@@ -1,67 +1,94 @@
-"""State shared by the thread and asyncio front ends: the L1, the policy, the wire protocol.
+"""Everything the thread and asyncio front ends share: the L1, the policy and its fault rule, and
+the fleet protocol v2 (docs/WIRE.md). Nothing here does I/O.
 
-Nothing here does I/O. The front ends (``cache.AdaptiveCache``, ``aio.AsyncAdaptiveCache``) do
-the Redis calls and feed results and received messages in.
+The front ends (``cache.AdaptiveCache``, ``aio.AsyncAdaptiveCache``) run the *programs* below:
+generators that yield I/O requests and receive their results (or have the I/O error thrown in):
 
-Locking: ``self.lock`` guards the L1, the counters and the per-sender sequence table; it is held
-only for in-memory work, never across I/O or an engine call, and no other lock is taken under it.
+  ("cmds", [args, ...])      run Redis commands (one, or a non-transactional pipeline) -> results
+  ("wait", seconds)          sleep until the tick is due, woken early by ``wake`` or stop
+  ("sleep", seconds)         sleep, woken early only by stop
+  ("callbacks", [...])       run on_switch callbacks (the asyncio front end awaits coroutines)
+  ("ps_open",) ("ps_close",) open / close the Pub/Sub connection
+  ("ps_sub", [ch]) ("ps_unsub", [ch])  (un)subscribe
+  ("ps_get", seconds)        the next Pub/Sub message (a redis-py dict) or None
+  ("wake",)                  make the tick program run now
+
+So the protocol is written once, and each front end is only its I/O.
+
+Locking: ``self.lock`` guards the L1, the counters and the receiving state; it is held only for
+in-memory work, never across I/O or a policy call, and no other lock is taken under it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import secrets
+import random
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections import OrderedDict, deque
+from typing import Any, Callable, Deque, Dict, Generator, List, Optional, Tuple
 
+from . import wire
 from .config import WIT_TO_PY, CacheConfig, ConfigValueError
-from .engine import STRATEGIES, ConfigError as EngineConfigError, Engine, EngineError, EngineFault
+from .engine import ConfigError as EngineConfigError
+from .engine import Engine, EngineError, PolicyLoadError
+from .stats import CacheStats
 
 log = logging.getLogger("aci_cache")
 
-MAX_MESSAGE_BYTES = 1 << 20
-MAX_MESSAGE_KEYS = 100_000
-#: Keys per published invalidate message, so that a message stays well under 1 MiB.
-_CHUNK_BYTES = 512 << 10
 _STRIPES = 1024
-_MAX_SENDERS = 10_000
 _MAX_SWITCH_LOG = 1000
-_U32_MAX = (1 << 32) - 1
-#: A non-controller reports at least this often (count 0 as a heartbeat).
-REPORT_HEARTBEAT = 1.0
+U32_MAX = wire.U32_MAX
+#: Period of the controller's strategy_update and of every instance's heartbeat (WIRE.md 3).
+HEARTBEAT = 1.0
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
+#: Faults in a row after which re-creating the policy backs off (WIRE.md 7).
+FAULTS_BEFORE_BACKOFF = 3
 
-MALFORMED_KINDS = ("not_json", "not_object", "unknown_action", "wrong_types", "too_large", "too_many_keys")
+#: Take or renew the controller lease atomically: renew if we hold it, take it if free.
+LEASE_LUA = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
 
+#: Give the lease up at stop() if we still hold it.
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
-def _dumps(obj: Dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+Program = Generator[Tuple[Any, ...], Any, Any]
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def ttl_seconds(ttl: Any, default: float) -> float:
+    if ttl is None:
+        return float(default)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds or None, got {type(ttl).__name__}")
+    if not (math.isfinite(ttl) and ttl > 0) or ttl * 1000 >= 2 ** 62:
+        raise ValueError(f"ttl must be a positive, finite number of seconds, got {ttl!r}")
+    return float(ttl)
 
 
-@dataclass
-class TickOutput:
-    """What one tick decided; the front end publishes ``messages`` (in order) and then runs
-    ``callbacks``. Invalidation payloads are built by ``Core.invalidation_payloads`` under the
-    publish lock, so they carry consecutive seqs in publish order."""
-
-    inval: List[Tuple[List[str], str]] = field(default_factory=list)  # (keys, strategy) per message
-    flush: bool = False
-    strategy_update: bool = False
-    write_report: Optional[int] = None
-    callbacks: List[Tuple[Callable[[str, str], Any], str, str]] = field(default_factory=list)
+def set_cmd(rk: str, value: Any, ttl: float) -> Tuple[Any, ...]:
+    if ttl.is_integer():
+        return ("SET", rk, value, "EX", int(ttl))
+    return ("SET", rk, value, "PX", max(1, int(round(ttl * 1000))))
 
 
 class Core:
@@ -72,22 +99,17 @@ class Core:
         self._encoding = getattr(encoder, "encoding", "utf-8")
         # str values round-trip unchanged through encode/decode with strict errors
         self._str_fast = getattr(encoder, "encoding_errors", "strict") == "strict"
-        self.instance_id = cfg.instance_id or secrets.token_hex(6)
-        self.epoch = secrets.token_hex(8)
-        p = cfg.channel_prefix + (f":{cfg.namespace}" if cfg.namespace else "")
-        self.prefix = p
-        self.key_prefix = f"{p}:" if cfg.namespace else ""
-        self.ch_inval = f"{p}:invalidation"
-        self.ch_strategy = f"{p}:strategy"
-        self.ch_reports = f"{p}:reports"
-        self.lease_key = f"{p}:controller"
-        self.channels = (self.ch_inval, self.ch_strategy, self.ch_reports)
-        # Our own messages come back to us; they start with this (see the payload builders),
-        # which lets the Pub/Sub thread drop them without parsing.
-        self.own_prefix = f'{{"source":"{self.instance_id}","epoch":"{self.epoch}",'
-        self.own_prefix_b = self.own_prefix.encode()
+        self.instance_id = cfg.instance_id or wire.new_instance_id()
+        self.epoch = wire.new_epoch()
+        self.names = n = wire.Names(cfg.channel_prefix, cfg.namespace, self.instance_id)
+        self.key_prefix = n.key_prefix
+        self.ch_inval, self.ch_strategy, self.ch_reports, self.ch_live = n.invalidation, n.strategy, n.reports, n.liveness
+        self.lease_key = n.lease
+        self.enc = wire.Encoder(self.instance_id, self.epoch)
         self.lease_ms = max(1, int(round(cfg.controller_interval * 1000)))
         self.controller_timeout = float(cfg.controller_interval)
+        self.liveness_timeout = float(cfg.liveness_timeout)
+        self.max_lag = float(cfg.max_lag)
         self.local_ttl = float(cfg.local_ttl)
         self.max_entries = cfg.local_max_entries
         self.max_bytes = cfg.local_max_bytes
@@ -95,17 +117,29 @@ class Core:
 
         self.lock = threading.Lock()
         self._t0 = time.monotonic()
-        self.engine, self.policy_config = self._make_engine(cfg)
+        self.policy_source = cfg.policy if cfg.policy is not None else ("fixed" if cfg.strategy else "adaptive")
+        self.engine: Optional[Engine] = None
+        self.policy_config: Dict[str, Any] = {}
+        self._make_engine()
+        assert self.engine is not None
+        self.policy_name = f"{self.engine.name} {self.engine.version}"
+        self.window_ms = int(self.policy_config.get("window-ms") or 5000)
         snap = self.engine.status(self.now_ms())
         self.strategy: str = snap.strategy
         self.write_rate: float = snap.write_rate
+        self.faults_in_row = 0
+        self.engine_born = self.now_ms()
+        self.retry_engine_at = 0
 
         # L1: redis key -> (value, expires_at monotonic, size)
         self.l1: "OrderedDict[str, Tuple[Any, float, int]]" = OrderedDict()
         self.l1_bytes = 0
         self.stripes = [0] * _STRIPES
+        self.writing: Dict[int, int] = {}  # stripe -> writes in flight
         self.flush_gen = 0
         self.link_up = False
+        self.lagging = False
+        self.stopping = False
 
         # writes since the last tick: key -> True if set() did not publish it (not eager)
         self.pending: Dict[str, bool] = {}
@@ -116,29 +150,39 @@ class Core:
         self.unbatched: "OrderedDict[str, None]" = OrderedDict()
         self.unbatched_overflow = False
 
-        # publish sequence (allocated under the front end's publish lock)
+        # sending (WIRE.md 4)
         self.seq = 0
-        self.published_seq = 0
-        self.senders: "OrderedDict[str, List[Any]]" = OrderedDict()
+        self.marked = 0
+        self.seq_at_tick = 0
+        self.need_flush = False
+        self.last_strategy_update = -math.inf
+        self.announced_strategy: Optional[str] = None
+        self.last_heartbeat = -math.inf
+        self.heartbeats_out: Deque[float] = deque(maxlen=16)  # wall times of unheard heartbeats
+
+        # receiving
+        self.detector = wire.LossDetector()
+        self.last_msg = time.monotonic()
 
         # roles
         self.is_controller = self.configured_role == "controller"
-        self.became_follower_at = time.monotonic()
         self.ctrl_strategy: Optional[str] = None
-        self.ctrl_heard = 0.0
+        self.ctrl_heard = -math.inf
+        self.ctrl_rate = 0.0
         self.followed: Optional[str] = None  # last strategy given to follow(), None while leading
-        self.last_report = 0.0
+        self.led = False
         self._subscribed_once = False
+        self.subscribed = threading.Event()  # first subscription done (the sync front end waits on it)
 
         self.callbacks: List[Callable[[str, str], Any]] = []
         self.switch_log: List[Tuple[float, str, str]] = []
-        self.n_switches = 0
         self.n_reads = 0
         self.n_hits = 0
         self.n_writes = 0
         self.stats_c = dict(
             messages_sent=0,
             messages_received=0,
+            pubsub_received=0,
             invalidations_applied=0,
             gaps=0,
             evictions=0,
@@ -147,53 +191,78 @@ class Core:
             pubsub_errors=0,
             callback_errors=0,
             resubscribes=0,
+            lag_suspensions=0,
         )
-        self.malformed = {k: 0 for k in MALFORMED_KINDS}
+        self.malformed = {k: 0 for k in wire.MALFORMED_KINDS}
         self._logged_kinds: set = set()
 
     # ------------------------------------------------------------------------------------------
-    # engine
+    # the policy and its fault rule (WIRE.md 7)
 
     def now_ms(self) -> int:
         return int((time.monotonic() - self._t0) * 1000)
 
-    def _make_engine(self, cfg: CacheConfig) -> Tuple[Engine, Dict[str, Any]]:
-        source = cfg.policy if cfg.policy is not None else ("fixed" if cfg.strategy else "adaptive")
-        eng = Engine(source)
-        pc = eng.default_config()
-        pc.update(cfg.policy_overrides())
-        try:
-            eng.configure(pc, self.now_ms())
-        except EngineConfigError as e:
-            name = WIT_TO_PY.get(e.field, e.field)
-            raise ConfigValueError(name, f"{e.message} (policy field {e.field})") from None
-        return eng, pc
-
-    def _fallback_engine(self, why: str) -> None:
-        """The policy faulted: count, log, and go on with the fixed policy at ``eager``."""
-        self.stats_c["engine_faults"] += 1
-        log.error("aci-cache: policy %s faulted (%s); falling back to the fixed policy, eager", self.engine.name, why)
-        eng = Engine("fixed")
-        pc = dict(self.policy_config)
-        pc["initial-strategy"] = "eager"
-        try:
-            eng.configure(pc, self.now_ms())
-        except EngineError:
+    def _make_engine(self) -> None:
+        eng = Engine(self.policy_source)
+        if not self.policy_config:
             pc = eng.default_config()
-            pc["initial-strategy"] = "eager"
-            eng.configure(pc, self.now_ms())
+            pc.update(self.cfg.policy_overrides())
+            try:
+                eng.configure(pc, self.now_ms())
+            except EngineConfigError as e:
+                name = WIT_TO_PY.get(e.field, e.field)
+                raise ConfigValueError(name, f"{e.message} (policy field {e.field})") from None
+            self.policy_config = pc
+        else:  # a fresh instance after a fault: configured as before (a refusal is a fault)
+            eng.configure(self.policy_config, self.now_ms())
         self.engine = eng
-        self.followed = None  # a fresh instance leads
+
+    def _fault(self, why: str, now: int) -> None:
+        """The policy faulted: answer eager, drop the instance, retry after one window (backing
+        off after FAULTS_BEFORE_BACKOFF faults in a row). Its buffered keys are lost: flush."""
+        self.faults_in_row += 1
+        n = self.faults_in_row - FAULTS_BEFORE_BACKOFF + 1
+        delay = self.window_ms * (2 ** min(n, 6) if n > 0 else 1)
+        self.retry_engine_at = now + delay
+        self.engine = None
+        self.need_flush = True
+        with self.lock:
+            self.stats_c["engine_faults"] += 1
+            self.unbatched.clear()
+            self.unbatched_overflow = False
+        log.error("aci-cache %s: policy faulted (%s); eager for %d ms, then a fresh instance",
+                  self.instance_id, why, delay)
+
+    def _revive_engine(self, now: int) -> None:
+        try:
+            self._make_engine()
+            eng = self.engine
+            assert eng is not None
+            self.engine_born = now
+            if self.is_controller:
+                self.led = False
+                self.followed = None
+            elif self.followed is not None:
+                eng.follow(self.followed, now)
+        except PolicyLoadError:
+            raise
+        except Exception as e:
+            self._fault(f"re-creating: {type(e).__name__}: {e}", now)
 
     # ------------------------------------------------------------------------------------------
     # keys and values
 
     def rkey(self, key: Any) -> str:
-        if isinstance(key, bytes):
-            key = key.decode("utf-8")
-        elif not isinstance(key, str):
-            key = str(key)
-        return self.key_prefix + key if self.key_prefix else key
+        t = type(key)
+        if t is not str:
+            if t is bytes:
+                key = key.decode("utf-8")
+            elif t is int or t is float:  # redis-py stores these as their text
+                key = repr(key)
+            else:
+                raise TypeError(f"key must be a str (or bytes), got {t.__name__}: {key!r}"[:200])
+        kp = self.key_prefix
+        return kp + key if kp else self.names.redis_key(key)
 
     def normalize(self, value: Any) -> Any:
         """The value as a GET through the same client would return it (for read-your-writes)."""
@@ -202,7 +271,7 @@ class Core:
             return value if self.decode_responses else value.encode(self._encoding)
         if t is bytes and not self.decode_responses:
             return value
-        b = self.encoder.encode(value)
+        b = self.encoder.encode(value)  # raises redis DataError for None and other types
         if self.decode_responses:
             return self.encoder.decode(b, force=True)
         return b
@@ -230,20 +299,17 @@ class Core:
         self.l1[rk] = (value, expires, size)
         self.l1_bytes += size
         if len(self.l1) > self.max_entries or self.l1_bytes > self.max_bytes:
-            self._evict()
-
-    def _evict(self) -> None:
-        l1 = self.l1
-        while l1 and (len(l1) > self.max_entries or self.l1_bytes > self.max_bytes):
-            _k, (_v, _e, s) = l1.popitem(last=False)
-            self.l1_bytes -= s
-            self.stats_c["evictions"] += 1
+            l1 = self.l1
+            while l1 and (len(l1) > self.max_entries or self.l1_bytes > self.max_bytes):
+                _k, (_v, _e, s) = l1.popitem(last=False)
+                self.l1_bytes -= s
+                self.stats_c["evictions"] += 1
 
     def lookup(self, rk: str) -> Tuple[bool, Any, Optional[Tuple[int, int]]]:
         """L1 read. Returns (hit, value, fill token); the token is None when L1 is bypassed."""
         with self.lock:
             self.n_reads += 1
-            if not self.link_up:
+            if not self.link_up or self.lagging:
                 return False, None, None
             e = self.l1.get(rk)
             if e is not None:
@@ -265,56 +331,39 @@ class Core:
             ttl = min(self.local_ttl, pttl / 1000.0)
         else:
             return
+        i = hash(rk) % _STRIPES
         with self.lock:
-            if not self.link_up or token != (self.stripes[hash(rk) % _STRIPES], self.flush_gen):
+            if not self.link_up or self.lagging or i in self.writing or token != (self.stripes[i], self.flush_gen):
                 return
             self._install(rk, value, time.monotonic() + ttl)
 
     def begin_write(self, rk: str) -> Tuple[int, int]:
-        """Before a SET/DEL: make in-flight GETs of this key unable to install (fill race).
-        Returns the token for end_write."""
+        """Before a SET/DEL: in-flight GETs of this key can no longer install (fill race)."""
         i = hash(rk) % _STRIPES
-        stripes = self.stripes
         with self.lock:
-            g = stripes[i] + 1
-            stripes[i] = g
+            g = self.stripes[i] + 1
+            self.stripes[i] = g
+            self.writing[i] = self.writing.get(i, 0) + 1
         return i, g
 
     def end_write(self, rk: str, value: Any, ttl: float, token: Tuple[int, int], ok: bool, published: bool) -> None:
-        """After a SET: read-your-writes (unless another write or invalidation came in between)
-        and record the write for the next tick."""
+        """After a SET: read-your-writes, unless another write of the stripe overlapped this one
+        (then which one Redis kept is unknown here, so neither is cached) or an invalidation came
+        in between; and record the write for the next tick."""
         i, gen = token
-        expires = time.monotonic() + (ttl if ttl < self.local_ttl else self.local_ttl)
         with self.lock:
-            if ok and self.link_up and self.stripes[i] == gen:
-                l1 = self.l1
-                old = l1.get(rk)
-                size = len(rk) + (len(value) if isinstance(value, (bytes, str)) else 16)
-                if old is not None:
-                    self.l1_bytes += size - old[2]
-                    l1[rk] = (value, expires, size)
-                    l1.move_to_end(rk)
-                    if self.l1_bytes > self.max_bytes:
-                        self._evict()
-                else:
-                    self._install(rk, value, expires)
+            w = self.writing[i] - 1
+            if w:
+                self.writing[i] = w
+            else:
+                del self.writing[i]
+            alone = w == 0 and self.stripes[i] == gen
+            # GETs that started during the write may have read the old value: void them
+            self.stripes[i] += 1
+            if ok and alone and self.link_up and not self.lagging:
+                self._install(rk, value, time.monotonic() + (ttl if ttl < self.local_ttl else self.local_ttl))
             else:
                 self._drop(rk)
-            # _count_write, inlined
-            self.n_writes += 1
-            self.report_count += 1
-            pending = self.pending
-            prev = pending.get(rk)
-            if prev is None:
-                pending[rk] = not published
-            else:
-                self.pending_dups += 1
-                if not published:
-                    pending[rk] = True
-
-    def end_delete(self, rk: str, published: bool) -> None:
-        with self.lock:
-            self._drop(rk)
             self._count_write(rk, published)
 
     def _count_write(self, rk: str, published: bool) -> None:
@@ -333,161 +382,260 @@ class Core:
             self._flush_l1()
 
     # ------------------------------------------------------------------------------------------
-    # link state
+    # sending
 
-    def link_down(self) -> None:
-        with self.lock:
-            if self.link_up:
-                log.warning("aci-cache %s: Pub/Sub link down; reads bypass the local cache", self.instance_id)
-            self.link_up = False
-            self._flush_l1()
+    def _inval_cmds(self, chunks: List[Tuple[List[str], str]], flush: bool) -> List[Tuple[Any, ...]]:
+        """PUBLISH commands for invalidations, preceded by a flush owed since a failed publish."""
+        now = time.time()
+        cmds = []
+        enc, ch = self.enc, self.ch_inval
+        if flush or self.need_flush:
+            self.seq += 1
+            cmds.append(("PUBLISH", ch, enc.encode("flush", now, strategy="batched", seq=self.seq)))
+        for keys, strategy in chunks:
+            self.seq += 1
+            cmds.append(("PUBLISH", ch, enc.encode("invalidate", now, keys=keys, strategy=strategy, seq=self.seq)))
+        return cmds
 
-    def link_resubscribed(self) -> None:
-        """All channels confirmed (again): messages may have been lost meanwhile, so flush, and
-        forget the senders' sequence numbers (the flush covers whatever they sent)."""
-        with self.lock:
-            if self._subscribed_once:
-                self.stats_c["resubscribes"] += 1
-            self._subscribed_once = True
-            self._flush_l1()
-            self.senders.clear()
-            self.link_up = True
-
-    # ------------------------------------------------------------------------------------------
-    # publishing (called by front ends under their publish lock)
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def mark_published(self, seq: int) -> None:
-        if seq > self.published_seq:
-            self.published_seq = seq
-
-    def invalidate_payload(self, keys: List[str], strategy: str, seq: int) -> str:
-        return _dumps(
-            {
-                "source": self.instance_id,
-                "epoch": self.epoch,
-                "action": "invalidate",
-                "keys": keys,
-                "strategy": strategy,
-                "timestamp": time.time(),
-                "seq": seq,
-            }
-        )
-
-    def flush_payload(self, seq: int) -> str:
-        return _dumps(
-            {
-                "source": self.instance_id,
-                "epoch": self.epoch,
-                "action": "flush",
-                "strategy": "batched",
-                "timestamp": time.time(),
-                "seq": seq,
-            }
-        )
-
-    def strategy_payload(self) -> str:
-        return _dumps(
-            {
-                "source": self.instance_id,
-                "epoch": self.epoch,
-                "action": "strategy_update",
-                "strategy": self.strategy,
-                "write_rate": self.write_rate,
-                "timestamp": time.time(),
-                "inval_seq": self.published_seq,
-            }
-        )
-
-    def report_payload(self, count: int) -> str:
-        return _dumps(
-            {
-                "source": self.instance_id,
-                "epoch": self.epoch,
-                "action": "write_report",
-                "count": count,
-                "timestamp": time.time(),
-                "inval_seq": self.published_seq,
-            }
-        )
-
-    def sent(self, n: int = 1) -> None:
+    def _published(self, n: int, inval: bool) -> None:
         with self.lock:
             self.stats_c["messages_sent"] += n
+        if inval:
+            self.need_flush = False
 
-    def publish_failed(self, err: BaseException) -> None:
+    def _publish_failed(self, err: BaseException, inval: bool) -> None:
+        if inval:
+            self.need_flush = True  # receivers may have missed it: a flush before anything else
         with self.lock:
             self.stats_c["publish_errors"] += 1
-        log.warning("aci-cache %s: publish failed: %s", self.instance_id, err)
+        log.warning("aci-cache %s: publish failed (%s: %s)%s", self.instance_id, type(err).__name__, err,
+                    "; a flush follows when Redis answers" if inval else "")
 
     @staticmethod
     def chunk_keys(keys: List[str]) -> List[List[str]]:
-        out, cur, size = [], [], 0
-        for k in keys:
-            n = len(k) * 6 + 4  # worst case JSON escaping (\uXXXX) plus quotes and comma
-            if cur and size + n > _CHUNK_BYTES:
-                out.append(cur)
-                cur, size = [], 0
-            cur.append(k)
-            size += n
-        if cur:
-            out.append(cur)
-        return out
+        n = wire.MAX_KEYS_PER_MESSAGE
+        return [keys[i:i + n] for i in range(0, len(keys), n)]
+
+    # ------------------------------------------------------------------------------------------
+    # programs: the public operations
+
+    def op_get(self, rk: str, token: Optional[Tuple[int, int]]) -> Program:
+        if token is None:  # L1 bypassed (link down or lagging)
+            return (yield ("cmds", [("GET", rk)]))[0]
+        value, pttl = yield ("cmds", [("GET", rk), ("PTTL", rk)])
+        self.fill(rk, value, pttl, token)
+        return value
+
+    def op_set(self, key: Any, value: Any, ttl: Any) -> Program:
+        rk = self.rkey(key)
+        t = ttl_seconds(ttl, self.cfg.default_ttl)
+        norm = self.normalize(value)
+        token = self.begin_write(rk)
+        ok = published = False
+        try:
+            if self.strategy == "eager":
+                cmds = self._inval_cmds([([rk], "eager")], False)
+                cmds.insert(0, set_cmd(rk, value, t))
+                try:
+                    yield ("cmds", cmds)
+                except Exception as e:
+                    self._publish_failed(e, True)
+                    raise
+                self._published(len(cmds) - 1, True)
+                published = True
+            else:
+                yield ("cmds", [set_cmd(rk, value, t)])
+            ok = True
+        finally:
+            self.end_write(rk, norm, t, token, ok, published)
+        return True
+
+    def op_delete(self, key: Any) -> Program:
+        rk = self.rkey(key)
+        token = self.begin_write(rk)
+        published = False
+        try:
+            cmds = self._inval_cmds([([rk], "eager")], False)
+            cmds.insert(0, ("DEL", rk))
+            try:
+                res = yield ("cmds", cmds)
+            except Exception as e:
+                self._publish_failed(e, True)
+                raise
+            self._published(len(cmds) - 1, True)
+            published = True
+        finally:
+            self.end_write(rk, None, 0.0, token, False, published)
+        return int(res[0])
+
+    def op_flush(self) -> Program:
+        """Delete the data (the namespace's keys; without a namespace, the database, as the
+        original did), and make every instance drop its L1 with one ``flush`` message."""
+        with self.lock:
+            self.pending.clear()
+            self.unbatched.clear()
+            self.unbatched_overflow = False
+            self._flush_l1()
+            self.flush_gen += 1
+        if self.key_prefix:
+            cursor: Any = 0
+            pattern = self.key_prefix + "*"  # names are [A-Za-z0-9._-]: no glob character to escape
+            while True:
+                cursor, keys = (yield ("cmds", [("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)]))[0]
+                if keys:
+                    yield ("cmds", [("UNLINK", *keys)])
+                if int(cursor) == 0:
+                    break
+        else:
+            yield ("cmds", [("FLUSHDB",)])
+        cmds = self._inval_cmds([], True)
+        try:
+            yield ("cmds", cmds)
+        except Exception as e:
+            self._publish_failed(e, True)
+            raise
+        self._published(len(cmds), True)
+        self.clear_local()
+
+    def op_start(self) -> Program:
+        """Fail fast on an unreachable Redis or bad credentials, and settle the auto role."""
+        try:
+            yield ("cmds", [("PING",)])
+        except Exception as e:
+            raise ConnectionError(f"aci-cache: Redis does not answer PING ({type(e).__name__}: {e})") from e
+        if self.configured_role == "auto":
+            yield from self._lease()
+
+    def _lease(self) -> Program:
+        try:
+            held = (yield ("cmds", [("EVAL", LEASE_LUA, 1, self.lease_key, self.instance_id, self.lease_ms)]))[0]
+        except Exception as e:
+            log.warning("aci-cache %s: controller lease: %s", self.instance_id, e)
+            return
+        self.set_role(bool(held))
+
+    def op_stop(self) -> Program:
+        """The last tick: publish what is pending, give the lease up."""
+        self.stopping = True
+        try:
+            yield from self._tick(final=True)
+        except Exception as e:
+            log.warning("aci-cache %s: final publish at stop failed: %s", self.instance_id, e)
+        if self.configured_role == "auto" and self.is_controller:
+            try:
+                yield ("cmds", [("EVAL", RELEASE_LUA, 1, self.lease_key, self.instance_id)])
+            except Exception as e:
+                log.warning("aci-cache %s: releasing the controller lease: %s", self.instance_id, e)
 
     # ------------------------------------------------------------------------------------------
     # the tick
 
+    def tick_loop(self) -> Program:
+        interval = self.cfg.tick_interval
+        while not self.stopping:
+            yield ("wait", interval)
+            if self.stopping:
+                break
+            try:
+                yield from self._tick()
+            except Exception:
+                log.exception("aci-cache %s: tick failed", self.instance_id)
+
     def set_role(self, controller: bool) -> None:
-        """Role change (auto lease won or lost); the tick applies it to the engine."""
         if controller != self.is_controller:
             log.info("aci-cache %s: now %s", self.instance_id, "controller" if controller else "follower")
             self.is_controller = controller
+            self.led = False
             if not controller:
-                self.became_follower_at = time.monotonic()
                 self.ctrl_strategy = None
+                self.ctrl_heard = -math.inf
 
-    def tick(self) -> TickOutput:
-        out = TickOutput()
-        now = self.now_ms()
+    def _tick(self, final: bool = False) -> Program:
+        if not final and self.configured_role == "auto":
+            yield from self._lease()
         mono = time.monotonic()
+        now = self.now_ms()
         with self.lock:
             pending, self.pending = self.pending, {}
             dups, self.pending_dups = self.pending_dups, 0
             remote, self.remote_count = self.remote_count, 0
-            ctrl_strategy, ctrl_heard = self.ctrl_strategy, self.ctrl_heard
-        try:
-            out = self._tick_engine(now, mono, pending, dups, remote, ctrl_strategy, ctrl_heard, out)
-        except Exception as e:  # EngineFault, or anything unexpected on the engine path
-            self._fallback_engine(f"{type(e).__name__}: {e}")
-            # Keys buffered in the dead instance are unknown: everybody drops everything.
-            out.flush = True
-            out.inval = []
-            snap = self.engine.status(now)
-            self._apply_snapshot(snap, out)
-        # reports and heartbeats
-        if self.is_controller:
-            out.strategy_update = True
-        else:
-            with self.lock:
-                count, self.report_count = self.report_count, 0
-            if count > 0 or mono - self.last_report >= REPORT_HEARTBEAT:
-                out.write_report = count
-                self.last_report = mono
-        if self.is_controller:
-            with self.lock:
-                self.report_count = 0
-        return out
+            reports, self.report_count = self.report_count, 0
+            ctrl = self.ctrl_strategy if mono - self.ctrl_heard <= self.controller_timeout else None
+            lost = self.detector.tick(now)
+            if lost:
+                self._lost("a sequence hole was not filled within the reorder allowance")
+        chunks: List[Tuple[List[str], str]] = []
+        old = self.strategy
+        if self.engine is None and now >= self.retry_engine_at:
+            self._revive_engine(now)
+        if self.engine is not None:
+            try:
+                self._tick_engine(now, pending, dups, remote, ctrl, chunks)
+                if self.faults_in_row and now - self.engine_born >= self.window_ms:
+                    self.faults_in_row = 0
+            except PolicyLoadError as e:
+                self._fault(str(e), now)
+            except (EngineError, ValueError, TypeError) as e:
+                self._fault(f"{type(e).__name__}: {e}", now)
+        if self.engine is None:
+            self.strategy = "eager"
+            chunks = []  # the flush (need_flush) covers every key the instance held
+        # publish
+        cmds = self._inval_cmds(chunks, False) if (chunks or self.need_flush) else []
+        n_inval = len(cmds)
+        if self.seq == self.seq_at_tick and self.seq > self.marked and not n_inval:
+            cmds.append(("PUBLISH", self.ch_inval, self.enc.encode("mark", time.time(), inval_seq=self.seq)))
+            self.marked = self.seq
+            n_inval += 1
+        self.seq_at_tick = self.seq
+        wall = time.time()
+        if not final:
+            if self.is_controller:
+                if self.strategy != self.announced_strategy or mono - self.last_strategy_update >= HEARTBEAT:
+                    cmds.append(("PUBLISH", self.ch_strategy, self.enc.encode(
+                        "strategy_update", wall, strategy=self.strategy, write_rate=self.write_rate,
+                        inval_seq=self.seq)))
+                    self.announced_strategy = self.strategy
+                    self.last_strategy_update = mono
+            elif reports:
+                cmds.append(("PUBLISH", self.ch_reports, self.enc.encode(
+                    "write_report", wall, count=min(reports, U32_MAX), inval_seq=self.seq)))
+            if mono - self.last_heartbeat >= HEARTBEAT:
+                cmds.append(("PUBLISH", self.ch_live, self.enc.encode("heartbeat", wall)))
+                self.last_heartbeat = mono
+                self.heartbeats_out.append(wall)
+            self._check_lag(wall)
+        if cmds:
+            try:
+                yield ("cmds", cmds)
+                self._published(len(cmds), n_inval > 0)
+            except Exception as e:
+                self._publish_failed(e, n_inval > 0)
+        if self.strategy != old:
+            self._switched(old, self.strategy)
+            cbs = [(cb, old, self.strategy) for cb in list(self.callbacks)]
+            if cbs and not final:
+                yield ("callbacks", cbs)
 
-    def _tick_engine(self, now, mono, pending, dups, remote, ctrl_strategy, ctrl_heard, out: TickOutput) -> TickOutput:
+    def _tick_engine(self, now: int, pending: Dict[str, bool], dups: int, remote: int, ctrl: Optional[str],
+                     chunks: List[Tuple[List[str], str]]) -> None:
         eng = self.engine
-        if remote:
-            eng.record_remote_writes(min(remote, _U32_MAX), now)
+        assert eng is not None
+        if self.is_controller:
+            if not self.led:
+                eng.lead(now)
+                self.followed = None
+                self.led = True
+                # primed with the fleet rate last announced, so a takeover under load does not
+                # switch down for lack of history
+                prime = int(round(self.ctrl_rate * self.window_ms / 1000.0))
+                if prime > 0:
+                    eng.record_remote_writes(min(prime, U32_MAX), now)
+            if remote:
+                eng.record_remote_writes(min(remote, U32_MAX), now)
         if dups:
-            # Rewrites of a key within one tick: they move the rate; buffering a key once is enough.
-            eng.record_remote_writes(min(dups, _U32_MAX), now)
+            # rewrites of a key within one tick move the rate; buffering a key once is enough
+            eng.record_remote_writes(min(dups, U32_MAX), now)
         unpublished: List[str] = []
         after = self.strategy
         if pending:
@@ -496,83 +644,83 @@ class Core:
             unpublished = [k for k, unpub in pending.items() if unpub]
             if after == "eager" and unpublished:
                 # The rate crossed into eager during this tick's writes: the policy buffers none
-                # of the keys counted after the switch and expects the host to have published
-                # them, which set() (deciding from the last tick) did not.
-                out.inval.extend((c, "eager") for c in self.chunk_keys(unpublished))
+                # of the keys counted after the switch and expects the host to have published them.
+                chunks.extend((c, "eager") for c in self.chunk_keys(unpublished))
         if unpublished and (self.strategy == "batched" or after == "batched"):
             with self.lock:  # for flush(): batched writes whose batch is not published yet
                 for k in unpublished:
                     self.unbatched[k] = None
-                if len(self.unbatched) > MAX_MESSAGE_KEYS:
+                if len(self.unbatched) > wire.MAX_MESSAGE_KEYS:
                     self.unbatched.clear()
                     self.unbatched_overflow = True
-        # roles
-        if self.is_controller:
-            if self.followed is not None:
-                eng.lead(now)
-                self.followed = None
-        else:
-            target = None
-            if ctrl_strategy is not None and mono - ctrl_heard <= self.controller_timeout:
-                target = ctrl_strategy
-            elif mono - max(ctrl_heard, self.became_follower_at) > self.controller_timeout:
-                target = "eager"  # no controller: the safe choice
-            if target is not None and target != self.followed:
+        if not self.is_controller:
+            # a follower starts eager and falls back to eager without a controller
+            target = ctrl or "eager"
+            if target != self.followed:
                 eng.follow(target, now)
                 self.followed = target
         snap = eng.status(now)
-        if snap.batch_due:
+        if snap.batch_due or self.stopping:
             b = eng.pending_batch(now)
-            if b.flush_all or len(b.keys) > MAX_MESSAGE_KEYS:
-                out.flush = True
+            cap = self.policy_config.get("batch-max-keys")
+            if isinstance(cap, int) and cap > 0 and len(b.keys) > cap:
+                raise EngineError(f"pending-batch returned {len(b.keys)} keys, over its cap of {cap}")
+            if b.flush_all:
+                self.need_flush = True
             elif b.keys:
-                out.inval.extend((c, "batched") for c in self.chunk_keys(b.keys))
+                chunks.extend((c, "batched") for c in self.chunk_keys(b.keys))
             with self.lock:
+                if self.unbatched_overflow:
+                    self.need_flush = True
+                elif self.stopping:
+                    chunks.extend((c, "batched") for c in self.chunk_keys(list(self.unbatched)))
                 self.unbatched.clear()
                 self.unbatched_overflow = False
-        self._apply_snapshot(snap, out)
-        return out
-
-    def _apply_snapshot(self, snap: Any, out: TickOutput) -> None:
         self.write_rate = snap.write_rate
-        if snap.strategy != self.strategy:
-            old, new = self.strategy, snap.strategy
-            self.strategy = new
-            with self.lock:
-                self.n_switches += 1
-                self.switch_log.append((time.time(), old, new))
-                if len(self.switch_log) > _MAX_SWITCH_LOG:
-                    del self.switch_log[: len(self.switch_log) - _MAX_SWITCH_LOG]
-                cbs = list(self.callbacks)
-            log.info("aci-cache %s: strategy %s -> %s (%.1f writes/s)", self.instance_id, old, new, snap.write_rate)
-            for cb in cbs:
-                out.callbacks.append((cb, old, new))
+        self.strategy = snap.strategy
 
-    def drain_for_flush(self) -> Tuple[List[List[str]], bool]:
-        """Keys of batched writes not yet published, for flush(): (chunks, flush_all)."""
+    def _switched(self, old: str, new: str) -> None:
         with self.lock:
-            keys = list(self.unbatched)
-            for k, unpub in self.pending.items():
-                if unpub and self.strategy == "batched" and k not in self.unbatched:
-                    keys.append(k)
-            overflow = self.unbatched_overflow
-            self.unbatched.clear()
-            self.unbatched_overflow = False
-        if overflow or len(keys) > MAX_MESSAGE_KEYS:
-            return [], True
-        return self.chunk_keys(keys), False
+            self.switch_log.append((time.time(), old, new))
+            if len(self.switch_log) > _MAX_SWITCH_LOG:
+                del self.switch_log[: len(self.switch_log) - _MAX_SWITCH_LOG]
+        log.info("aci-cache %s: strategy %s -> %s (%.1f writes/s)", self.instance_id, old, new, self.write_rate)
 
-    def run_callbacks(self, cbs: List[Tuple[Callable[[str, str], Any], str, str]]) -> None:
-        for cb, old, new in cbs:
-            try:
-                cb(old, new)
-            except Exception:
-                with self.lock:
-                    self.stats_c["callback_errors"] += 1
-                log.exception("aci-cache %s: on_switch callback failed", self.instance_id)
+    def callback_failed(self) -> None:
+        with self.lock:
+            self.stats_c["callback_errors"] += 1
+        log.exception("aci-cache %s: on_switch callback failed", self.instance_id)
+
+    # ------------------------------------------------------------------------------------------
+    # lag (WIRE.md 5): our own messages, stamped by our clock, measure it
+
+    def _check_lag(self, wall: float) -> None:
+        with self.lock:
+            out = self.heartbeats_out
+            lag = wall - out[0] if out else 0.0
+            if out and lag > self.max_lag + HEARTBEAT:
+                out.popleft()  # a heartbeat lost with a publish error must not count forever
+            self._lag(lag)
+
+    def _lag(self, lag: float) -> None:
+        if lag > self.max_lag:
+            if not self.lagging:
+                self.lagging = True
+                self.stats_c["lag_suspensions"] += 1
+                log.warning("aci-cache %s: subscription lags %.2f s: local cache suspended", self.instance_id, lag)
+        elif self.lagging and lag < self.max_lag / 2:
+            self.lagging = False
+            self._flush_l1()
+            log.warning("aci-cache %s: subscription caught up: local cache flushed and back", self.instance_id)
 
     # ------------------------------------------------------------------------------------------
     # receiving
+
+    def wanted_channels(self) -> List[str]:
+        ch = [self.ch_inval, self.ch_strategy, self.ch_live]
+        if self.is_controller:
+            ch.append(self.ch_reports)
+        return ch
 
     def _malformed(self, kind: str, detail: str) -> None:
         with self.lock:
@@ -581,173 +729,234 @@ class Core:
             self._logged_kinds.add(kind)
         if first:
             log.warning("aci-cache %s: ignoring a malformed message (%s): %s (logged once per kind)",
-                        self.instance_id, kind, detail)
+                        self.instance_id, kind, detail[:300])
 
-    def on_message(self, channel: Any, data: Any) -> bool:
-        """Handle one Pub/Sub message. Never raises. Returns True when the tick should run soon
-        (the controller's strategy changed)."""
+    def on_message(self, data: Any) -> bool:
+        """One Pub/Sub message. Never raises. True when the tick should run now."""
+        self.last_msg = time.monotonic()
+        ts = self.enc.own_timestamp(data) if isinstance(data, (bytes, str)) else None
+        if ts is not None:  # ours: it only measures the lag
+            wall = time.time()
+            with self.lock:
+                self.stats_c["pubsub_received"] += 1
+                out = self.heartbeats_out
+                while out and out[0] <= ts:
+                    out.popleft()
+                self._lag(wall - ts)
+            return False
         try:
-            return self._on_message(channel, data)
+            m = wire.decode(data if isinstance(data, (bytes, bytearray, str)) else b"")
+        except wire.Malformed as e:
+            with self.lock:
+                self.stats_c["pubsub_received"] += 1
+            self._malformed(e.kind, e.detail)
+            return False
         except Exception as e:  # defensive: nothing may escape the Pub/Sub path
-            self._malformed("wrong_types", f"{type(e).__name__}: {e}")
-            return False
-
-    def _on_message(self, channel: Any, data: Any) -> bool:
-        if isinstance(data, bytes):
-            if data.startswith(self.own_prefix_b):
-                return False
-        elif isinstance(data, str) and data.startswith(self.own_prefix):
-            return False
-        if isinstance(channel, bytes):
-            channel = channel.decode("utf-8", "replace")
-        size = len(data.encode("utf-8")) if isinstance(data, str) else len(data) if isinstance(data, (bytes, bytearray)) else 0
-        if size > MAX_MESSAGE_BYTES:
-            self._malformed("too_large", f"{size} bytes on {channel}")
-            return False
-        try:
-            msg = json.loads(data)
-        except (ValueError, TypeError) as e:
-            self._malformed("not_json", f"on {channel}: {e}")
-            return False
-        if not isinstance(msg, dict):
-            self._malformed("not_object", f"on {channel}: {type(msg).__name__}")
-            return False
-        source = msg.get("source")
-        if source is not None and not isinstance(source, str):
-            self._malformed("wrong_types", f"source {source!r}")
-            return False
-        if source == self.instance_id:
-            return False
-        action = msg.get("action")
-        expected = {
-            self.ch_inval: ("invalidate", "flush"),
-            self.ch_strategy: ("strategy_update",),
-            self.ch_reports: ("write_report",),
-        }.get(channel, ())
-        if action not in expected:
-            self._malformed("unknown_action", f"{action!r} on {channel}")
-            return False
-        epoch = msg.get("epoch")
-        if epoch is not None and not isinstance(epoch, str):
-            self._malformed("wrong_types", f"epoch {epoch!r}")
-            return False
-        if "timestamp" in msg and not _is_num(msg["timestamp"]):
-            self._malformed("wrong_types", f"timestamp {msg['timestamp']!r}")
-            return False
-
-        if action == "invalidate":
-            keys = msg.get("keys")
-            if not isinstance(keys, list):
-                self._malformed("wrong_types", f"keys {type(keys).__name__}")
-                return False
-            if len(keys) > MAX_MESSAGE_KEYS:
-                self._malformed("too_many_keys", f"{len(keys)} keys")
-                return False
-            if not all(isinstance(k, str) for k in keys):
-                self._malformed("wrong_types", "a key is not a string")
-                return False
-        if action in ("invalidate", "flush"):
-            seq = msg.get("seq")
-            if seq is not None and (not _is_int(seq) or seq < 0):
-                self._malformed("wrong_types", f"seq {seq!r}")
-                return False
             with self.lock:
-                self.stats_c["messages_received"] += 1
-                if source is not None and epoch is not None and seq is not None:
-                    self._check_seq(source, epoch, seq, exact=True)
-                if action == "flush":
-                    self._flush_l1()
-                else:
-                    stripes = self.stripes
-                    for k in keys:
-                        i = hash(k) % _STRIPES
-                        stripes[i] += 1
-                        e = self.l1.pop(k, None)
-                        if e is not None:
-                            self.l1_bytes -= e[2]
-                self.stats_c["invalidations_applied"] += 1
+                self.stats_c["pubsub_received"] += 1
+            self._malformed("bad-field", f"{type(e).__name__}: {e}")
             return False
+        return self.apply(m)
 
-        inval_seq = msg.get("inval_seq")
-        if inval_seq is not None and (not _is_int(inval_seq) or inval_seq < 0):
-            self._malformed("wrong_types", f"inval_seq {inval_seq!r}")
-            return False
-        if action == "strategy_update":
-            strategy = msg.get("strategy")
-            if strategy not in STRATEGIES:
-                self._malformed("wrong_types", f"strategy {strategy!r}")
-                return False
-            if "write_rate" in msg and not _is_num(msg["write_rate"]):
-                self._malformed("wrong_types", f"write_rate {msg['write_rate']!r}")
-                return False
-            with self.lock:
-                self.stats_c["messages_received"] += 1
-                if source is not None and epoch is not None and inval_seq is not None:
-                    self._check_seq(source, epoch, inval_seq, exact=False)
-                changed = strategy != self.ctrl_strategy
-                self.ctrl_strategy = strategy
-                self.ctrl_heard = time.monotonic()
-            return changed and not self.is_controller
-        # write_report
-        count = msg.get("count")
-        if not _is_int(count) or count < 0:
-            self._malformed("wrong_types", f"count {count!r}")
-            return False
+    def apply(self, m: Dict[str, Any]) -> bool:
+        action, source = m["action"], m["source"]
+        now = self.now_ms()
         with self.lock:
+            self.stats_c["pubsub_received"] += 1
+            if source == self.instance_id:
+                return False  # ours from an earlier epoch (a re-created cache with the same id)
             self.stats_c["messages_received"] += 1
-            if source is not None and epoch is not None and inval_seq is not None:
-                self._check_seq(source, epoch, inval_seq, exact=False)
-            if self.is_controller:
-                self.remote_count += count
-        return False
+            det = self.detector
+            if action == "invalidate":
+                if m["seq"] is not None and det.message(source, m["epoch"], m["seq"], now):
+                    self._lost(f"{source} restarted or skipped a sequence number")
+                l1 = self.l1
+                stripes = self.stripes
+                keys = m["keys"]
+                for k in keys:
+                    stripes[hash(k) % _STRIPES] += 1
+                    e = l1.pop(k, None)
+                    if e is not None:
+                        self.l1_bytes -= e[2]
+                self.stats_c["invalidations_applied"] += len(keys)
+                return False
+            if action == "flush":
+                if m["seq"] is not None and det.message(source, m["epoch"], m["seq"], now):
+                    self.stats_c["gaps"] += 1
+                self._flush_l1()
+                return False
+            pos = m.get("inval_seq")
+            if pos is not None and det.position(source, m["epoch"], pos, now):
+                self._lost(f"{source}'s last invalidation did not arrive")
+            if action == "strategy_update":
+                self.ctrl_rate = m["write_rate"]
+                if self.is_controller:
+                    return False  # two controllers can overlap for one lease period
+                changed = m["strategy"] != self.ctrl_strategy or time.monotonic() - self.ctrl_heard > self.controller_timeout
+                self.ctrl_strategy = m["strategy"]
+                self.ctrl_heard = time.monotonic()
+                return changed
+            if action == "write_report":
+                if self.is_controller:
+                    self.remote_count = min(self.remote_count + m["count"], 1 << 64)
+            return False
 
-    def _check_seq(self, source: str, epoch: str, seq: int, *, exact: bool) -> None:
-        """Loss detection (caller holds the lock). ``exact``: an invalidation message's own seq
-        (must be last + 1); otherwise an ``inval_seq`` (must not be ahead of the last seen)."""
-        known = self.senders.get(source)
-        if known is not None:
-            self.senders.move_to_end(source)
-            if known[0] != epoch:
-                self._gap(f"{source} restarted (new epoch)")
-            elif exact and seq != known[1] + 1:
-                self._gap(f"{source} seq {seq} after {known[1]}")
-            elif not exact and seq > known[1]:
-                self._gap(f"{source} published seq {seq}, last received {known[1]}")
-            elif not exact:
-                return  # a heartbeat that is not ahead: keep the invalidation seq we have
-            known[0], known[1] = epoch, seq
-        else:
-            self.senders[source] = [epoch, seq]
-            if len(self.senders) > _MAX_SENDERS:
-                self.senders.popitem(last=False)
-
-    def _gap(self, why: str) -> None:
+    def _lost(self, why: str) -> None:
+        """A loss (caller holds the lock): flush L1."""
         self.stats_c["gaps"] += 1
         self._flush_l1()
         log.info("aci-cache %s: lost invalidations (%s): local cache flushed", self.instance_id, why)
 
     # ------------------------------------------------------------------------------------------
+    # the subscription (WIRE.md 5)
+
+    def link_down(self, err: BaseException) -> None:
+        with self.lock:
+            was = self.link_up
+            self.link_up = False
+            self._flush_l1()
+            if was:
+                self.stats_c["pubsub_errors"] += 1
+        if was:
+            log.warning("aci-cache %s: Pub/Sub link down (%s: %s); reads bypass the local cache until "
+                        "resubscribed", self.instance_id, type(err).__name__, err)
+
+    def link_resubscribed(self) -> None:
+        """Subscribed (again): messages may have been lost meanwhile: flush, forget positions."""
+        with self.lock:
+            if self._subscribed_once:
+                self.stats_c["resubscribes"] += 1
+            self._subscribed_once = True
+            self._flush_l1()
+            self.detector.resubscribed()
+            self.link_up = True
+            self.last_msg = time.monotonic()
+        self.subscribed.set()
+
+    def sub_loop(self) -> Program:
+        backoff = BACKOFF_MIN
+        while not self.stopping:
+            current: set = set()
+            try:
+                yield ("ps_open",)
+                want = self.wanted_channels()
+                yield ("ps_sub", want)
+                current = set(want)
+                confirmed: set = set()
+                base = set(want[:3])
+                self.last_msg = time.monotonic()
+                up = False
+                while not self.stopping:
+                    msg = yield ("ps_get", 0.1)
+                    if msg is not None:
+                        kind = msg.get("type")
+                        if kind == "message":
+                            if self.on_message(msg.get("data")):
+                                yield ("wake",)
+                        elif kind == "subscribe":
+                            self.last_msg = time.monotonic()
+                            ch = msg.get("channel")
+                            ch = ch.decode("utf-8", "replace") if isinstance(ch, bytes) else ch
+                            if ch in confirmed and ch in base:  # the client resubscribed by itself
+                                up = False
+                                confirmed = set()
+                            confirmed.add(ch)
+                            if not up and confirmed >= base:
+                                up = True
+                                self.link_resubscribed()
+                                backoff = BACKOFF_MIN
+                    want = self.wanted_channels()
+                    if set(want) != current:
+                        add = [c for c in want if c not in current]
+                        drop = [c for c in current if c not in want]
+                        if add:
+                            yield ("ps_sub", add)
+                        if drop:
+                            yield ("ps_unsub", drop)
+                        current = set(want)
+                    silent = time.monotonic() - self.last_msg
+                    if silent > self.liveness_timeout:
+                        raise ConnectionError(f"no message on the subscription for {silent:.1f} s")
+            except Exception as e:
+                if self.stopping:
+                    break
+                self.link_down(e)
+                yield ("ps_close",)
+                yield ("sleep", backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        with self.lock:
+            self.link_up = False
+        yield ("ps_close",)
+
+    # ------------------------------------------------------------------------------------------
     # stats
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> CacheStats:
         with self.lock:
             d: Dict[str, Any] = dict(
                 total_reads=self.n_reads,
                 total_writes=self.n_writes,
                 cache_hits=self.n_hits,
                 cache_misses=self.n_reads - self.n_hits,
+                current_strategy=self.strategy,
+                write_rate=self.write_rate,
+                strategy_switches=list(self.switch_log),
             )
             d.update(self.stats_c)
-            d["current_strategy"] = self.strategy
-            d["write_rate"] = self.write_rate
-            d["strategy_switches"] = list(self.switch_log)
             d["malformed"] = sum(self.malformed.values())
             d["malformed_by_kind"] = {k: v for k, v in self.malformed.items() if v}
             d["l1_entries"] = len(self.l1)
             d["l1_bytes"] = self.l1_bytes
             d["link_up"] = self.link_up
+            d["lagging"] = self.lagging
             d["role"] = "controller" if self.is_controller else "follower"
+            d["is_controller"] = self.is_controller
             d["configured_role"] = self.configured_role
             d["instance_id"] = self.instance_id
-            d["policy"] = f"{self.engine.name} {self.engine.version}"
-            return d
+            d["policy"] = self.policy_name if self.engine is not None else f"{self.policy_name} (faulted)"
+        return CacheStats(d)
+
+
+class FrontEnd:
+    """The read-only members both front ends share (``self._core`` is their Core)."""
+
+    _core: Core
+    _stopped: bool
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id in messages (12 hex characters unless configured)."""
+        return self._core.instance_id
+
+    @property
+    def strategy(self) -> str:
+        """The strategy in force: ``"ttl"``, ``"batched"`` or ``"eager"``."""
+        return self._core.strategy
+
+    @property
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters (attributes, and read-only mapping access)."""
+        return self._core.stats()
+
+    @property
+    def role(self) -> str:
+        return "controller" if self._core.is_controller else "follower"
+
+    @property
+    def is_controller(self) -> bool:
+        return self._core.is_controller
+
+    def on_switch(self, callback: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
+        """Call ``callback(from, to)`` after every strategy change, from the background tick (the
+        asyncio front end awaits a coroutine function's result). Usable as a decorator."""
+        with self._core.lock:
+            self._core.callbacks.append(callback)
+        return callback
+
+    def clear_local(self) -> None:
+        """Drop this instance's local cache (never touches Redis)."""
+        self._core.clear_local()
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.instance_id} {self.role} {self.strategy}"
+                f"{' stopped' if self._stopped else ''}>")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Optional, Union
 
+from . import wire
 from .engine import STRATEGIES
 
 __all__ = ["CacheConfig", "ConfigValueError", "ROLES", "WIT_TO_PY"]
@@ -35,10 +36,7 @@ WIT_TO_PY = {
     "initial-strategy": "strategy",
 }
 
-_HEX12 = re.compile(r"^[0-9a-f]{12}$")
-
-
-@dataclass
+@dataclass(frozen=True)
 class CacheConfig:
     """Every setting of :class:`~aci_cache.AdaptiveCache`, with its default.
 
@@ -86,10 +84,37 @@ class CacheConfig:
     batch_max_keys: Optional[int] = None
     #: ... or this many bytes of keys (None: the policy's default).
     batch_max_bytes: Optional[int] = None
-    #: This instance's id in messages: 12 lowercase hex chars (None: random).
+    #: This instance's id in messages: 1-64 of ``[A-Za-z0-9_-]`` (None: 12 random hex chars).
     instance_id: Optional[str] = None
     #: How long the constructor waits for the Pub/Sub subscription (reads bypass L1 until then).
     connect_timeout: float = 2.0
+    #: Subscription silence after which the link is presumed dead (docs/WIRE.md 5).
+    liveness_timeout: float = 3.0
+    #: Subscription lag above which L1 stops serving until it is under half of it (WIRE.md 5).
+    max_lag: float = 0.5
+    #: How long stop() waits for the last publish (a frozen Redis cannot hold it longer).
+    stop_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- the original's helpers -------------------------------------------------------------------
+
+    @property
+    def _p(self) -> str:
+        return self.channel_prefix if self.namespace is None else f"{self.channel_prefix}:{self.namespace}"
+
+    @property
+    def invalidation_channel(self) -> str:
+        return f"{self._p}:invalidation"
+
+    @property
+    def strategy_channel(self) -> str:
+        return f"{self._p}:strategy"
+
+    def make_key(self, key: str) -> str:
+        """The Redis key of a user key: ``<prefix>:<namespace>:<key>`` with a namespace, else the key."""
+        return wire.Names(self.channel_prefix, self.namespace, self.instance_id or "x").redis_key(key)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "CacheConfig":
@@ -106,9 +131,7 @@ class CacheConfig:
             raise TypeError(
                 f"unknown AdaptiveCache settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
             )
-        cfg = cls(**kwargs)
-        cfg.validate()
-        return cfg
+        return cls(**kwargs)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -140,15 +163,16 @@ class CacheConfig:
         number("high_threshold", nonneg=True)
         number("low_threshold", nonneg=True)
         if self.low_threshold >= self.high_threshold:
-            raise ConfigValueError("low_threshold", f"must be less than high_threshold ({self.high_threshold}), got {self.low_threshold}")
+            raise ConfigValueError("low_threshold", f"({self.low_threshold}) must be strictly less than "
+                                                    f"high_threshold ({self.high_threshold})")
         number("default_ttl", positive=True)
         number("batch_interval", positive=True)
         number("controller_interval", positive=True)
         number("sliding_window", positive=True)
-        if not isinstance(self.channel_prefix, str) or not self.channel_prefix:
-            raise ConfigValueError("channel_prefix", f"must be a non-empty string, got {self.channel_prefix!r}")
-        if self.namespace is not None and (not isinstance(self.namespace, str) or not self.namespace):
-            raise ConfigValueError("namespace", f"must be a non-empty string or None, got {self.namespace!r}")
+        try:
+            wire.Names(self.channel_prefix, self.namespace, "x" if self.instance_id is None else self.instance_id)
+        except wire.NameError_ as e:
+            raise ConfigValueError(e.field, e.message) from None
         if self.is_controller is not None and not isinstance(self.is_controller, bool):
             raise ConfigValueError("is_controller", f"must be True, False or None, got {self.is_controller!r}")
         number("local_ttl", positive=True)
@@ -162,11 +186,10 @@ class CacheConfig:
         number("hold", nonneg=True, optional=True)
         integer("batch_max_keys", optional=True)
         integer("batch_max_bytes", optional=True)
-        if self.instance_id is not None and (
-            not isinstance(self.instance_id, str) or not _HEX12.match(self.instance_id)
-        ):
-            raise ConfigValueError("instance_id", f"must be 12 lowercase hex characters, got {self.instance_id!r}")
         number("connect_timeout", nonneg=True)
+        number("liveness_timeout", positive=True)
+        number("max_lag", positive=True)
+        number("stop_timeout", positive=True)
 
     # -- derived -------------------------------------------------------------------------------
 

@@ -82,9 +82,15 @@ _U64_MAX = (1 << 64) - 1
 _U32_MAX = (1 << 32) - 1
 _S32_MIN, _S32_MAX = -(1 << 31), (1 << 31) - 1
 
-#: Default sandbox limits (per call fuel, linear memory).
-DEFAULT_FUEL = 400_000_000
-DEFAULT_MEMORY_BYTES = 64 << 20
+#: Sandbox limits, the same in every host (docs/WIRE.md 7): fuel per call, linear memory cap.
+DEFAULT_FUEL = 20_000_000
+DEFAULT_MEMORY_BYTES = 32 << 20
+#: Address space reserved per linear memory: the cap plus a guard, instead of wasmtime's default
+#: 4 GiB + 2 GiB guard per memory (which fails under `ulimit -v` / `prlimit --as` of a few GiB).
+#: Bounds checks then are explicit (a few percent slower calls), and a memory that would grow past
+#: the reservation moves (memory_may_move) up to the store's cap.
+MEMORY_RESERVATION = DEFAULT_MEMORY_BYTES
+MEMORY_GUARD = 64 << 10
 
 
 class EngineError(Exception):
@@ -169,6 +175,10 @@ def _wasm_engine() -> wasmtime.Engine:
         if _WASM_ENGINE is None:
             cfg = wasmtime.Config()
             cfg.consume_fuel = True
+            cfg.memory_reservation = MEMORY_RESERVATION
+            cfg.memory_guard_size = MEMORY_GUARD
+            cfg.memory_reservation_for_growth = 0
+            cfg.memory_may_move = True
             _WASM_ENGINE = wasmtime.Engine(cfg)
         return _WASM_ENGINE
 

@@ -32,6 +32,7 @@ import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { meterModule } from './meter.js';
 import { readStamp, sha256 } from './transpile.js';
 
 const JS_DIR = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
@@ -404,8 +405,8 @@ async function resolveGlue(spec, opts) {
   return glue;
 }
 
-async function factory(glue) {
-  const cacheKey = `${glue.genDir}\0${glue.sha256}`;
+async function factory(glue, meter) {
+  const cacheKey = `${glue.genDir}\0${glue.sha256}\0${meter}`;
   let f = factories.get(cacheKey);
   if (!f) {
     const stamp = readStamp(glue.genDir);
@@ -419,7 +420,8 @@ async function factory(glue) {
     const getCoreModule = (file) => {
       let m = modules.get(file);
       if (!m) {
-        m = readFile(path.join(glue.genDir, file)).then((wasm) => WebAssembly.compile(wasm));
+        // Metered (src/meter.js): a per-call CPU budget and a 32 MiB memory cap.
+        m = readFile(path.join(glue.genDir, file)).then((wasm) => WebAssembly.compile(meter ? meterModule(wasm) : wasm));
         modules.set(file, m);
       }
       return m;
@@ -429,6 +431,7 @@ async function factory(glue) {
       component: glue.component,
       sha256: glue.sha256 ?? stamp?.sha256 ?? null,
       genDir: glue.genDir,
+      metered: meter,
     });
     f = { instantiate, getCoreModule, source };
     factories.set(cacheKey, f);
@@ -440,13 +443,16 @@ async function factory(glue) {
  * A fresh instance of a policy.
  * @param {string} spec a policy name (`adaptive`, `fixed`: `<policyDir>/<name>.wasm`) or a path
  *   to a component file (anything ending in `.wasm` or containing a slash).
- * @param {{ policyDir?: string, transpile?: boolean }} [opts] `policyDir` overrides
+ * @param {{ policyDir?: string, transpile?: boolean, meter?: boolean }} [opts] `policyDir` overrides
  *   $ACI_POLICY_DIR / <repo>/target/policies; `transpile: false` refuses to run jco on demand.
  * @returns {Promise<Policy>}
  */
 export async function loadPolicy(spec, opts = {}) {
   const glue = await resolveGlue(spec, opts);
-  const { instantiate, getCoreModule, source } = await factory(glue);
+  // Metering is on unless turned off explicitly (opts.meter === false, or ACI_POLICY_METER=0 to
+  // measure its cost).
+  const meter = opts.meter ?? process.env.ACI_POLICY_METER !== '0';
+  const { instantiate, getCoreModule, source } = await factory(glue, meter);
   let root;
   try {
     root = await instantiate(getCoreModule, {});

@@ -1,0 +1,153 @@
+#!/usr/bin/env node
+// The node driver of docs/NODE.md: one AdaptiveCache driven over stdin/stdout, one JSON answer
+// per command line, in order.
+//
+//   node js/bin/aci-node.js [--redis URL] [--namespace NS] [--role auto|controller|follower]
+//     [--strategy ttl|batched|eager] [--tick-ms N] [--instance-id ID] [--local-ttl-ms N]
+
+import readline from 'node:readline';
+import Redis from 'ioredis';
+import { AdaptiveCache } from '../src/index.js';
+
+const FLAGS = {
+  '--redis': 'redis', '--namespace': 'namespace', '--role': 'role', '--strategy': 'strategy',
+  '--tick-ms': 'tickMs', '--instance-id': 'instanceId', '--local-ttl-ms': 'localTtlMs',
+};
+
+function usage(msg) {
+  process.stderr.write(`aci-node: ${msg}\n`);
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const a = { redis: 'redis://127.0.0.1:6379', role: 'auto', tickMs: 250, localTtlMs: 5000 };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const name = FLAGS[flag];
+    if (!name) usage(`unknown flag ${flag}`);
+    if (i + 1 >= argv.length) usage(`${flag} needs a value`);
+    a[name] = argv[++i];
+  }
+  if (!['auto', 'controller', 'follower'].includes(a.role)) usage(`--role must be auto, controller or follower, got ${a.role}`);
+  if (a.strategy !== undefined && !['ttl', 'batched', 'eager'].includes(a.strategy)) {
+    usage(`--strategy must be ttl, batched or eager, got ${a.strategy}`);
+  }
+  for (const [flag, name] of [['--tick-ms', 'tickMs'], ['--local-ttl-ms', 'localTtlMs']]) {
+    const n = Number(a[name]);
+    if (!/^[0-9]+$/.test(String(a[name])) || !(n > 0)) usage(`${flag} must be a positive integer, got ${a[name]}`);
+    a[name] = n;
+  }
+  if (!/^rediss?:\/\//.test(a.redis)) usage(`--redis must be a redis:// URL, got ${a.redis}`);
+  return a;
+}
+
+const args = parseArgs(process.argv.slice(2));
+const options = {
+  namespace: args.namespace,
+  role: args.role,
+  strategy: args.strategy,
+  tickInterval: args.tickMs / 1000,
+  localTtl: args.localTtlMs / 1000,
+  instanceId: args.instanceId,
+  logger: { warn: (m) => process.stderr.write(`${m}\n`) },
+};
+const redis = new Redis(args.redis, { lazyConnect: true });
+redis.on('error', (e) => process.stderr.write(`aci-node: redis: ${e.message}\n`));
+let cache;
+try {
+  cache = new AdaptiveCache({ redis, ...options });
+} catch (e) {
+  const field = e.field ? { namespace: '--namespace', instanceId: '--instance-id', role: '--role', strategy: '--strategy' }[e.field] ?? e.field : null;
+  usage(field && e.field ? `${field} ${e.message.slice(e.field.length + 2)}` : e.message);
+}
+
+const out = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
+let stopping = null;
+
+async function shutdown(answer) {
+  if (!stopping) {
+    stopping = (async () => {
+      try {
+        await cache.stop();
+      } catch (e) {
+        process.stderr.write(`aci-node: stop: ${e.message}\n`);
+      }
+      redis.disconnect();
+    })();
+  }
+  await stopping;
+  if (answer) out({ bye: true });
+  process.exit(0);
+}
+
+function statsLine() {
+  const s = cache.stats();
+  return {
+    reads: s.reads, l1_hits: s.l1Hits, l1_misses: s.l1Misses, writes: s.writes, deletes: s.deletes,
+    messages_sent: s.messagesSent, pubsub_received: s.pubsubReceived, messages_received: s.messagesReceived,
+    invalidations_applied: s.invalidationsApplied, gaps: s.gaps, malformed: s.malformed, flushes: s.flushes,
+    is_controller: s.isController, strategy: s.strategy, write_rate: s.writeRate, policy_faults: s.policyFaults,
+    resubscribes: s.resubscribes, l1_serving: s.l1Serving, l1_entries: s.l1Entries, instance_id: s.instanceId,
+  };
+}
+
+async function run(line) {
+  const w = line.split(' ');
+  switch (w[0]) {
+    case 'set': {
+      if (w.length !== 3 && w.length !== 4) throw new Error('usage: set K V [TTL_MS]');
+      let ttl;
+      if (w.length === 4) {
+        if (!/^[0-9]+$/.test(w[3]) || Number(w[3]) <= 0) throw new Error(`TTL_MS must be a positive integer, got ${w[3]}`);
+        ttl = Number(w[3]) / 1000;
+      }
+      await cache.set(w[1], w[2], ttl);
+      return { ok: true };
+    }
+    case 'get':
+      if (w.length !== 2) throw new Error('usage: get K');
+      return { value: await cache.get(w[1]) };
+    case 'del':
+      if (w.length !== 2) throw new Error('usage: del K');
+      await cache.delete(w[1]);
+      return { ok: true };
+    case 'strategy':
+      return { strategy: cache.strategy };
+    case 'stats':
+      return statsLine();
+    default:
+      throw new Error(`unknown command ${JSON.stringify(w[0])}`);
+  }
+}
+
+process.on('SIGTERM', () => shutdown(false));
+process.on('SIGINT', () => shutdown(false));
+
+try {
+  await redis.connect();
+  await cache.start();
+} catch (e) {
+  process.stderr.write(`aci-node: cannot start: ${e.message}\n`);
+  process.exit(1);
+}
+out({ ready: true, instance_id: cache.id, host: 'js', protocol: 2 });
+
+const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+// One command at a time, answers in order.
+let queue = Promise.resolve();
+rl.on('line', (raw) => {
+  const line = raw.replace(/\r$/, '');
+  queue = queue.then(async () => {
+    if (stopping) return;
+    if (line === 'quit') return shutdown(true);
+    if (line === '') return;
+    try {
+      out(await run(line));
+    } catch (e) {
+      out({ error: String(e?.message ?? e).split('\n')[0] });
+    }
+  });
+});
+rl.on('close', () => {
+  queue = queue.then(() => shutdown(false));
+});

@@ -3,18 +3,19 @@
 //
 //   node scripts/transpile.js [--if-present] [--force] [policy-name | path/to/x.wasm ...]
 //
-// Without names: the two real policies, adaptive and fixed, from the policy directory
-// ($ACI_POLICY_DIR, else <repo>/target/policies; build them with `cargo xtask policies`).
+// Without names: the bundled policies listed in guest/policies.txt (one name per line, #
+// comments), from the policy directory ($ACI_POLICY_DIR, else <repo>/target/policies; build
+// them with `cargo xtask policies`).
 // Skips a policy whose js/gen/<policy>/source.json already names the same component (SHA-256)
 // and jco version, so running it again is cheap. --if-present (used by npm's `prepare`) warns
 // instead of failing when a component is missing; --force transpiles again regardless.
 
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { GEN_DIR, policyDir } from '../src/policy.js';
+import { GEN_DIR, bundledPolicies, policyDir } from '../src/policy.js';
 import { jcoVersion, transpileFile } from '../src/transpile.js';
 
-const DEFAULT_POLICIES = ['adaptive', 'fixed'];
+const DEFAULT_POLICIES = bundledPolicies();
 
 const args = process.argv.slice(2);
 const ifPresent = args.includes('--if-present');

@@ -28,7 +28,7 @@
 // in an unknown state: it is rethrown as PolicyTrap and every later call on that instance
 // throws PolicyTrap too. Load a fresh instance to go on.
 
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -48,6 +48,25 @@ export function policyDir() {
 }
 
 export const STRATEGIES = Object.freeze(['ttl', 'batched', 'eager']);
+
+/**
+ * Names of the bundled policies: <repo>/guest/policies.txt (one per line, # comments) in a
+ * checkout; in an installed package, the policies shipped in js/gen/.
+ */
+export function bundledPolicies() {
+  const list = path.join(REPO_DIR, 'guest', 'policies.txt');
+  if (existsSync(list)) {
+    return readFileSync(list, 'utf8')
+      .split('\n')
+      .map((l) => l.replace(/#.*/, '').trim())
+      .filter(Boolean);
+  }
+  try {
+    return readdirSync(GEN_DIR).filter((d) => !d.startsWith('.') && readStamp(path.join(GEN_DIR, d))).sort();
+  } catch {
+    return [];
+  }
+}
 
 /** `configure` refused a config: `field` is the WIT name of the first invalid field. */
 export class ConfigError extends Error {

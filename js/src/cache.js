@@ -823,7 +823,11 @@ export class AdaptiveCache {
   // ---- the tick --------------------------------------------------------------------------------
 
   #runTick() {
-    if (this.#ticking || this.#state !== 'running') return;
+    if (this.#state !== 'running') return;
+    // The checks that protect readers run on every tick, even while the previous tick's
+    // commands are stuck behind an unreachable Redis.
+    this.#checks();
+    if (this.#ticking) return;
     this.#ticking = this.#tick()
       .catch((err) => {
         this.#log.warn(`aci-cache ${this.id}: tick failed: ${err.message}; retrying next tick`);
@@ -833,9 +837,9 @@ export class AdaptiveCache {
       });
   }
 
-  async #tick() {
+  #checks() {
     const o = this.#o;
-    let now = mono();
+    const now = mono();
     if (this.#subscribed && now - this.#lastHeard > o.livenessTimeout * 1000) {
       this.#down('no message within the liveness timeout');
       // Drop the connection: ioredis reconnects (with backoff) and 'ready' resubscribes.
@@ -844,6 +848,19 @@ export class AdaptiveCache {
       // Connected but not subscribed (a failed SUBSCRIBE, a missed 'ready'): retry with backoff.
       this.#scheduleResubscribe();
     }
+    const t = Math.floor(now);
+    if (this.#detector.tick(t) === LOST) this.#lost('sequence gap not filled in time');
+    if (!this.#isController && now - this.#lastControllerNews > o.controllerInterval * 1000 && this.#strategy !== 'eager') {
+      this.#rt.follow('eager', t);
+      this.#c.controllerLost++;
+      this.#noteStrategy('eager');
+      this.#log.warn(`aci-cache ${this.id}: no controller heard for ${o.controllerInterval} s: following eager`);
+    }
+  }
+
+  async #tick() {
+    const o = this.#o;
+    let now;
     if (o.role === 'auto' && this.#state === 'running') {
       let holds = this.#isController;
       try {
@@ -861,15 +878,8 @@ export class AdaptiveCache {
     if (this.#state !== 'running') return;
     now = mono();
     const t = Math.floor(now);
-    if (this.#detector.tick(t) === LOST) this.#lost('sequence gap not filled in time');
     const controller = this.#isController;
     const rt = this.#rt;
-    if (!controller && now - this.#lastControllerNews > o.controllerInterval * 1000 && this.#strategy !== 'eager') {
-      rt.follow('eager', t);
-      this.#c.controllerLost++;
-      this.#noteStrategy('eager');
-      this.#log.warn(`aci-cache ${this.id}: no controller heard for ${o.controllerInterval} s: following eager`);
-    }
     if (controller && this.#remoteWrites > 0) {
       // At most 2^32-1 per tick, in one call: nothing here scales with a number read off the wire.
       const n = Math.min(this.#remoteWrites, MAX_U32);

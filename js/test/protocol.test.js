@@ -1,0 +1,124 @@
+// The fleet protocol as seen on the wire (docs/WIRE.md v2), against a real redis-server: what an
+// instance publishes (marks, reports, strategy updates, heartbeats, flush after a failed
+// publish) and how it reacts to what it hears (gaps, restarts, controller silence).
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { AdaptiveCache } from '../src/index.js';
+import { decode } from '../src/wire.js';
+import { sleep, startRedis, until } from './redis-server.js';
+
+const quiet = { warn() {} };
+let srv;
+const caches = [];
+before(async () => {
+  srv = await startRedis();
+});
+after(async () => {
+  for (const c of caches) await c.stop().catch(() => {});
+  await srv.stop();
+});
+let nsCounter = 0;
+const ns = () => `p${process.pid}-${nsCounter++}`;
+
+async function cache(opts) {
+  const c = new AdaptiveCache({ redis: srv.client(), logger: quiet, ...opts });
+  caches.push(c);
+  await c.start();
+  return c;
+}
+
+// Records every message on the given channels: [{ channel, at, msg }].
+async function listen(...channels) {
+  const sub = srv.client();
+  const got = [];
+  sub.on('messageBuffer', (ch, payload) => got.push({ channel: ch.toString(), at: performance.now(), msg: decode(payload) }));
+  await sub.subscribe(...channels);
+  return got;
+}
+
+describe('what an instance sends', () => {
+  test('eager writes carry seq 1, 2, ...; one mark follows a burst; none at idle', async () => {
+    const name = ns();
+    const got = await listen(`aci:${name}:invalidation`);
+    const c = await cache({ namespace: name, isController: true, strategy: 'eager' });
+    for (let i = 0; i < 5; i++) await c.set(`k${i}`, 'v');
+    await sleep(1200);
+    const msgs = got.map((g) => g.msg);
+    const inval = msgs.filter((m) => m.action === 'invalidate');
+    assert.deepEqual(inval.map((m) => m.seq), [1, 2, 3, 4, 5]);
+    assert.deepEqual(inval.map((m) => m.keys[0]), [0, 1, 2, 3, 4].map((i) => `aci:${name}:k${i}`));
+    const marks = msgs.filter((m) => m.action === 'mark');
+    assert.deepEqual(marks.map((m) => m.inval_seq), [5], 'exactly one mark after the burst');
+    assert.ok(msgs.every((m) => m.source === c.id && m.epoch && !m.malformed));
+  });
+
+  test('controller: strategy_update every second; follower: write_report only after writes', async () => {
+    const name = ns();
+    const got = await listen(`aci:${name}:strategy`, `aci:${name}:reports`, `aci:${name}:liveness:fixed-id-1`);
+    const ctl = await cache({ namespace: name, isController: true });
+    const fol = await cache({ namespace: name, isController: false, instanceId: 'fixed-id-1' });
+    await sleep(2200);
+    const updates = got.filter((g) => g.msg.action === 'strategy_update');
+    assert.ok(updates.length >= 2 && updates.length <= 4, `${updates.length} updates in 2.2 s`);
+    assert.equal(got.filter((g) => g.msg.action === 'write_report').length, 0, 'reports at idle');
+    assert.ok(got.filter((g) => g.msg.action === 'heartbeat' && g.msg.source === 'fixed-id-1').length >= 2);
+    for (let i = 0; i < 10; i++) await fol.set(`k${i}`, 'v');
+    await until(() => got.some((g) => g.msg.action === 'write_report'), 2000, 'a report');
+    await sleep(600);
+    const reports = got.filter((g) => g.msg.action === 'write_report');
+    assert.equal(reports.reduce((a, g) => a + g.msg.count, 0), 10);
+    assert.equal(fol.strategy, ctl.strategy, 'the follower follows');
+  });
+
+  test('a failed publish is followed by a flush before any other invalidation', async () => {
+    const name = ns();
+    const got = await listen(`aci:${name}:invalidation`);
+    const redis = srv.client({ maxRetriesPerRequest: 0, enableOfflineQueue: false });
+    const c = new AdaptiveCache({ redis, namespace: name, isController: true, strategy: 'eager', logger: quiet });
+    caches.push(c);
+    await c.start();
+    await c.set('a', '1');
+    redis.disconnect(true);
+    await assert.rejects(c.set('b', '2'));
+    // Once Redis answers again, the next write goes through, preceded by a flush.
+    await until(() => c.set('c', '3').then(() => true, () => false), 5000, 'a write after reconnecting');
+    await sleep(100);
+    const actions = got.map((g) => g.msg.action + (g.msg.keys ? `:${g.msg.keys.join()}` : ''));
+    const iFlush = actions.indexOf('flush');
+    assert.ok(iFlush >= 0, actions.join(' '));
+    assert.ok(iFlush < actions.indexOf(`invalidate:aci:${name}:c`), actions.join(' '));
+  });
+});
+
+describe('what an instance does with what it hears', () => {
+  test('a sequence gap flushes L1 after the reorder allowance; a restart at once', async () => {
+    const name = ns();
+    const c = await cache({ namespace: name, isController: true, strategy: 'ttl' });
+    const r = srv.client();
+    const ch = `aci:${name}:invalidation`;
+    const inval = (seq, epoch = 'e1') => JSON.stringify({ action: 'invalidate', keys: [], source: 'other', epoch, seq, timestamp: Date.now() / 1000 });
+    await c.set('k', 'v');
+    assert.equal(c.stats().l1Entries, 1);
+    await r.publish(ch, inval(1));
+    await r.publish(ch, inval(3));
+    await sleep(100);
+    assert.equal(c.stats().gaps, 0, 'within the allowance');
+    await until(() => c.stats().gaps === 1, 2000, 'the gap declared');
+    assert.equal(c.stats().l1Entries, 0);
+    await c.set('k', 'v');
+    await r.publish(ch, inval(1, 'e2'));
+    await until(() => c.stats().gaps === 2, 1000, 'the restart noticed');
+    assert.equal(c.stats().l1Entries, 0);
+  });
+
+  test('a follower that hears no controller follows eager', async () => {
+    const name = ns();
+    const r = srv.client();
+    const fol = await cache({ namespace: name, isController: false, controllerInterval: 0.5 });
+    await r.publish(`aci:${name}:strategy`, JSON.stringify({ action: 'strategy_update', strategy: 'ttl', write_rate: 1, source: 'ctl', timestamp: 1 }));
+    await until(() => fol.strategy === 'ttl', 1000, 'following ttl');
+    await until(() => fol.strategy === 'eager', 2000, 'eager after silence');
+    assert.equal(fol.stats().controllerLost, 1);
+  });
+});

@@ -91,6 +91,30 @@ def set_cmd(rk: str, value: Any, ttl: float) -> Tuple[Any, ...]:
     return ("SET", rk, value, "PX", max(1, int(round(ttl * 1000))))
 
 
+def own_client(client: Any, timeout: float, retry: Any) -> Tuple[Any, Any]:
+    """A client for this cache's own commands over a pool of its own, with ``timeout`` on every
+    socket operation and no retries, so that a call fails within ``command_timeout`` on a frozen
+    or unreachable Redis (redis-py's defaults retry three times with backoff). The user's client
+    is left as it is. Returns (client, pool to disconnect at stop, or None when the client is
+    used as given)."""
+    pool = getattr(client, "connection_pool", None)
+    kw = getattr(pool, "connection_kwargs", None)
+    if pool is None or not isinstance(kw, dict) or getattr(pool, "connection_class", None) is None:
+        return client, None
+    kw = dict(kw)
+    kw["socket_timeout"] = timeout
+    kw["socket_connect_timeout"] = timeout
+    kw["retry"] = retry
+    for k in ("maint_notifications_pool_handler", "orig_socket_timeout", "orig_socket_connect_timeout"):
+        kw.pop(k, None)
+    try:
+        own_pool = type(pool)(connection_class=pool.connection_class, **kw)
+        return type(client)(connection_pool=own_pool), own_pool
+    except Exception as e:  # an unusual client: use it as given
+        log.debug("aci-cache: using the given client as is (%s)", e)
+        return client, None
+
+
 class Core:
     def __init__(self, cfg: CacheConfig, encoder: Any, decode_responses: bool):
         self.cfg = cfg

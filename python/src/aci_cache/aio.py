@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List, Optional
 
-from ._core import Core, FrontEnd, Program, log
+from ._core import Core, FrontEnd, Program, log, own_client
 from .config import CacheConfig
 
 __all__ = ["AsyncAdaptiveCache"]
@@ -21,7 +21,10 @@ class AsyncAdaptiveCache(FrontEnd):
     def __init__(self, redis_client: Any, pubsub_client: Any = None, **config: Any):
         cfg = CacheConfig.from_kwargs(**config)
         self.config = cfg
-        self._client = redis_client
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._client, self._own_pool = own_client(redis_client, cfg.command_timeout, Retry(NoBackoff(), 0))
         enc = redis_client.get_encoder()
         self._core = Core(cfg, enc, bool(getattr(enc, "decode_responses", False)))
         self._pubsub_src = pubsub_client
@@ -170,6 +173,11 @@ class AsyncAdaptiveCache(FrontEnd):
             await asyncio.wait_for(self._run(self._core.op_stop()), self.config.stop_timeout)
         except asyncio.TimeoutError:
             log.error("aci-cache %s: the final publish did not finish within stop_timeout", self.instance_id)
+        if self._own_pool is not None:
+            try:
+                await self._own_pool.disconnect()
+            except Exception:
+                pass
 
     aclose = stop
 

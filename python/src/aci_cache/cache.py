@@ -9,7 +9,7 @@ import threading
 import weakref
 from typing import Any, List, Optional
 
-from ._core import Core, FrontEnd, Program, log
+from ._core import Core, FrontEnd, Program, log, own_client
 from .config import CacheConfig
 
 __all__ = ["AdaptiveCache"]
@@ -73,7 +73,10 @@ class AdaptiveCache(FrontEnd):
     def __init__(self, redis_client: Any, pubsub_client: Any = None, **config: Any):
         cfg = CacheConfig.from_kwargs(**config)
         self.config = cfg
-        self._client = redis_client
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._client, self._own_pool = own_client(redis_client, cfg.command_timeout, Retry(NoBackoff(), 0))
         enc = redis_client.get_encoder()
         self._core = core = Core(cfg, enc, bool(getattr(enc, "decode_responses", False)))
         self._pubsub_src = pubsub_client
@@ -82,7 +85,12 @@ class AdaptiveCache(FrontEnd):
         self._wake = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopped = False
-        self._run(core.op_start())
+        try:
+            self._run(core.op_start())
+        except BaseException:
+            if self._own_pool is not None:
+                self._own_pool.disconnect()
+            raise
         iid = core.instance_id
         self._ps_thread = threading.Thread(target=self._run, args=(core.sub_loop(),), name=f"aci-pubsub-{iid}",
                                            daemon=True)
@@ -231,6 +239,11 @@ class AdaptiveCache(FrontEnd):
                 if t.is_alive():
                     log.error("aci-cache %s: %s did not finish within stop_timeout (Redis frozen?)",
                               self.instance_id, t.name)
+        if self._own_pool is not None and not self._tick_thread.is_alive() and me is not self._tick_thread:
+            try:
+                self._own_pool.disconnect()
+            except Exception:
+                pass
 
     close = stop
 

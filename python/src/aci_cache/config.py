@@ -92,6 +92,9 @@ class CacheConfig:
     liveness_timeout: float = 3.0
     #: Subscription lag above which L1 stops serving until it is under half of it (WIRE.md 5).
     max_lag: float = 0.5
+    #: Longest a Redis command of the cache may take (socket timeout, no retries): on a frozen or
+    #: unreachable Redis a call fails within it (or is served from L1).
+    command_timeout: float = 2.0
     #: How long stop() waits for the last publish (a frozen Redis cannot hold it longer).
     stop_timeout: float = 5.0
 
@@ -189,6 +192,7 @@ class CacheConfig:
         number("connect_timeout", nonneg=True)
         number("liveness_timeout", positive=True)
         number("max_lag", positive=True)
+        number("command_timeout", positive=True)
         number("stop_timeout", positive=True)
 
     # -- derived -------------------------------------------------------------------------------

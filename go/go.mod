@@ -2,6 +2,13 @@ module github.com/aci-cache/aci-cache/go
 
 go 1.26.0
 
-require github.com/tetratelabs/wazero v1.12.0
+require (
+	github.com/redis/go-redis/v9 v9.23.0
+	github.com/tetratelabs/wazero v1.12.0
+)
 
-require golang.org/x/sys v0.44.0 // indirect
+require (
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	go.uber.org/atomic v1.12.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+)

@@ -13,16 +13,35 @@ fi
 go mod download
 go mod verify >&2
 
-# The tests load ../target/policies/*.wasm (adaptive and fixed; hostile and trap-on-load for
-# the sandbox tests) unless ACI_POLICY_DIR points elsewhere. They are build outputs, not
-# committed, so build them when missing.
-if [[ -z "${ACI_POLICY_DIR:-}" ]]; then
-    missing=0
-    for p in adaptive fixed hostile trap-on-load; do
-        [[ -f ../target/policies/$p.wasm ]] || missing=1
-    done
-    if (( missing )); then
-        echo "setup.sh: building the policy components (cargo xtask policies)" >&2
-        (cd .. && cargo xtask policies) >&2
-    fi
+# The bundled policies are the names in ../guest/policies.txt (one per line, # comments); the
+# tests also load the test-only hostile and trap-on-load policies. All are build outputs in
+# ../target/policies (or $ACI_POLICY_DIR), not committed: build them when missing.
+policy_dir="${ACI_POLICY_DIR:-../target/policies}"
+mapfile -t bundled < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' ../guest/policies.txt | grep -v '^$')
+if (( ${#bundled[@]} == 0 )); then
+    echo "setup.sh: ../guest/policies.txt lists no policy" >&2
+    exit 1
 fi
+missing=0
+for p in "${bundled[@]}" hostile trap-on-load; do
+    [[ -f $policy_dir/$p.wasm ]] || missing=1
+done
+if (( missing )); then
+    if [[ -n "${ACI_POLICY_DIR:-}" ]]; then
+        echo "setup.sh: ACI_POLICY_DIR=$ACI_POLICY_DIR lacks some of: ${bundled[*]} hostile trap-on-load" >&2
+        exit 1
+    fi
+    echo "setup.sh: building the policy components (cargo xtask policies)" >&2
+    (cd .. && cargo xtask policies) >&2
+fi
+
+# Package acicache embeds the bundled policies (go:embed) from acicache/policies: copy exactly
+# the listed ones there (and nothing stale), only when they changed.
+for f in acicache/policies/*.wasm; do
+    [[ -e $f ]] || continue
+    name=$(basename "$f" .wasm)
+    if ! printf '%s\n' "${bundled[@]}" | grep -qx "$name"; then rm -f "$f"; fi
+done
+for p in "${bundled[@]}"; do
+    cmp -s "$policy_dir/$p.wasm" "acicache/policies/$p.wasm" || cp "$policy_dir/$p.wasm" "acicache/policies/$p.wasm"
+done

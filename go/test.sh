@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Vets the Go host and runs its tests: the conformance replay of every vector in
-# ../tests/vectors against both policies, and the load and failure tests.
+# Vets the Go host and runs its tests: the policy conformance replay and sandbox tests
+# (policy/), the wire vectors and the cache's integration tests against a redis-server that
+# the test binary starts on a free loopback port (acicache/), then the concurrency tests again
+# under the race detector.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh
 go vet ./...
-go test -count=1 -v ./...
+go test -count=1 -timeout 300s ./...
+go test -count=1 -timeout 300s -race -run 'Concurrent|TwoEager|Hostile|Election|Loss' ./acicache ./policy

@@ -159,6 +159,11 @@ export class PolicyRuntime {
     return this.#call(now, (p) => p.recordWrite(key, now), checkStrategy, eager);
   }
 
+  /** Counts the writes of `keys` (one call for many writes). */
+  recordWrites(keys, now) {
+    return this.#call(now, (p) => p.recordWrites(keys, now), checkStrategy, eager);
+  }
+
   recordRemoteWrites(count, now) {
     const n = Math.min(Math.max(0, Math.floor(count)), MAX_U32);
     if (n === 0) return this.currentStrategy(now);

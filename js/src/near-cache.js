@@ -72,8 +72,28 @@ export class NearCache {
 
   /** The writer's own value (read-your-writes); kills a racing fill of the old value. */
   putOwn(key, str, buf, deadline, now) {
-    this.invalidate(key);
-    if (deadline <= now) return;
+    const f = this.inflight.get(key);
+    if (f !== undefined) {
+      f.valid = false;
+      this.inflight.delete(key);
+    }
+    const old = this.map.get(key);
+    const vlen = buf !== undefined ? buf.length : str.length * 3; // worst-case UTF-8 size
+    if (deadline <= now || vlen > this.maxValueBytes) {
+      if (old !== undefined) this.#remove(key, old);
+      return;
+    }
+    if (old !== undefined) {
+      // Rewritten in place: no allocation, no Map delete + insert (a hole in V8's table).
+      const size = key.length * 2 + vlen + ENTRY_OVERHEAD;
+      this.bytes += size - old.size;
+      old.s = str;
+      old.b = buf;
+      old.exp = deadline;
+      old.size = size;
+      if (this.bytes > this.maxBytes) this.#evict(key);
+      return;
+    }
     this.#install(key, str, buf, deadline);
   }
 

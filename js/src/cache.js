@@ -294,7 +294,8 @@ export class AdaptiveCache {
         pipe.eval(RELEASE_LUA, 1, this.#names.lease, this.id);
         n++;
       }
-      if (n > 0) await this.#exec(pipe, n, batch.keys.length > 0 || batch.flushAll);
+      // Bounded: an unreachable Redis must not hold stop() forever.
+      if (n > 0) await withTimeout(this.#exec(pipe, n, batch.keys.length > 0 || batch.flushAll), this.#o.connectTimeout * 1000, 'publishing the last batch');
     } catch (err) {
       this.#log.warn(`aci-cache ${this.id}: stop: ${err.message}`);
     }
@@ -304,11 +305,14 @@ export class AdaptiveCache {
     sub.off('close', this.#onSubDown);
     sub.off('ready', this.#onSubReady);
     sub.off('error', this.#onSubError);
-    try {
-      if (this.#ownSub) await sub.quit();
-      else await sub.unsubscribe(...this.#channels(), this.#names.reports);
-    } catch {
-      if (this.#ownSub) sub.disconnect();
+    if (this.#ownSub) {
+      sub.disconnect();
+    } else {
+      try {
+        await withTimeout(sub.unsubscribe(...this.#channels(), this.#names.reports), this.#o.connectTimeout * 1000, 'unsubscribing');
+      } catch (err) {
+        this.#log.warn(`aci-cache ${this.id}: stop: ${err.message}`);
+      }
     }
   }
 
@@ -755,7 +759,16 @@ export class AdaptiveCache {
     this.#c.subscriptionErrors++;
   };
 
-  #onMessage = (_channel, payload) => {
+  #onMessage = (channel, payload) => {
+    try {
+      this.#handle(channel, payload);
+    } catch (err) {
+      // Nothing a message contains may take the process down; this is a bug if it happens.
+      this.#log.warn(`aci-cache ${this.id}: error handling a message: ${err?.stack ?? err}`);
+    }
+  };
+
+  #handle(_channel, payload) {
     const c = this.#c;
     c.pubsubReceived++;
     const now = mono();
@@ -822,7 +835,7 @@ export class AdaptiveCache {
         break;
       default: // heartbeat: another instance's, on our liveness channel? Nothing to do.
     }
-  };
+  }
 
   #lost(why) {
     this.#c.gaps++;
@@ -864,7 +877,11 @@ export class AdaptiveCache {
     if (this.#state !== 'running') return;
     // The checks that protect readers run on every tick, even while the previous tick's
     // commands are stuck behind an unreachable Redis.
-    this.#checks();
+    try {
+      this.#checks();
+    } catch (err) {
+      this.#log.warn(`aci-cache ${this.id}: tick checks failed: ${err?.stack ?? err}`);
+    }
     if (this.#ticking) return;
     this.#ticking = this.#tick()
       .catch((err) => {
@@ -978,6 +995,14 @@ export class AdaptiveCache {
     await this.#exec(pipe, n, inval || this.#mustFlush);
     if (flushing) this.#mustFlush = false;
   }
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer from Redis within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function jitter(ms) {

@@ -130,6 +130,10 @@ try {
   process.stderr.write(`aci-node: cannot start: ${e.message}\n`);
   process.exit(1);
 }
+// Ready means subscribed (docs/NODE.md): start() returns after connectTimeout even when the
+// subscription is not up yet, so wait for it here (bounded).
+for (let i = 0; i < 200 && !cache.stats().l1Serving; i++) await new Promise((r) => setTimeout(r, 50));
+if (!cache.stats().l1Serving) process.stderr.write('aci-node: not subscribed yet; reads go to Redis until it is\n');
 out({ ready: true, instance_id: cache.id, host: 'js', protocol: 2 });
 
 const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });

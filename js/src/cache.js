@@ -433,7 +433,7 @@ export class AdaptiveCache {
       } else {
         // SET and PUBLISH in one script: one command and one reply, which in ioredis costs
         // about half of two commands (each reply is parsed and resolved in JS).
-        sent = this.#setPublish(rk, v, ttlMs, this.#sender.invalidate([rk], 'eager', ++this.#seq));
+        sent = this.#setPublish(rk, v, ttlMs, this.#sender.invalidateOne(rk, 'eager', ++this.#seq));
       }
       this.#invalSinceTick = true;
     } else {
@@ -544,24 +544,28 @@ export class AdaptiveCache {
     return res;
   }
 
-  async #setPublish(rk, v, ttlMs, msg) {
+  // A promise chain rather than an async function: one promise fewer on the eager write path.
+  #setPublish(rk, v, ttlMs, msg) {
     const r = this.#redis;
-    const args = [1, rk, v, ttlMs, this.#names.invalidation, msg];
-    try {
-      try {
-        await r.evalsha(SET_PUBLISH_SHA, ...args);
-      } catch (err) {
-        // The server does not have the script (restarted, SCRIPT FLUSH): EVAL sends and caches it.
-        if (!String(err?.message).startsWith('NOSCRIPT')) throw err;
-        await r.eval(SET_PUBLISH_LUA, ...args);
+    const chan = this.#names.invalidation;
+    return r.evalsha(SET_PUBLISH_SHA, 1, rk, v, ttlMs, chan, msg).then(this.#sentOne, (err) => {
+      // The server does not have the script (restarted, SCRIPT FLUSH): EVAL sends and caches it.
+      if (String(err?.message).startsWith('NOSCRIPT')) {
+        return r.eval(SET_PUBLISH_LUA, 1, rk, v, ttlMs, chan, msg).then(this.#sentOne, this.#sendFailed);
       }
-    } catch (err) {
-      // Whether the SET happened or not, the PUBLISH may not have: a flush is owed.
-      this.#publishFailed();
-      throw err;
-    }
-    this.#c.messagesSent++;
+      return this.#sendFailed(err);
+    });
   }
+
+  #sentOne = () => {
+    this.#c.messagesSent++;
+  };
+
+  // Whether the SET happened or not, the PUBLISH may not have: a flush is owed.
+  #sendFailed = (err) => {
+    this.#publishFailed();
+    throw err;
+  };
 
   // Feeds the writes made since the last call to the policy, in one call. Writes made while
   // `batched` was in force rely on the policy's batch: if the policy was not in `batched` for

@@ -120,6 +120,11 @@ export class Sender {
     return `{"action":"invalidate","keys":${JSON.stringify(keys)},"strategy":"${strategy}","timestamp":${Sender.now()},"seq":${seq}${this.tail}`;
   }
 
+  /** invalidate([key], ...) without the array. */
+  invalidateOne(key, strategy, seq) {
+    return `{"action":"invalidate","keys":[${JSON.stringify(key)}],"strategy":"${strategy}","timestamp":${Sender.now()},"seq":${seq}${this.tail}`;
+  }
+
   flush(seq) {
     return `{"action":"flush","strategy":"batched","timestamp":${Sender.now()},"seq":${seq}${this.tail}`;
   }

@@ -1,7 +1,7 @@
 // `npm pack` gives a tarball that installs into an empty project and runs the original
 // README's Node quick start against a real redis-server: glue and policies inside, nothing
-// built at install time (the install runs with --offline: everything comes from the tarball
-// and npm's cache). Slow (~10-30 s): ACI_SKIP_PACK=1 skips it.
+// built at install time, no jco installed (ioredis comes from npm's cache when it is there:
+// --prefer-offline). Slow (~10-30 s): ACI_SKIP_PACK=1 skips it.
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
@@ -41,7 +41,7 @@ test('npm pack -> npm install into an empty project -> README quick start', { sk
   const proj = path.join(dir, 'app');
   execFileSync('mkdir', ['-p', proj]);
   writeFileSync(path.join(proj, 'package.json'), '{"name":"app","version":"1.0.0","type":"module","private":true}\n');
-  npm(['install', '--offline', '--no-audit', '--no-fund', `../${tgz}`, 'ioredis@5'], proj);
+  npm(['install', '--prefer-offline', '--no-audit', '--no-fund', `../${tgz}`, 'ioredis@5'], proj);
   assert.ok(!existsSync(path.join(proj, 'node_modules', '@bytecodealliance')), 'jco was installed');
 
   writeFileSync(path.join(proj, 'index.mjs'), `import Redis from "ioredis";

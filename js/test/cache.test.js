@@ -9,11 +9,12 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { AdaptiveCache, CacheConfigError } from 'aci-cache';
 import { NearCache } from '../src/near-cache.js';
+import { policyDir } from '../src/policy.js';
 import { sleep, startRedis, until } from './redis-server.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '..', '..');
-const HOSTILE = path.join(REPO, 'target', 'policies', 'hostile.wasm');
+const HOSTILE = path.join(policyDir(), 'hostile.wasm');
 const quiet = { warn() {} };
 
 let srv;

@@ -13,7 +13,6 @@ import { policyDir } from '../src/policy.js';
 import { sleep, startRedis, until } from './redis-server.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
 const HOSTILE = path.join(policyDir(), 'hostile.wasm');
 const quiet = { warn() {} };
 

@@ -5,12 +5,10 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { PolicyRuntime } from '../src/engine.js';
 import { MeterError, meterModule } from '../src/meter.js';
 import { PolicyTrap, loadPolicy, policyDir } from '../src/policy.js';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const HOSTILE = path.join(policyDir(), 'hostile.wasm');
 
 async function runtime() {

@@ -135,6 +135,7 @@ class Core:
         self.liveness_timeout = float(cfg.liveness_timeout)
         self.max_lag = float(cfg.max_lag)
         self.local_ttl = float(cfg.local_ttl)
+        self.default_ttl = float(cfg.default_ttl)
         self.max_entries = cfg.local_max_entries
         self.max_bytes = cfg.local_max_bytes
         self.configured_role = cfg.effective_role
@@ -411,7 +412,7 @@ class Core:
     def _inval_cmds(self, chunks: List[Tuple[List[str], str]], flush: bool) -> List[Tuple[Any, ...]]:
         """PUBLISH commands for invalidations, preceded by a flush owed since a failed publish."""
         now = time.time()
-        cmds = []
+        cmds: List[Tuple[Any, ...]] = []
         enc, ch = self.enc, self.ch_inval
         if flush or self.need_flush:
             self.seq += 1
@@ -443,54 +444,78 @@ class Core:
     # ------------------------------------------------------------------------------------------
     # programs: the public operations
 
-    def op_get(self, rk: str, token: Optional[Tuple[int, int]]) -> Program:
-        if token is None:  # L1 bypassed (link down or lagging)
-            return (yield ("cmds", [("GET", rk)]))[0]
-        value, pttl = yield ("cmds", [("GET", rk), ("PTTL", rk)])
-        self.fill(rk, value, pttl, token)
-        return value
+    # The hot operations are plan + done pairs rather than programs: a front end runs
+    # ``plan.cmds`` (one round trip) between the two, which costs less than driving a generator.
 
-    def op_set(self, key: Any, value: Any, ttl: Any) -> Program:
+    def get_plan(self, rk: str, token: Optional[Tuple[int, int]]) -> List[Tuple[Any, ...]]:
+        if token is None:  # L1 bypassed (link down or lagging)
+            return [("GET", rk)]
+        return [("GET", rk), ("PTTL", rk)]
+
+    def get_done(self, rk: str, token: Optional[Tuple[int, int]], res: Any) -> Any:
+        if isinstance(res, BaseException):
+            raise res
+        if token is not None:
+            self.fill(rk, res[0], res[1], token)
+        return res[0]
+
+    def set_plan(self, key: Any, value: Any, ttl: Any) -> Tuple[Any, ...]:
+        """(cmds, rk, normalized value, ttl, write token, eager) for set_done."""
         rk = self.rkey(key)
-        t = ttl_seconds(ttl, self.cfg.default_ttl)
+        t = self.default_ttl if ttl is None else ttl_seconds(ttl, 0)
         norm = self.normalize(value)
-        token = self.begin_write(rk)
-        ok = published = False
-        try:
-            if self.strategy == "eager":
-                cmds = self._inval_cmds([([rk], "eager")], False)
-                cmds.insert(0, set_cmd(rk, value, t))
-                try:
-                    yield ("cmds", cmds)
-                except Exception as e:
-                    self._publish_failed(e, True)
-                    raise
-                self._published(len(cmds) - 1, True)
-                published = True
+        eager = self.strategy == "eager"
+        if t.is_integer():
+            cmd: Tuple[Any, ...] = ("SET", rk, value, "EX", int(t))
+        else:
+            cmd = ("SET", rk, value, "PX", max(1, int(round(t * 1000))))
+        if eager:
+            cmds = self._flush_owed()
+            cmds.append(cmd)
+            self.seq += 1
+            cmds.append(("PUBLISH", self.ch_inval, self.enc.invalidate_one(rk, "eager", self.seq, time.time())))
+        else:
+            cmds = [cmd]
+        return cmds, rk, norm, t, self.begin_write(rk), eager
+
+    def set_done(self, plan: Tuple[Any, ...], res: Any) -> bool:
+        cmds, rk, norm, t, token, eager = plan
+        failed = isinstance(res, BaseException)
+        if eager:
+            if failed:
+                self._publish_failed(res, True)
             else:
-                yield ("cmds", [set_cmd(rk, value, t)])
-            ok = True
-        finally:
-            self.end_write(rk, norm, t, token, ok, published)
+                self._published(len(cmds) - 1, True)
+        self.end_write(rk, norm, t, token, not failed, eager and not failed)
+        if failed:
+            raise res
         return True
 
-    def op_delete(self, key: Any) -> Program:
+    def delete_plan(self, key: Any) -> Tuple[Any, ...]:
         rk = self.rkey(key)
-        token = self.begin_write(rk)
-        published = False
-        try:
-            cmds = self._inval_cmds([([rk], "eager")], False)
-            cmds.insert(0, ("DEL", rk))
-            try:
-                res = yield ("cmds", cmds)
-            except Exception as e:
-                self._publish_failed(e, True)
-                raise
+        cmds = self._flush_owed()
+        cmds.append(("DEL", rk))
+        self.seq += 1
+        cmds.append(("PUBLISH", self.ch_inval, self.enc.invalidate_one(rk, "eager", self.seq, time.time())))
+        return cmds, rk, None, 0.0, self.begin_write(rk), True
+
+    def delete_done(self, plan: Tuple[Any, ...], res: Any) -> int:
+        cmds, rk, _n, _t, token, _e = plan
+        failed = isinstance(res, BaseException)
+        if failed:
+            self._publish_failed(res, True)
+        else:
             self._published(len(cmds) - 1, True)
-            published = True
-        finally:
-            self.end_write(rk, None, 0.0, token, False, published)
-        return int(res[0])
+        self.end_write(rk, None, 0.0, token, False, not failed)
+        if failed:
+            raise res
+        return int(res[len(cmds) - 2])
+
+    def _flush_owed(self) -> List[Tuple[Any, ...]]:
+        if not self.need_flush:
+            return []
+        self.seq += 1
+        return [("PUBLISH", self.ch_inval, self.enc.encode("flush", time.time(), strategy="batched", seq=self.seq))]
 
     def op_flush(self) -> Program:
         """Delete the data (the namespace's keys; without a namespace, the database, as the
@@ -755,6 +780,22 @@ class Core:
             log.warning("aci-cache %s: ignoring a malformed message (%s): %s (logged once per kind)",
                         self.instance_id, kind, detail[:300])
 
+    def on_own(self, count: int, last_ts: bytes) -> None:
+        """``count`` of our own messages, pre-filtered by the reader; the last one's timestamp."""
+        self.last_msg = time.monotonic()
+        try:
+            ts: Optional[float] = float(last_ts)
+        except ValueError:
+            ts = None
+        wall = time.time()
+        with self.lock:
+            self.stats_c["pubsub_received"] += count
+            if ts is not None:
+                out = self.heartbeats_out
+                while out and out[0] <= ts:
+                    out.popleft()
+                self._lag(wall - ts)
+
     def on_message(self, data: Any) -> bool:
         """One Pub/Sub message. Never raises. True when the tick should run now."""
         self.last_msg = time.monotonic()
@@ -877,6 +918,8 @@ class Core:
                         if kind == "message":
                             if self.on_message(msg.get("data")):
                                 yield ("wake",)
+                        elif kind == "own":
+                            self.on_own(msg["count"], msg["data"])
                         elif kind == "subscribe":
                             self.last_msg = time.monotonic()
                             ch = msg.get("channel")

@@ -196,17 +196,25 @@ class AsyncAdaptiveCache(FrontEnd):
         core = self._core
         rk = core.rkey(key)
         hit, value, token = core.lookup(rk)
-        return value if hit else await self._run(core.op_get(rk, token))
+        return value if hit else core.get_done(rk, token, await self._try(core.get_plan(rk, token)))
 
     async def set(self, key: Any, value: Any, ttl: Optional[float] = None) -> bool:
         if not self._started:
             await self.start()
-        return await self._run(self._core.op_set(key, value, ttl))
+        plan = self._core.set_plan(key, value, ttl)
+        return self._core.set_done(plan, await self._try(plan[0]))
 
     async def delete(self, key: Any) -> int:
         if not self._started:
             await self.start()
-        return await self._run(self._core.op_delete(key))
+        plan = self._core.delete_plan(key)
+        return self._core.delete_done(plan, await self._try(plan[0]))
+
+    async def _try(self, commands: List[Any]) -> Any:
+        try:
+            return await self._do_cmds(commands)
+        except Exception as e:
+            return e
 
     async def flush(self) -> None:
         """As :meth:`AdaptiveCache.flush`."""

@@ -141,6 +141,11 @@ def _reject_constant(name: str) -> Any:
 
 
 _loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+try:  # the C escaper json itself uses (ensure_ascii=False)
+    from json.encoder import c_encode_basestring as _c_jstr  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    _c_jstr = None
+_jstr = _c_jstr or json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def _int(m: Dict[str, Any], name: str, lo: int, hi: int, required: bool) -> Optional[int]:
@@ -262,6 +267,12 @@ class Encoder:
         # repr of a float is the shortest round-trip text: valid JSON for finite values
         sep = "," if len(body) > 2 else ""
         return f'{self.own_prefix}{now!r},"action":"{action}","v":{PROTOCOL_VERSION}{sep}{body[1:]}'
+
+    def invalidate_one(self, key: str, strategy: str, seq: int, now: float) -> str:
+        """``encode("invalidate", now, keys=[key], strategy=strategy, seq=seq)``, faster: the
+        payload of every eager write."""
+        return (f'{self.own_prefix}{now!r},"action":"invalidate","v":{PROTOCOL_VERSION},"keys":[{_jstr(key)}],'
+                f'"strategy":"{strategy}","seq":{seq}}}')
 
     def own_timestamp(self, payload: Union[bytes, str]) -> Optional[float]:
         """The timestamp of one of our own payloads, or None if it is not ours."""

@@ -1,5 +1,8 @@
-// Builds the bundled policy components so that `include_bytes!` can embed the default one and
-// `cargo build` on a fresh clone needs no separate step.
+// Builds the policy components so that the library can embed the bundled ones and `cargo build`
+// on a fresh clone needs no separate step. The bundled policies are the names listed in
+// guest/policies.txt: each is copied into OUT_DIR as <name>.wasm, and OUT_DIR/bundled.rs lists
+// them (name, bytes) for `aci_cache::policy::bundled`.
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 fn main() {
@@ -17,7 +20,12 @@ fn main() {
         }
     };
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    for path in written {
-        std::fs::copy(&path, out.join(path.file_name().unwrap())).unwrap();
+    let mut table = String::from("&[\n");
+    for (name, path) in &written {
+        let dest = out.join(format!("{name}.wasm"));
+        std::fs::copy(path, &dest).unwrap();
+        writeln!(table, "    ({name:?}, include_bytes!({:?}) as &[u8]),", dest.display().to_string()).unwrap();
     }
+    table.push(']');
+    std::fs::write(out.join("bundled.rs"), table).unwrap();
 }

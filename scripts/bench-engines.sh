@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-cargo build --release --quiet -p aci-cache --bin aci
+cargo build --release --quiet -p aci-cli
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 {

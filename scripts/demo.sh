@@ -5,5 +5,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 ACI_SETUP_RUST_ONLY=1 bash scripts/setup.sh >&2
-cargo build --release --quiet -p aci-cache --bin aci
+cargo build --release --quiet -p aci-cli
 exec target/release/aci demo "$@"

@@ -10,7 +10,7 @@ if [ "${ACI_SKIP_SETUP:-}" != "1" ]; then
     bash scripts/setup.sh
 fi
 # The Python mixed-fleet test drives the `aci` binary: build it before any suite runs.
-cargo build --quiet -p aci-cache --bin aci
+cargo build --quiet -p aci-cli
 export ACI_BIN="$root/target/debug/aci"
 failed=()
 run() {

@@ -2,7 +2,7 @@
 //! against the raw baseline (profiling aid, not a test). `cargo run --release --example breakdown`
 use std::time::{Duration, Instant};
 
-use aci_cache::redis_server::RedisServer;
+use aci_testkit::RedisServer;
 use aci_cache::{AciCache, Role, Strategy};
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use tokio::task::JoinHandle;
 
-use crate::cache::{inc, lock, Shared};
+use crate::shared::{inc, lock, Shared};
 use crate::config::Role;
 use crate::error::Result;
 use crate::loss_detector::Verdict;

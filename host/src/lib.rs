@@ -9,18 +9,24 @@
 //! cache.shutdown().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! The public surface is the cache ([`AciCache`], its builder, [`Stats`]), its configuration
+//! and errors, and the [`policy`] module (loading, sandboxing and running policy components).
+//! The fleet protocol (docs/WIRE.md) is internal.
 
-pub mod cache;
-pub mod config;
-pub mod error;
+mod bundled;
+mod cache;
+mod config;
+mod error;
 mod fleet;
-pub mod loss_detector;
-pub mod near_cache;
+mod loss_detector;
+mod near_cache;
 pub mod policy;
-pub mod redis_server;
+mod shared;
 pub mod simulate;
-pub mod wire;
+mod wire;
 
+pub use bundled::{bundled_policy, bundled_policy_names};
 pub use cache::{AciCache, Stats, SwitchEvent};
 pub use config::{CacheBuilder, PolicySource, Role, Settings};
 pub use error::{ConfigError, Error, PolicyError, Result};

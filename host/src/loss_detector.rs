@@ -149,6 +149,7 @@ impl LossDetector {
         }
     }
 
+    #[cfg(test)]
     pub fn sender_count(&self) -> usize {
         self.senders.len()
     }

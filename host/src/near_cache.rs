@@ -192,6 +192,7 @@ impl NearCache {
     }
 
     /// Bytes charged against the budget.
+    #[cfg(test)]
     pub fn weighted_size(&self) -> u64 {
         self.map.weight()
     }

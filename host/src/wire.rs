@@ -16,7 +16,6 @@ pub const MAX_KEYS: usize = 100_000;
 /// Channel and key names of one namespace.
 #[derive(Clone, Debug)]
 pub struct Names {
-    pub prefix: String,
     key_prefix: String,
     pub invalidation: String,
     pub strategy: String,
@@ -40,7 +39,6 @@ impl Names {
             reports: format!("{prefix}:reports"),
             controller_lease: format!("{prefix}:controller"),
             key_prefix,
-            prefix,
         }
     }
 
@@ -115,9 +113,6 @@ pub enum Malformed {
 }
 
 impl Malformed {
-    pub const ALL: [Malformed; 5] =
-        [Malformed::TooLarge, Malformed::NotJson, Malformed::UnknownAction, Malformed::BadField, Malformed::TooManyKeys];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Malformed::TooLarge => "too-large",

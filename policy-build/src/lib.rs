@@ -8,14 +8,30 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The policies shipped with aci-cache: (component file stem, crate name).
-pub const POLICIES: &[(&str, &str)] = &[
-    ("adaptive", "policy_adaptive"),
-    ("fixed", "policy_fixed"),
-    // Test-only, never embedded: they misbehave on purpose.
-    ("hostile", "policy_hostile"),
-    ("trap-on-load", "policy_trap_on_load"),
-];
+/// Test-only policies: built into `target/policies/` like the bundled ones, never embedded or
+/// shipped (they misbehave on purpose). The bundled ones are listed in `guest/policies.txt`.
+pub const TEST_POLICIES: &[&str] = &["hostile", "trap-on-load"];
+
+/// Parses a policy list: one name per line, `#` starts a comment, blank lines ignored.
+pub fn parse_policy_list(text: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let name = line.split('#').next().unwrap_or("").trim();
+        if name.is_empty() {
+            continue;
+        }
+        if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            return Err(format!("guest/policies.txt line {}: `{name}` is not a policy crate name ([a-z0-9-])", i + 1));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
+/// The crate `guest/<name>` is named `policy-<name>`; its wasm file `policy_<name>.wasm`.
+fn crate_file_stem(name: &str) -> String {
+    format!("policy_{}", name.replace('-', "_"))
+}
 
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
@@ -38,11 +54,27 @@ impl Layout {
     pub fn policy_dir(&self) -> PathBuf {
         self.root.join("target").join("policies")
     }
+    /// The one list of bundled policies.
+    pub fn policy_list(&self) -> PathBuf {
+        self.root.join("guest").join("policies.txt")
+    }
+    /// The bundled policies' names, from `guest/policies.txt`.
+    pub fn bundled(&self) -> Result<Vec<String>, String> {
+        let path = self.policy_list();
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let names = parse_policy_list(&text)?;
+        if names.is_empty() {
+            return Err(format!("{} lists no policy", path.display()));
+        }
+        Ok(names)
+    }
 }
 
 /// Compiles the guest workspace for wasm32 and writes `<policy_dir>/<name>.wasm` for each
-/// policy. Returns the written paths.
-pub fn build(layout: &Layout) -> Result<Vec<PathBuf>, String> {
+/// bundled policy (`guest/policies.txt`) and each test policy. Returns the bundled policies'
+/// (name, path) pairs, in list order.
+pub fn build(layout: &Layout) -> Result<Vec<(String, PathBuf)>, String> {
+    let bundled = layout.bundled()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
@@ -71,12 +103,15 @@ pub fn build(layout: &Layout) -> Result<Vec<PathBuf>, String> {
     let out_dir = layout.policy_dir();
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     let mut written = Vec::new();
-    for (stem, krate) in POLICIES {
-        let core = layout.guest_target_dir().join(WASM_TARGET).join("release").join(format!("{krate}.wasm"));
+    let all = bundled.iter().map(String::as_str).chain(TEST_POLICIES.iter().copied());
+    for (i, name) in all.enumerate() {
+        let core = layout.guest_target_dir().join(WASM_TARGET).join("release").join(format!("{}.wasm", crate_file_stem(name)));
         let component = componentize(&core)?;
-        let dest = out_dir.join(format!("{stem}.wasm"));
+        let dest = out_dir.join(format!("{name}.wasm"));
         write_if_changed(&dest, &component)?;
-        written.push(dest);
+        if i < bundled.len() {
+            written.push((name.to_string(), dest));
+        }
     }
     Ok(written)
 }
@@ -96,4 +131,24 @@ fn write_if_changed(dest: &Path, bytes: &[u8]) -> Result<(), String> {
         return Ok(());
     }
     std::fs::write(dest, bytes).map_err(|e| format!("cannot write {}: {e}", dest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_list_format() {
+        assert_eq!(parse_policy_list("# c\nadaptive\n\n fixed # why\n").unwrap(), vec!["adaptive", "fixed"]);
+        assert!(parse_policy_list("bad name\n").is_err());
+        assert_eq!(crate_file_stem("trap-on-load"), "policy_trap_on_load");
+    }
+
+    #[test]
+    fn the_repository_list_names_existing_crates() {
+        let layout = Layout::new(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
+        for name in layout.bundled().unwrap() {
+            assert!(layout.root.join("guest").join(&name).join("Cargo.toml").exists(), "guest/{name} missing");
+        }
+    }
 }

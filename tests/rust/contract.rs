@@ -11,7 +11,7 @@ use aci_policy_core::{Engine, Kind};
 use serde_json::{json, Value};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    aci_testkit::repo_root()
 }
 
 fn policy_file(name: &str) -> PathBuf {
@@ -190,8 +190,11 @@ fn every_vector_replays_identically_in_wasm_and_native() {
 
 #[test]
 fn bundled_policies_import_nothing_and_are_small() {
-    for name in ["adaptive", "fixed"] {
+    let names: Vec<&str> = aci_cache::bundled_policy_names().collect();
+    assert!(names.contains(&"adaptive") && names.contains(&"fixed"), "{names:?}");
+    for name in names {
         let bytes = std::fs::read(policy_file(name)).unwrap();
+        assert_eq!(aci_cache::bundled_policy(name), Some(&bytes[..]), "{name}: the embedded copy is the built one");
         assert!(bytes.len() < 200_000, "{name} is {} bytes", bytes.len());
         let engine = wasmtime::Engine::default();
         let c = wasmtime::component::Component::new(&engine, &bytes).unwrap();

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use aci_cache::redis_server::RedisServer;
 use aci_cache::{AciCache, CacheBuilder, Role, Strategy};
+use aci_testkit::RedisServer;
 
 fn server() -> RedisServer {
     RedisServer::start(&[]).expect("redis-server must be installed for the end-to-end tests")
@@ -397,21 +397,6 @@ async fn invalid_config_is_a_typed_error_naming_the_field() {
         Err(aci_cache::Error::Policy(aci_cache::PolicyError::Io(..))) => {}
         other => panic!("{:?}", other.err()),
     }
-}
-
-#[test]
-fn demo_starts_its_own_redis_shows_all_three_strategies_and_exits() {
-    // No --redis: the demo starts (and stops) a private redis-server. No terminal: plain lines.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aci"))
-        .args(["demo", "--speed", "0.6"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("strategies seen: batched, eager, ttl"), "{stdout}\n{stderr}");
-    assert!(!stdout.contains('\x1b'), "escape codes without a terminal");
-    assert!(stdout.lines().filter(|l| l.starts_with("t=")).count() >= 10, "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,6 @@
-//! Fault injection against real `redis-server` processes, each scenario judged by a history
-//! checker: every acknowledged write and every read is recorded, and no read may return a
-//! value older than the bound of the strategy in force (plus a propagation allowance), and no
-//! acknowledged value may be missing from Redis at the end.
+//! Fault injection against real `redis-server` processes, each scenario judged by the history
+//! checker of the test kit (`aci_testkit::history`): no read older than the bound of the
+//! strategy its newer write was made under, no acknowledged value missing from Redis.
 //!
 //! Prints one line per scenario: writes, reads, stale reads beyond the bound, lost values,
 //! recovery time.
@@ -11,84 +10,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aci_cache::redis_server::RedisServer;
 use aci_cache::{AciCache, Role, Strategy};
+use aci_testkit::history::{self, History, Read, Verdict, Write};
+use aci_testkit::RedisServer;
 
 const KEYS: usize = 16;
 /// Eager's bound: propagation on loopback plus scheduling noise on a loaded 2-core machine.
 const ALLOWANCE: Duration = Duration::from_millis(300);
 
-#[derive(Clone, Debug)]
-struct Write {
-    key: usize,
-    seq: u64,
-    acked: Instant,
-    /// The writer's strategy: it decides how (and so how fast) the write propagates.
-    strategy: Strategy,
-}
-
-#[derive(Clone, Debug)]
-struct Read {
-    instance: usize,
-    key: usize,
-    seq: u64,
-    started: Instant,
-}
-
-#[derive(Default)]
-struct History {
-    writes: Vec<Write>,
-    reads: Vec<Read>,
-}
-
-/// Counts, not just pass/fail.
-#[derive(Debug, Default)]
-struct Verdict {
-    writes: usize,
-    reads: usize,
-    stale_beyond_bound: usize,
-    worst_stale_ms: f64,
-    lost_values: usize,
-}
-
 fn bound(s: Strategy, local_ttl: Duration, batch: Duration, tick: Duration) -> Duration {
-    match s {
-        Strategy::Eager => ALLOWANCE,
-        Strategy::Batched => batch + tick + ALLOWANCE,
-        Strategy::Ttl => local_ttl + ALLOWANCE,
-    }
-}
-
-impl History {
-    /// A read is stale beyond its bound if some write of the same key with a newer value was
-    /// acknowledged more than `bound` before the read started, `bound` being that of the
-    /// strategy the write was made under (the writer decides how a write propagates; readers
-    /// apply every invalidation whatever their own strategy).
-    fn check(&self, final_values: &HashMap<usize, u64>, b: impl Fn(Strategy) -> Duration) -> Verdict {
-        let mut by_key: HashMap<usize, Vec<&Write>> = HashMap::new();
-        for w in &self.writes {
-            by_key.entry(w.key).or_default().push(w);
-        }
-        let mut v = Verdict { writes: self.writes.len(), reads: self.reads.len(), ..Default::default() };
-        for r in &self.reads {
-            let newer_acked_long_ago = by_key.get(&r.key).into_iter().flatten()
-                .filter(|w| w.seq > r.seq && w.acked + b(w.strategy) < r.started);
-            if let Some(w) = newer_acked_long_ago.min_by_key(|w| w.acked) {
-                v.stale_beyond_bound += 1;
-                v.worst_stale_ms = v.worst_stale_ms.max((r.started - w.acked).as_secs_f64() * 1000.0);
-                if v.stale_beyond_bound <= 3 {
-                    eprintln!("  stale: instance {} key {} read seq {} at +{:?} after seq {} was acked", r.instance, r.key, r.seq, r.started - w.acked, w.seq);
-                }
-            }
-        }
-        for (k, ws) in &by_key {
-            let last = ws.iter().map(|w| w.seq).max().unwrap_or(0);
-            if final_values.get(k).copied().unwrap_or(0) < last {
-                v.lost_values += 1;
-            }
-        }
-        v
-    }
+    history::bound(s, ALLOWANCE, local_ttl, batch, tick)
 }
 
 struct Fleet {
@@ -352,24 +283,4 @@ async fn killing_the_controller() {
     let v = h.check(&finals, |s| bound(s, Duration::from_secs(30), Duration::from_millis(2500), Duration::from_millis(50)));
     assert!(takeover < Duration::from_secs(3), "takeover took {takeover:?}");
     judge("kill-controller", v, takeover);
-}
-
-#[test]
-fn the_checker_catches_a_stale_read() {
-    // A checker that cannot fail would prove nothing.
-    let t0 = Instant::now();
-    let h = History {
-        writes: vec![
-            Write { key: 1, seq: 1, acked: t0, strategy: Strategy::Eager },
-            Write { key: 1, seq: 2, acked: t0 + Duration::from_millis(10), strategy: Strategy::Eager },
-        ],
-        reads: vec![
-            Read { instance: 1, key: 1, seq: 1, started: t0 + Duration::from_millis(100) },
-            Read { instance: 1, key: 1, seq: 1, started: t0 + Duration::from_millis(2000) },
-        ],
-    };
-    let finals = HashMap::from([(1, 1)]);
-    let v = h.check(&finals, eager_bound);
-    assert_eq!(v.stale_beyond_bound, 1, "only the read 2 s later is beyond the eager bound");
-    assert_eq!(v.lost_values, 1, "Redis holds seq 1 though seq 2 was acknowledged");
 }

@@ -1,5 +1,5 @@
 //! A private `redis-server` on a free loopback port: what `aci demo`/`aci bench` use when no
-//! `--redis` is given, and what the end-to-end tests run against. Stopped on drop.
+//! `--redis` is given, and what the integration tests run against. Stopped on drop.
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aci_cache::policy::{PolicyConfig, PolicyModule, Strategy};
-use aci_cache::redis_server::RedisServer;
+use aci_testkit::RedisServer;
 use aci_cache::{AciCache, Role};
 use anyhow::{bail, Context, Result};
 use clap::Args;

@@ -97,6 +97,10 @@ type Module struct {
 	rt          wazero.Runtime
 	compiled    wazero.CompiledModule
 	callTimeout time.Duration // 0: unbounded
+	// watchdog bounds the calls of an instrumented module (instrument.go); nil for an
+	// unbounded one, or one bounded by wazero's per-call deadline (a module the rewriter
+	// does not understand).
+	watchdog *watchdog
 }
 
 // Compile checks that wasm is a policy component and compiles its core module.
@@ -120,13 +124,27 @@ func compile(wasm []byte, opts []Option) (*Module, error) {
 	if len(mods) == 0 {
 		return nil, fmt.Errorf("%w: the component embeds no core module", ErrNotPolicy)
 	}
-	// CloseOnContextDone compiles a check at every loop head (has the instance been
-	// closed?) and makes each call watch its context, closing the instance when the context
-	// ends: that is what stops a guest at its deadline. The instance is closed, not the
-	// compiled code, so the other engines of the Module are unaffected.
+	// The bound: preferably the watchdog over instrumented code (instrument.go), which costs a
+	// call next to nothing; else wazero's CloseOnContextDone, which compiles a check at every
+	// loop head that leaves for Go, makes each call watch its context from a goroutine, and
+	// closes the instance when the context ends. Either way only the instance is stopped, not
+	// the compiled code, so the other engines of the Module are unaffected.
+	useWatchdog := !o.unbounded
+	if useWatchdog {
+		inst := make([][]byte, len(mods))
+		for i, mod := range mods {
+			if inst[i], err = instrument(mod); err != nil {
+				useWatchdog = false
+				break
+			}
+		}
+		if useWatchdog {
+			mods = inst
+		}
+	}
 	rt := wazero.NewRuntimeWithConfig(bg, wazero.NewRuntimeConfig().
 		WithMemoryLimitPages(maxMemoryPages).
-		WithCloseOnContextDone(!o.unbounded))
+		WithCloseOnContextDone(!o.unbounded && !useWatchdog))
 	// wit-component gives a world that imports nothing a single core module; should a
 	// component carry helper modules too, the one with the interface's exports is the guest.
 	var problems []string
@@ -141,7 +159,11 @@ func compile(wasm []byte, opts []Option) (*Module, error) {
 			problems = append(problems, fmt.Sprintf("core module %d: %v", i, err))
 			continue
 		}
-		return &Module{rt: rt, compiled: compiled, callTimeout: o.callTimeout}, nil
+		m := &Module{rt: rt, compiled: compiled, callTimeout: o.callTimeout}
+		if useWatchdog {
+			m.watchdog = newWatchdog(o.callTimeout)
+		}
+		return m, nil
 	}
 	_ = rt.Close(bg)
 	return nil, fmt.Errorf("%w: %s", ErrNotPolicy, strings.Join(problems, "; "))
@@ -232,8 +254,14 @@ func (m *Module) Instantiate() (*Engine, error) {
 func (m *Module) instantiate() (*Engine, error) {
 	// An anonymous instance, so that one runtime holds any number of them. wit-component
 	// runs a reactor's _initialize before any export is called; Rust policies have none.
-	cfg := wazero.NewModuleConfig().WithName("").WithStartFunctions("_initialize")
-	ctx, cancel := withTimeout(m.callTimeout)
+	cfg := wazero.NewModuleConfig().WithName("")
+	if m.watchdog == nil {
+		cfg = cfg.WithStartFunctions("_initialize")
+	} else {
+		// Called below as an ordinary call, under the watchdog.
+		cfg = cfg.WithStartFunctions()
+	}
+	ctx, cancel := withTimeout(m.deadline())
 	mod, err := m.rt.InstantiateModule(ctx, m.compiled, cfg)
 	cancel()
 	if err != nil {
@@ -243,15 +271,43 @@ func (m *Module) instantiate() (*Engine, error) {
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}
 	e := &Engine{mod: mod, mem: mod.ExportedMemory(exportMemory), realloc: mod.ExportedFunction(exportRealloc),
-		timeout: m.callTimeout}
+		timeout: m.callTimeout, module: m}
 	for i, f := range coreFuncs {
 		e.fns[i] = export{fn: mod.ExportedFunction(f.exportName()), post: mod.ExportedFunction(f.postReturnName())}
+	}
+	if m.watchdog != nil {
+		stop, ok := mod.ExportedGlobal(stopGlobalName).(api.MutableGlobal)
+		if !ok {
+			_ = mod.Close(bg)
+			return nil, fmt.Errorf("instantiate: the instrumented module lacks its stop global")
+		}
+		e.watch = &watched{stop: stop}
+		m.watchdog.add(e.watch)
+		if init := mod.ExportedFunction("_initialize"); init != nil {
+			if err := e.call(init); err != nil {
+				_ = e.Close()
+				return nil, fmt.Errorf("instantiate: _initialize %w", err)
+			}
+		}
 	}
 	return e, nil
 }
 
+// deadline is the per-call context deadline: only for a Module bounded by wazero's deadline.
+func (m *Module) deadline() time.Duration {
+	if m.watchdog != nil {
+		return 0
+	}
+	return m.callTimeout
+}
+
 // Close releases the compiled code. Engines instantiated from m must not be used afterwards.
-func (m *Module) Close() error { return m.rt.Close(bg) }
+func (m *Module) Close() error {
+	if m.watchdog != nil {
+		m.watchdog.close()
+	}
+	return m.rt.Close(bg)
+}
 
 // Load compiles the policy component at path and instantiates one engine; closing the engine
 // releases everything.
@@ -306,6 +362,8 @@ type Engine struct {
 	stack [16]uint64
 
 	timeout time.Duration // the deadline of each call into the guest; 0: unbounded
+	module  *Module
+	watch   *watched // set when module.watchdog bounds the calls
 
 	err       error // first failure; the instance is unusable from then on
 	flushOwed bool  // a failure lost the buffer: the next PendingBatch reports FlushAll
@@ -369,6 +427,9 @@ func (e *Engine) Close() error {
 	if e.err == nil {
 		e.err = ErrClosed
 	}
+	if e.watch != nil {
+		e.module.watchdog.remove(e.watch)
+	}
 	err := e.mod.Close(bg)
 	if e.owner != nil {
 		if cerr := e.owner.Close(); err == nil {
@@ -393,6 +454,15 @@ func (e *Engine) fail(i fnIndex, err error) {
 // guest stops at its next loop head or return and f fails with a *sys.ExitError, reported
 // here as a *TimeoutError.
 func (e *Engine) call(f api.Function) error {
+	if w := e.watch; w != nil {
+		w.calls.Add(1)
+		err := f.CallWithStack(bg, e.stack[:])
+		w.calls.Add(1)
+		if err != nil && w.killed.Load() {
+			return &TimeoutError{Limit: e.timeout}
+		}
+		return err
+	}
 	ctx, cancel := withTimeout(e.timeout)
 	err := f.CallWithStack(ctx, e.stack[:])
 	// wazero's goroutine that watched ctx has returned with the call; cancel stops the timer.

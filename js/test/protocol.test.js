@@ -112,6 +112,26 @@ describe('what an instance does with what it hears', () => {
     assert.equal(c.stats().l1Entries, 0);
   });
 
+  test('a write made under batched is published even when the policy left batched before hearing of it', async () => {
+    const name = ns();
+    const r = srv.client();
+    const got = await listen(`aci:${name}:invalidation`);
+    // A long tick, so the write and the change of strategy both happen between two ticks.
+    const fol = await cache({ namespace: name, isController: false, tickInterval: 1.5, controllerInterval: 10 });
+    const update = (strategy) => r.publish(`aci:${name}:strategy`,
+      JSON.stringify({ action: 'strategy_update', strategy, write_rate: 20, source: 'ctl', timestamp: Date.now() / 1000 }));
+    await update('batched');
+    await until(() => fol.strategy === 'batched', 1000, 'following batched');
+    await fol.set('x', '1');
+    await update('ttl'); // the policy follows ttl before the tick tells it of the write
+    await until(() => fol.strategy === 'ttl', 1000, 'following ttl');
+    await until(() => got.some((g) => g.msg.action === 'invalidate'), 4000, 'the write published');
+    const m = got.find((g) => g.msg.action === 'invalidate').msg;
+    assert.deepEqual(m.keys, [`aci:${name}:x`]);
+    assert.equal(m.strategy, 'batched');
+    assert.equal(m.source, fol.id);
+  });
+
   test('a follower that hears no controller follows eager', async () => {
     const name = ns();
     const r = srv.client();

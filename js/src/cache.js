@@ -84,6 +84,7 @@ export class AdaptiveCache {
   #ticking = null;
   #malformedSeen = new Set();
   #localTtlMs;
+  #starting = null;
   #writeBuf = [];
   #batchedBuf = [];
   #drainSoon = false;
@@ -203,9 +204,14 @@ export class AdaptiveCache {
    * Loads the policy, subscribes (waiting up to connectTimeout; reads bypass L1 until the
    * subscription is up), settles the role and starts the tick.
    */
-  async start() {
-    if (this.#state !== 'new') throw new CacheStateError(`start(): the cache is ${this.#state}`);
+  start() {
+    if (this.#state !== 'new') return Promise.reject(new CacheStateError(`start(): the cache is ${this.#state}`));
     this.#state = 'starting';
+    this.#starting = this.#start();
+    return this.#starting;
+  }
+
+  async #start() {
     const o = this.#o;
     try {
       const spec = o.policy ?? (o.strategy !== undefined ? 'fixed' : 'adaptive');
@@ -260,6 +266,7 @@ export class AdaptiveCache {
     if (this.#isController) await this.#subscribeReports(true);
 
     this.#state = 'running';
+    this.#starting = null;
     this.#tickTimer = setInterval(() => this.#runTick(), o.tickInterval * 1000);
     this.#tickTimer.unref?.();
     // First heartbeat and strategy_update now rather than a tick later.
@@ -271,6 +278,8 @@ export class AdaptiveCache {
    * The `redis` client passed in stays open (it is the caller's). Idempotent.
    */
   async stop() {
+    // A stop() during start() lets the start finish first, then undoes it.
+    if (this.#state === 'starting') await this.#starting?.catch(() => {});
     if (this.#state === 'stopped' || this.#state === 'new') {
       this.#state = 'stopped';
       return;
@@ -290,12 +299,15 @@ export class AdaptiveCache {
       if (this.#orphanFlush || this.#orphans.length) {
         n += this.#addBatch(pipe, { keys: [...new Set(this.#orphans)], flushAll: this.#orphanFlush });
       }
-      if (this.#isController) {
+      let release = 0;
+      if (this.#isController && this.#o.role === 'auto') {
         pipe.eval(RELEASE_LUA, 1, this.#names.lease, this.id);
-        n++;
+        release = 1;
       }
       // Bounded: an unreachable Redis must not hold stop() forever.
-      if (n > 0) await withTimeout(this.#exec(pipe, n, batch.keys.length > 0 || batch.flushAll), this.#o.connectTimeout * 1000, 'publishing the last batch');
+      if (n + release > 0) {
+        await withTimeout(this.#exec(pipe, n, batch.keys.length > 0 || batch.flushAll), this.#o.connectTimeout * 1000, 'publishing the last batch');
+      }
     } catch (err) {
       this.#log.warn(`aci-cache ${this.id}: stop: ${err.message}`);
     }

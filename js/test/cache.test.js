@@ -347,3 +347,16 @@ describe('policy sandbox', () => {
     assert.ok(performance.now() - t1 < 2000);
   });
 });
+
+describe('lifecycle', () => {
+  test('stop() during start() waits for it and leaves nothing running; start() twice is refused', async () => {
+    const c = new AdaptiveCache({ redis: srv.client(), namespace: ns(), logger: quiet });
+    const started = c.start();
+    await c.stop();
+    await started;
+    assert.equal(c.stats().l1Serving, false);
+    await assert.rejects(c.start(), (e) => e.name === 'CacheStateError');
+    await assert.rejects(c.get('k'), (e) => e.name === 'CacheStateError');
+    await assert.rejects(c.set('k', 'v'), (e) => e.name === 'CacheStateError');
+  });
+});

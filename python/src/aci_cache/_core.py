@@ -371,12 +371,14 @@ class Core:
             self.writing[i] = self.writing.get(i, 0) + 1
         return i, g
 
-    def end_write(self, rk: str, value: Any, ttl: float, token: Tuple[int, int], ok: bool, published: bool) -> None:
+    def end_write(self, rk: str, value: Any, ttl: float, token: Tuple[int, int], ok: bool, published: bool,
+                  sent: int = 0) -> None:
         """After a SET: read-your-writes, unless another write of the stripe overlapped this one
         (then which one Redis kept is unknown here, so neither is cached) or an invalidation came
-        in between; and record the write for the next tick."""
+        in between; and record the write for the next tick (and ``sent`` messages published)."""
         i, gen = token
         with self.lock:
+            self.stats_c["messages_sent"] += sent
             w = self.writing[i] - 1
             if w:
                 self.writing[i] = w
@@ -480,15 +482,16 @@ class Core:
 
     def set_done(self, plan: Tuple[Any, ...], res: Any) -> bool:
         cmds, rk, norm, t, token, eager = plan
-        failed = isinstance(res, BaseException)
-        if eager:
-            if failed:
+        if isinstance(res, BaseException):
+            if eager:
                 self._publish_failed(res, True)
-            else:
-                self._published(len(cmds) - 1, True)
-        self.end_write(rk, norm, t, token, not failed, eager and not failed)
-        if failed:
+            self.end_write(rk, norm, t, token, False, False)
             raise res
+        if eager:
+            self.need_flush = False
+            self.end_write(rk, norm, t, token, True, True, len(cmds) - 1)
+        else:
+            self.end_write(rk, norm, t, token, True, False)
         return True
 
     def delete_plan(self, key: Any) -> Tuple[Any, ...]:

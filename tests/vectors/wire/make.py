@@ -153,6 +153,21 @@ def decode_cases():
     c.append({"name": "invalid UTF-8 inside a key", "expect": {"malformed": "not-json"},
               "payload_hex": ('{"action":"invalidate","keys":["' .encode() + b"\xff\xfe" + b'"],"source":"' + SRC.encode()
                               + b'"}').hex()})
+    # Explicit nulls: an optional member that is null is absent; a required one is bad-field.
+    c.append(ok("null optional members read as absent",
+                '{"action":"invalidate","keys":["a"],"strategy":null,"seq":null,"epoch":null,"timestamp":null,"source":"%s"}' % SRC,
+                canon("invalidate", keys=["a"], epoch=None, timestamp=0)))
+    c.append(ok("null write_rate and inval_seq read as absent",
+                '{"action":"strategy_update","strategy":"eager","write_rate":null,"inval_seq":null,"source":"%s","epoch":"%s","timestamp":1.5}' % (SRC, EP),
+                canon("strategy_update", strategy="eager", write_rate=0)))
+    c.append(bad("null keys", '{"action":"invalidate","keys":null,"source":"%s"}' % SRC, "bad-field"))
+    c.append(bad("null source", '{"action":"heartbeat","source":null}', "bad-field"))
+    c.append(bad("null count", '{"action":"write_report","count":null,"source":"%s"}' % SRC, "bad-field"))
+    c.append(bad("null action", '{"action":null,"source":"%s"}' % SRC, "bad-field"))
+    c.append(bad("null strategy on strategy_update", '{"action":"strategy_update","strategy":null,"source":"%s"}' % SRC,
+                 "bad-field"))
+    c.append(bad("null inval_seq on mark (required there)", '{"action":"mark","inval_seq":null,"source":"%s"}' % SRC,
+                 "bad-field"))
     # Sizes.
     c.append(ok("exactly 1 MiB is accepted", msg(action="heartbeat", **B), canon("heartbeat"), pad_to=MIB))
     c.append(bad("1 MiB + 1 byte is too large, even if valid JSON", msg(action="heartbeat", **B), "too-large", pad_to=MIB + 1))
@@ -161,6 +176,9 @@ def decode_cases():
                  expand_keys=100_001))
     c.append(dict(ok("100,000 keys are accepted", '{"action":"invalidate","keys":["@KEYS@"],"source":"%s"}' % SRC,
                      {"action": "invalidate", "keys_count": 100_000}), expand_keys=100_000))
+    c.append(dict(ok("keys on an action that has none are ignored, however many",
+                     '{"action":"heartbeat","keys":["@KEYS@"],"source":"%s","epoch":"%s","timestamp":1.5}' % (SRC, EP),
+                     canon("heartbeat")), expand_keys=100_001))
     c.append(bad("too many keys wins over a bad field",
                  '{"action":"invalidate","keys":["@KEYS@"],"seq":"x","source":"%s"}' % SRC, "too-many-keys",
                  expand_keys=100_001))

@@ -813,3 +813,33 @@ def test_policy_that_traps_on_load_is_refused(r, ns):
 
     with pytest.raises(PolicyLoadError):
         AdaptiveCache(r, channel_prefix=ns, policy=str(_fixture_policy("trap-on-load")))
+
+
+def test_lag_suspends_l1_until_caught_up(make_cache, ns, r):
+    """WIRE.md 5: our own messages, stamped by our clock, measure the subscription's lag."""
+    c = make_cache(namespace=ns, max_lag=0.5)
+    c.set("k", "v1")
+    assert c.get("k") == b"v1" and c.stats["cache_hits"] == 1
+    enc = c._core.enc
+    ch = f"aci:{ns}:invalidation"
+    r.publish(ch, enc.encode("mark", time.time() - 2.0, inval_seq=0))  # as if it waited 2 s
+    assert wait_for(lambda: c.stats["lagging"], timeout=1)
+    r.set(f"aci:{ns}:k", "v2")  # not announced: only a suspended L1 can see it
+    assert c.get("k") == b"v2" and c.stats["cache_hits"] == 1
+    r.publish(ch, enc.encode("mark", time.time(), inval_seq=0))
+    assert wait_for(lambda: not c.stats["lagging"], timeout=2)
+    assert c.stats["lag_suspensions"] == 1 and c.stats["l1_entries"] == 0  # flushed on the way back
+
+
+def test_a_silent_subscription_is_presumed_dead(make_cache, ns, r):
+    """WIRE.md 5: without any message (its own heartbeat included) for liveness_timeout, the
+    link is dropped: L1 bypassed, then resubscribed and flushed."""
+    c = make_cache(namespace=ns, liveness_timeout=1.0)
+    c.set("k", "v1")
+    r.client_pause(2500, all=False)  # PUBLISH waits: no heartbeat reaches the subscription
+    try:
+        assert wait_for(lambda: not c.stats["link_up"], timeout=2.5)
+    finally:
+        r.client_unpause()
+    assert wait_for(lambda: c.stats["link_up"] and c.stats["resubscribes"] >= 1, timeout=5)
+    assert c.get("k") == b"v1" and c.stats["l1_entries"] == 1  # refilled from Redis after the flush

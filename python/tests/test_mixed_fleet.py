@@ -1,11 +1,12 @@
 """A mixed fleet: this package and the Rust host (`aci node`) share a namespace and keep each
 other's local caches coherent over the same wire protocol (docs/WIRE.md).
 
-`aci node --redis URL [--namespace NS] [--role controller|follower|auto] [--strategy S]` reads one
-command per line on stdin (`set K V`, `get K`, `del K`, `strategy`, `stats`, `quit`) and prints one
-JSON line per command; at start it prints {"ready":true,"instance_id":"..."} once subscribed.
+`aci node` is the Rust host's node driver (docs/NODE.md: `--redis URL [--namespace NS] [--role
+controller|follower|auto] [--strategy S]`, one command per line on stdin, one JSON line per
+command, a ready line first). The whole-fleet check with every host is tests/fleet/; these are the
+pairwise Python<->Rust checks.
 
-The binary is ACI_BIN or target/debug/aci (`cargo build -p aci-cache`). Without it (or when it
+The binary is ACI_BIN or target/debug/aci (`cargo build -p aci-cli`). Without it (or when it
 cannot run `node` yet) these tests skip, except under CI (env CI set), where they fail.
 """
 
@@ -31,7 +32,7 @@ ACI_BIN = Path(os.environ.get("ACI_BIN") or REPO / "target" / "debug" / "aci")
 
 
 def _unavailable(why: str) -> None:
-    msg = f"mixed fleet: {why} (build it with: cd {REPO} && cargo build -p aci-cache)"
+    msg = f"mixed fleet: {why} (build it with: cd {REPO} && cargo build -p aci-cli)"
     if os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)

@@ -186,7 +186,7 @@ def decode(payload: Union[bytes, bytearray, str]) -> Dict[str, Any]:
     """Decode one payload into its canonical form (the fields of its action, absent optionals as
     None; docs/WIRE.md 2.1), or raise :class:`Malformed`. Bounded work on any input.
 
-    A JSON ``null`` reads as an absent member (as serde's Option does in the Rust host)."""
+    A JSON ``null`` member is an absent one (bad-field where the member is required)."""
     if isinstance(payload, str):
         # a str from a decode_responses client; lone surrogates come back as invalid UTF-8
         payload = payload.encode("utf-8", "surrogatepass")
@@ -206,7 +206,7 @@ def decode(payload: Union[bytes, bytearray, str]) -> Dict[str, Any]:
     if type(action) is str and action not in ACTIONS:
         raise Malformed("unknown-action", repr(action[:64]))
     keys = m.get("keys")
-    if type(keys) is list and len(keys) > MAX_MESSAGE_KEYS:
+    if action == "invalidate" and type(keys) is list and len(keys) > MAX_MESSAGE_KEYS:
         raise Malformed("too-many-keys", f"{len(keys)} keys")
     if type(action) is not str:
         raise Malformed("bad-field", "action missing" if action is None else f"action {action!r}")

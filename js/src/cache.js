@@ -498,17 +498,20 @@ export class AdaptiveCache {
    */
   async flush() {
     this.#checkRunning('flush');
-    if (this.#names.namespace === null) {
-      throw new CacheConfigError('namespace', 'flush() needs a namespace: without one, this cache cannot tell its keys from other services\' (use flushLocal() for the local cache)');
-    }
     this.#l1.flush();
-    const match = `${this.#names.keyPrefix}*`;
-    let cursor = '0';
-    do {
-      const [next, keys] = await this.#redis.scan(cursor, 'MATCH', match, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await this.#redis.unlink(...keys);
-    } while (cursor !== '0');
+    if (this.#names.namespace === null) {
+      // The original package's flush() (FLUSHDB): without a namespace this cache cannot tell
+      // its keys from anyone else's, and its users rely on the database being emptied.
+      await this.#redis.flushdb();
+    } else {
+      const match = `${this.#names.keyPrefix}*`;
+      let cursor = '0';
+      do {
+        const [next, keys] = await this.#redis.scan(cursor, 'MATCH', match, 'COUNT', 1000);
+        cursor = next;
+        if (keys.length) await this.#redis.unlink(...keys);
+      } while (cursor !== '0');
+    }
     const pipe = this.#redis.pipeline();
     const flushing = this.#addPendingFlush(pipe);
     pipe.publish(this.#names.invalidation, this.#sender.flush(++this.#seq));

@@ -50,16 +50,22 @@ export function decode(payload) {
   if (m === null || typeof m !== 'object' || Array.isArray(m)) return bad('not-object');
   const action = m.action;
   if (typeof action === 'string' && !ACTIONS.has(action)) return bad('unknown-action');
-  if (Array.isArray(m.keys) && m.keys.length > MAX_KEYS) return bad('too-many-keys');
+  // Only an invalidate's keys count: on other actions `keys` is an unlisted member, ignored.
+  if (action === 'invalidate' && Array.isArray(m.keys) && m.keys.length > MAX_KEYS) return bad('too-many-keys');
   if (typeof action !== 'string') return BAD_FIELD;
-  const { source, epoch = null, timestamp = 0 } = m;
+  // A null member is an absent one (docs/WIRE.md 2.1): `?? default`, not destructuring defaults.
+  const source = m.source;
+  const epoch = m.epoch ?? null;
+  const timestamp = m.timestamp ?? 0;
   if (typeof source !== 'string' || !ID_RE.test(source)) return BAD_FIELD;
   if (epoch !== null && (typeof epoch !== 'string' || !ID_RE.test(epoch))) return BAD_FIELD;
   if (typeof timestamp !== 'number') return BAD_FIELD;
   const out = { action, source, epoch, timestamp };
   switch (action) {
     case 'invalidate': {
-      const { keys, strategy = null, seq = null } = m;
+      const keys = m.keys;
+      const strategy = m.strategy ?? null;
+      const seq = m.seq ?? null;
       if (!Array.isArray(keys)) return BAD_FIELD;
       for (let i = 0; i < keys.length; i++) if (typeof keys[i] !== 'string') return BAD_FIELD;
       if (strategy !== null && !STRATEGY.has(strategy)) return BAD_FIELD;
@@ -70,7 +76,7 @@ export function decode(payload) {
       return out;
     }
     case 'flush': {
-      const { seq = null } = m;
+      const seq = m.seq ?? null;
       if (seq !== null && !int(seq, 1, MAX_SAFE)) return BAD_FIELD;
       out.seq = seq;
       return out;
@@ -81,7 +87,9 @@ export function decode(payload) {
       return out;
     }
     case 'strategy_update': {
-      const { strategy, write_rate = 0, inval_seq = null } = m;
+      const strategy = m.strategy;
+      const write_rate = m.write_rate ?? 0;
+      const inval_seq = m.inval_seq ?? null;
       if (!STRATEGY.has(strategy)) return BAD_FIELD;
       if (typeof write_rate !== 'number') return BAD_FIELD;
       if (inval_seq !== null && !int(inval_seq, 0, MAX_SAFE)) return BAD_FIELD;
@@ -91,7 +99,8 @@ export function decode(payload) {
       return out;
     }
     case 'write_report': {
-      const { count, inval_seq = null } = m;
+      const count = m.count;
+      const inval_seq = m.inval_seq ?? null;
       if (!int(count, 0, MAX_U32)) return BAD_FIELD;
       if (inval_seq !== null && !int(inval_seq, 0, MAX_SAFE)) return BAD_FIELD;
       out.count = count;

@@ -122,7 +122,7 @@ export class AdaptiveCache {
   /** ttl in seconds (default defaultTtl). */
   set(key: string, value: string | Buffer | Uint8Array, ttl?: number): Promise<void>;
   delete(key: string): Promise<boolean>;
-  /** Drops this namespace's keys from Redis and every instance's L1 (needs a namespace). */
+  /** Drops this namespace's keys from Redis (without a namespace: FLUSHDB, as the original did) and every instance's L1. */
   flush(): Promise<void>;
   /** Drops this instance's L1 only. */
   flushLocal(): void;

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import select
 import socket
-import time
 from collections import deque
 from typing import Any, Deque, Dict, Optional
 
 _CRLF = b"\r\n"
-#: Seconds to wait after a read that brought only our own messages.
-OWN_BATCH_DELAY = 0.002
 _MSG2 = b"*3\r\n$7\r\nmessage\r\n$"
 _MSG3 = b">3\r\n$7\r\nmessage\r\n$"
 
@@ -54,13 +51,7 @@ class RawSub:
 
     def get(self, timeout: float) -> Optional[Dict[str, Any]]:
         if self.queue:
-            ev = self.queue.popleft()
-            if ev["type"] == "own" and not self.queue:
-                # Only our own messages came: the writer is busy. Let a few more arrive before
-                # reading again, so that the GIL is taken once per batch rather than once per
-                # write (a foreign message waits at most this long).
-                time.sleep(OWN_BATCH_DELAY)
-            return ev
+            return self.queue.popleft()
         if not self._parse():
             r, _, _ = select.select([self.sock], [], [], timeout)
             if not r:

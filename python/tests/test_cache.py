@@ -843,3 +843,21 @@ def test_a_silent_subscription_is_presumed_dead(make_cache, ns, r):
         r.client_unpause()
     assert wait_for(lambda: c.stats["link_up"] and c.stats["resubscribes"] >= 1, timeout=5)
     assert c.get("k") == b"v1" and c.stats["l1_entries"] == 1  # refilled from Redis after the flush
+
+
+def test_a_controller_that_cannot_renew_its_lease_steps_down(make_cache, ns):
+    c = make_cache(namespace=ns, controller_interval=0.6)
+    assert c.role == "controller"
+    orig = c._do_cmds
+
+    def no_eval(cmds):
+        if cmds and cmds[0][0] == "EVAL":
+            raise ConnectionError("injected: Redis unreachable for the lease")
+        return orig(cmds)
+
+    c._do_cmds = no_eval
+    time.sleep(0.3)
+    assert c.role == "controller"  # within the lease it may still hold it
+    assert wait_for(lambda: c.role == "follower", timeout=2)
+    c._do_cmds = orig
+    assert wait_for(lambda: c.role == "controller", timeout=2)

@@ -196,6 +196,7 @@ class Core:
         self.ctrl_rate = 0.0
         self.followed: Optional[str] = None  # last strategy given to follow(), None while leading
         self.led = False
+        self.lease_ok = time.monotonic()
         self._subscribed_once = False
         self.subscribed = threading.Event()  # first subscription done (the sync front end waits on it)
 
@@ -563,7 +564,12 @@ class Core:
             held = (yield ("cmds", [("EVAL", LEASE_LUA, 1, self.lease_key, self.instance_id, self.lease_ms)]))[0]
         except Exception as e:
             log.warning("aci-cache %s: controller lease: %s", self.instance_id, e)
+            # A lease not renewed for its whole length is someone else's by now.
+            if self.is_controller and time.monotonic() - self.lease_ok > self.controller_timeout:
+                self.set_role(False)
             return
+        if held:
+            self.lease_ok = time.monotonic()
         self.set_role(bool(held))
 
     def op_stop(self) -> Program:

@@ -303,3 +303,36 @@ def test_idle_processes_never_drop_their_link(redis_server, ns):
         for p in procs:
             p.wait(15)
     assert all("link down" not in p.stderr.read() for p in procs)
+
+
+_ASYNC_WRITER = """
+import sys, asyncio
+import redis.asyncio as aredis
+sys.path.insert(0, {src!r})
+from aci_cache import AsyncAdaptiveCache
+mode = sys.argv[1]
+async def main():
+    cache = AsyncAdaptiveCache(aredis.Redis(port={port}), namespace={ns!r}, strategy="batched", is_controller=True,
+                               batch_interval=30)
+    await cache.set("k", "new")
+    await asyncio.sleep(0.4)
+    print("written", flush=True)
+    if mode == "sigterm":
+        await asyncio.sleep(60)
+asyncio.run(main())  # returns without stop(): the loop is gone when the interpreter exits
+"""
+
+
+@pytest.mark.parametrize("mode", ["exit", "sigterm"])
+def test_async_pending_batch_is_published_at_exit(redis_server, make_cache, ns, r, mode):
+    reader = make_cache(namespace=ns, is_controller=False, local_ttl=30)
+    r.set(f"aci:{ns}:k", "old")
+    assert reader.get("k") == b"old"
+    code = _ASYNC_WRITER.format(src=SRC, port=redis_server.port, ns=ns)
+    p = subprocess.Popen([sys.executable, "-c", code, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "written", p.stderr.read()
+    assert reader.get("k") == b"old"
+    if mode == "sigterm":
+        p.send_signal(signal.SIGTERM)
+    p.wait(15)
+    assert wait_for(lambda: reader.get("k") == b"new", timeout=0.5)

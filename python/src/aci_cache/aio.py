@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List, Optional
 
+from . import _exit
 from ._core import Core, FrontEnd, Program, log, own_client
 from .config import CacheConfig
 
@@ -148,6 +149,7 @@ class AsyncAdaptiveCache(FrontEnd):
             asyncio.create_task(self._run(core.sub_loop()), name=f"aci-pubsub-{iid}"),
             asyncio.create_task(self._run(core.tick_loop()), name=f"aci-tick-{iid}"),
         ]
+        _exit.register(self)
         deadline = asyncio.get_running_loop().time() + self.config.connect_timeout
         while not core.subscribed.is_set() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.005)
@@ -159,6 +161,7 @@ class AsyncAdaptiveCache(FrontEnd):
             self._stopped = True
             return
         self._stopped = True
+        _exit.unregister(self)
         assert self._stop_evt is not None and self._wake is not None
         self._core.stopping = True
         self._stop_evt.set()
@@ -180,6 +183,43 @@ class AsyncAdaptiveCache(FrontEnd):
                 pass
 
     aclose = stop
+
+    def _exit_stop(self) -> None:
+        """At interpreter exit or SIGTERM without ``stop()``: the event loop may be gone, so the
+        final publish (pending batch, lease release) runs over a synchronous connection to the
+        same server, driving the same program as ``stop()``."""
+        if self._stopped or not self._started:
+            return
+        self._stopped = True
+        self._core.stopping = True
+        pool = getattr(self._client, "connection_pool", None)
+        cls = getattr(pool, "connection_class", None)
+        if cls is None or cls.__module__ != "redis.asyncio.connection":
+            return  # not a redis-py asyncio client (e.g. fakeredis): nothing to reach
+        import redis
+
+        keys = ("host", "port", "db", "username", "password", "path", "encoding", "encoding_errors",
+                "decode_responses", "client_name")
+        kw = {k: v for k, v in pool.connection_kwargs.items() if k in keys}
+        kw["socket_timeout"] = kw["socket_connect_timeout"] = self.config.command_timeout
+        sync_cls = redis.UnixDomainSocketConnection if "path" in kw else redis.Connection
+        if "path" not in kw and cls.__name__ != "Connection":
+            return  # TLS or a custom connection: not reproducible here
+        client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=sync_cls, **kw))
+        prog = self._core.op_stop()
+        try:
+            req = prog.send(None)
+            while True:
+                try:
+                    res: Any = [client.execute_command(*c) for c in req[1]] if req[0] == "cmds" else None
+                except Exception as e:
+                    req = prog.throw(e)
+                else:
+                    req = prog.send(res)
+        except StopIteration:
+            pass
+        finally:
+            client.close()
 
     async def __aenter__(self) -> "AsyncAdaptiveCache":
         return await self.start()

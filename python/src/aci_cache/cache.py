@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import atexit
-import signal
 import threading
-import weakref
 from typing import Any, List, Optional
 
+from . import _exit
 from ._core import Core, FrontEnd, Program, log, own_client
 from redis.exceptions import ResponseError
 
@@ -16,49 +14,6 @@ from ._rawsub import RawSub
 from .config import CacheConfig
 
 __all__ = ["AdaptiveCache"]
-
-# Live instances, stopped at interpreter exit and on SIGTERM (their pending batch is published).
-_LIVE: "weakref.WeakSet[AdaptiveCache]" = weakref.WeakSet()
-_HOOKS = {"installed": False, "prev": None}
-_HOOKS_LOCK = threading.Lock()
-
-
-def _stop_all() -> None:
-    for c in list(_LIVE):
-        try:
-            c.stop()
-        except Exception:  # pragma: no cover - exit path: never raise
-            pass
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    _stop_all()
-    prev = _HOOKS["prev"]
-    if callable(prev):
-        prev(signum, frame)
-    elif prev != signal.SIG_IGN:
-        # the default action (terminate), now that the batches are out
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
-
-
-def _install_exit_hooks() -> None:
-    """atexit for a normal exit (and SIGINT, whose KeyboardInterrupt unwinds to it); SIGTERM,
-    whose default action would skip atexit, chained to whatever handler was there before."""
-    with _HOOKS_LOCK:
-        if _HOOKS["installed"]:
-            return
-        _HOOKS["installed"] = True
-        atexit.register(_stop_all)
-        if threading.current_thread() is threading.main_thread():
-            try:
-                prev = signal.getsignal(signal.SIGTERM)
-                if prev is not _on_sigterm:
-                    _HOOKS["prev"] = prev
-                    signal.signal(signal.SIGTERM, _on_sigterm)
-            except (ValueError, OSError):  # pragma: no cover - not allowed here
-                pass
-
 
 class AdaptiveCache(FrontEnd):
     """A near cache over Redis whose fleet-wide invalidation strategy adapts to the write rate.
@@ -103,8 +58,7 @@ class AdaptiveCache(FrontEnd):
         self._tick_thread = threading.Thread(target=self._tick_main, name=f"aci-tick-{iid}", daemon=True)
         self._ps_thread.start()
         self._tick_thread.start()
-        _LIVE.add(self)
-        _install_exit_hooks()
+        _exit.register(self)
         if cfg.connect_timeout > 0:
             core.subscribed.wait(cfg.connect_timeout)
 
@@ -275,7 +229,7 @@ class AdaptiveCache(FrontEnd):
             if self._stopped:
                 return
             self._stopped = True
-        _LIVE.discard(self)
+        _exit.unregister(self)
         self._core.stopping = True
         self._stop_evt.set()
         self._wake.set()
@@ -293,6 +247,7 @@ class AdaptiveCache(FrontEnd):
                 pass
 
     close = stop
+    _exit_stop = stop
 
     def __enter__(self) -> "AdaptiveCache":
         return self

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{CacheBuilder, PolicySource, Settings};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fleet;
 use crate::loss_detector::LossDetector;
 use crate::near_cache::NearCache;
@@ -46,6 +46,9 @@ pub struct Stats {
     pub controller_lost: u64,
     /// Times L1 stopped serving because the subscription lagged past `max_lag`.
     pub lag_suspensions: u64,
+    /// Every message the subscription delivered: this instance's own, other instances',
+    /// malformed ones (the protocol's cost, docs/WIRE.md 6).
+    pub pubsub_received: u64,
     pub strategy: Option<Strategy>,
     pub write_rate: f64,
     pub l1_serving: bool,
@@ -57,8 +60,8 @@ pub struct Stats {
 fn load_policy(source: &PolicySource, settings: &Settings) -> Result<(PolicyModule, PolicyConfig)> {
     let base = settings.policy_config.clone();
     let (module, cfg) = match source {
-        PolicySource::Bundled => (PolicyModule::adaptive(), base),
-        PolicySource::Fixed(s) => (PolicyModule::fixed(), PolicyConfig { initial_strategy: *s, ..base }),
+        PolicySource::Bundled => (PolicyModule::try_adaptive()?, base),
+        PolicySource::Fixed(s) => (PolicyModule::try_fixed()?, PolicyConfig { initial_strategy: *s, ..base }),
         PolicySource::File(p) => (PolicyModule::from_file(p, settings.sandbox)?, base),
         PolicySource::Bytes(b) => (PolicyModule::from_bytes(b, settings.sandbox)?, base),
     };
@@ -70,12 +73,55 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// Caches dropped without `shutdown` while a batch was pending, in this process.
+static DROPPED_WITH_PENDING_BATCH: AtomicU64 = AtomicU64::new(0);
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Dropping the last handle stops the background tasks (a pending batch is published
-        // only by an explicit `shutdown`).
-        let _ = self.shared.shutdown.send(true);
+        // Dropping the last handle stops the background tasks. A pending batch must not vanish
+        // silently: it is counted, logged, and published in the background when the runtime
+        // is still there (a process that exits right away may still lose it: call `shutdown`,
+        // or `shutdown_on_signal`, before exiting).
+        let s = self.shared.clone();
+        if s.shutdown.send_replace(true) {
+            return; // shut down already
+        }
+        let pending = lock(&s.policy).status(s.now_ms()).buffered_keys;
+        if pending == 0 && !s.needs_flush.load(Ordering::Acquire) {
+            return;
+        }
+        DROPPED_WITH_PENDING_BATCH.fetch_add(1, Ordering::Relaxed);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                tracing::warn!(instance = s.id(), pending_keys = pending,
+                    "AciCache dropped without shutdown(): publishing its pending batch in the background");
+                rt.spawn(async move {
+                    if let Err(e) = fleet::final_drain(&s).await {
+                        tracing::error!(instance = s.id(), error = %e, "the pending batch of a dropped AciCache could not be published");
+                    }
+                });
+            }
+            Err(_) => tracing::error!(instance = s.id(), pending_keys = pending,
+                "AciCache dropped without shutdown() outside a tokio runtime: its pending batch is lost (readers stay stale up to local_ttl)"),
+        }
     }
+}
+
+#[cfg(unix)]
+async fn termination_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn termination_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
 }
 
 /// A near cache over Redis with fleet-wide adaptive invalidation. Cheap to clone (one `Arc`).
@@ -107,12 +153,15 @@ impl AciCache {
             .set_response_timeout(Some(settings.command_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), cm_config).await?;
-        let names = Names::new(&settings.channel_prefix, settings.namespace.as_deref());
+        let conn = ConnectionManager::new_with_config(client.clone(), cm_config).await.map_err(auth_error)?;
+        // A server that requires a password accepts a connection without one and refuses
+        // every command: ask once now, so a missing password fails here like a wrong one.
+        let _: String = redis::cmd("PING").query_async(&mut conn.clone()).await.map_err(auth_error)?;
         let sender = Sender {
             source: settings.instance_id.clone().unwrap_or_else(|| random_hex(12)),
             epoch: random_hex(16),
         };
+        let names = Names::new(&settings.channel_prefix, settings.namespace.as_deref(), &sender.source);
         let initial = policy.last_strategy();
         let (strategy_tx, _) = watch::channel(initial);
         let (shutdown, _) = watch::channel(false);
@@ -126,6 +175,12 @@ impl AciCache {
             client,
             counters: Counters::default(),
             inval_seq: AtomicU64::new(0),
+            marked: AtomicU64::new(0),
+            published_since_tick: AtomicBool::new(false),
+            needs_flush: AtomicBool::new(false),
+            announced: std::sync::atomic::AtomicU8::new(u8::MAX),
+            announce: tokio::sync::Notify::new(),
+            want_reports: watch::channel(false).0,
             unreported_writes: AtomicU64::new(0),
             remote_writes: AtomicU64::new(0),
             is_controller: AtomicBool::new(false),
@@ -151,12 +206,12 @@ impl AciCache {
     /// at most `local_ttl` and never past the key's Redis TTL).
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let s = self.s();
-        if let Some(v) = s.names.with_redis_key(key, |k| s.l1.get(k)) {
+        if let Some(v) = s.names.with_redis_key(key, |k| s.l1.get(k))? {
             inc(&s.counters.l1_hits);
             return Ok(Some(v));
         }
         inc(&s.counters.l1_misses);
-        let rkey = s.names.redis_key(key);
+        let rkey = s.names.redis_key(key)?;
         let token = s.l1.begin_fill(&rkey);
         let mut conn = s.conn.clone();
         let (value, pttl): (Option<Vec<u8>>, i64) =
@@ -186,7 +241,7 @@ impl AciCache {
         let s = self.s();
         let value: Bytes = value.into();
         let ttl = ttl.unwrap_or(s.settings.default_ttl).max(Duration::from_millis(1));
-        let rkey = s.names.redis_key(key);
+        let rkey = s.names.redis_key(key)?;
         // The policy call (~0.5 us, but it evicts enough CPU cache to cost ~10% of a loopback
         // SET when run inline) overlaps the round trip: the request is sent by the strategy in
         // force, then the write is counted while Redis works.
@@ -196,13 +251,19 @@ impl AciCache {
         let mut conn = s.conn.clone();
         let send = async {
             if in_force == Strategy::Eager {
+                let mut pipe = redis::pipe();
+                let flush_first = s.add_pending_flush(&mut pipe);
                 let msg = s.sender.invalidate(std::slice::from_ref(&rkey), Strategy::Eager, s.next_inval_seq());
-                let (_, _): ((), i64) = redis::pipe()
-                    .pset_ex(&rkey, value.as_ref(), ttl_ms)
-                    .publish(&s.names.invalidation, msg)
-                    .query_async(&mut conn)
-                    .await?;
-                inc(&s.counters.messages_sent);
+                pipe.pset_ex(&rkey, value.as_ref(), ttl_ms).ignore().publish(&s.names.invalidation, msg).ignore();
+                if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                    // The SET may have landed without its invalidation.
+                    s.publish_failed();
+                    return Err(e);
+                }
+                if flush_first {
+                    s.flush_sent();
+                }
+                s.counters.messages_sent.fetch_add(1 + flush_first as u64, Ordering::Relaxed);
             } else {
                 let _: () = redis::cmd("SET").arg(&rkey).arg(value.as_ref()).arg("PX").arg(ttl_ms).query_async(&mut conn).await?;
             }
@@ -210,15 +271,24 @@ impl AciCache {
         };
         let count = async { lock(&s.policy).record_write(&rkey, now) };
         let (sent, strategy) = tokio::join!(send, count);
-        s.note_strategy(strategy, None);
+        s.note_strategy_and_announce(strategy, None);
         s.unreported_writes.fetch_add(1, Ordering::Relaxed);
         sent?;
         if strategy == Strategy::Eager && in_force != Strategy::Eager {
             // This very write switched the policy to eager: it must not wait for a batch.
+            let mut pipe = redis::pipe();
+            let flush_first = s.add_pending_flush(&mut pipe);
             let msg = s.sender.invalidate(std::slice::from_ref(&rkey), Strategy::Eager, s.next_inval_seq());
+            pipe.publish(&s.names.invalidation, msg).ignore();
             let mut conn = s.conn.clone();
-            let _: i64 = redis::cmd("PUBLISH").arg(&s.names.invalidation).arg(msg).query_async(&mut conn).await?;
-            inc(&s.counters.messages_sent);
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                s.publish_failed();
+                return Err(e.into());
+            }
+            if flush_first {
+                s.flush_sent();
+            }
+            s.counters.messages_sent.fetch_add(1 + flush_first as u64, Ordering::Relaxed);
         }
         inc(&s.counters.writes);
         s.l1.put_own_write(&rkey, value, s.settings.local_ttl.min(ttl));
@@ -228,12 +298,24 @@ impl AciCache {
     /// Deletes `key` from Redis and tells the fleet at once, whatever the strategy.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let s = self.s();
-        let rkey = s.names.redis_key(key);
+        let rkey = s.names.redis_key(key)?;
         s.l1.invalidate(&rkey);
+        let mut pipe = redis::pipe();
+        let flush_first = s.add_pending_flush(&mut pipe);
         let msg = s.sender.invalidate(std::slice::from_ref(&rkey), Strategy::Eager, s.next_inval_seq());
+        pipe.del(&rkey).publish(&s.names.invalidation, msg).ignore();
         let mut conn = s.conn.clone();
-        let (deleted, _): (i64, i64) =
-            redis::pipe().del(&rkey).publish(&s.names.invalidation, msg).query_async(&mut conn).await?;
+        let (deleted,): (i64,) = match pipe.query_async(&mut conn).await {
+            Ok(r) => r,
+            Err(e) => {
+                s.publish_failed();
+                return Err(e.into());
+            }
+        };
+        if flush_first {
+            s.flush_sent();
+            inc(&s.counters.messages_sent);
+        }
         // A concurrent fill may have read the value just before the DEL.
         s.l1.invalidate(&rkey);
         inc(&s.counters.deletes);
@@ -264,12 +346,8 @@ impl AciCache {
             batch
         };
         let strategy = lock(&s.policy).last_strategy();
-        s.note_strategy(strategy, None);
-        let mut pipe = redis::pipe();
-        if fleet::add_batch(s, &mut pipe, &batch) > 0 {
-            let mut conn = s.conn.clone();
-            let _: () = pipe.query_async(&mut conn).await?;
-        }
+        s.note_strategy_and_announce(strategy, None);
+        fleet::publish_batch(s, &batch, |_| 0).await?;
         tracing::info!(instance = s.id(), policy = lock(&s.policy).module().name(), "policy swapped");
         Ok(())
     }
@@ -304,7 +382,8 @@ impl AciCache {
     }
 
     /// The Redis key that `key` is stored under (namespaced).
-    pub fn redis_key(&self, key: &str) -> String {
+    /// Without a namespace, keys in the protocol key space (`<prefix>::...`) are refused.
+    pub fn redis_key(&self, key: &str) -> Result<String> {
         self.s().names.redis_key(key)
     }
 
@@ -331,12 +410,38 @@ impl AciCache {
             resubscribes: g(&c.resubscribes),
             controller_lost: g(&c.controller_lost),
             lag_suspensions: g(&c.lag_suspensions),
+            pubsub_received: g(&c.pubsub_received),
             strategy: Some(s.strategy()),
             write_rate: f64::from_bits(s.write_rate_bits.load(Ordering::Relaxed)),
             l1_serving: s.l1.is_serving(),
             l1_entries: s.l1.entry_count(),
             switches: lock(&s.switches).iter().cloned().collect(),
         }
+    }
+
+    /// Waits for SIGTERM or SIGINT (Ctrl-C elsewhere), then [`shutdown`](Self::shutdown): the
+    /// pending batch is published and the lease released, so a process stopped by its
+    /// supervisor leaves no reader stale. Once this runs, those signals no longer kill the
+    /// process by default: the application decides when to exit. The pattern for a tokio app:
+    ///
+    /// ```no_run
+    /// # async fn app(cache: aci_cache::AciCache, serve: impl std::future::Future<Output = ()>) {
+    /// tokio::select! {
+    ///     _ = serve => cache.shutdown().await.unwrap(),
+    ///     r = cache.shutdown_on_signal() => r.unwrap(), // SIGTERM/SIGINT: drained, then exit
+    /// }
+    /// # }
+    /// ```
+    pub async fn shutdown_on_signal(&self) -> Result<()> {
+        termination_signal().await.map_err(|e| Error::Signal(e.to_string()))?;
+        tracing::info!(instance = self.s().id(), "termination signal: shutting down");
+        self.shutdown().await
+    }
+
+    /// How many caches this process dropped without `shutdown` while a batch was pending
+    /// (each also logged at warn level).
+    pub fn dropped_with_pending_batch() -> u64 {
+        DROPPED_WITH_PENDING_BATCH.load(Ordering::Relaxed)
     }
 
     /// Publishes whatever batch is pending, gives up the controller lease, stops the
@@ -354,6 +459,26 @@ impl AciCache {
         }
         s.l1.suspend();
         fleet::final_drain(&s).await
+    }
+}
+
+/// The error `build()` gives when Redis refuses us: authentication problems get one clear
+/// typed error, whatever the spelling of the server's refusal.
+fn auth_error(e: redis::RedisError) -> Error {
+    let text = e.to_string();
+    let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
+        || ["NOAUTH", "WRONGPASS", "invalid password", "Authentication required", "invalid username-password"]
+            .iter()
+            .any(|w| text.contains(w));
+    if auth {
+        let why = if text.contains("NOAUTH") || text.contains("Authentication required") {
+            "the server requires a password and none was given"
+        } else {
+            "the server refused the password"
+        };
+        Error::Auth(why.to_string())
+    } else {
+        Error::Redis(e)
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::shared::HEARTBEAT;
 use crate::policy::{PolicyConfig, SandboxLimits, Strategy};
 
 /// Who decides the fleet's strategy.
@@ -97,19 +98,8 @@ fn ms(field: &str, d: Duration) -> Result<i32, ConfigError> {
 impl Settings {
     /// Checks the host-side knobs; the policy validates its own config on top.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(ns) = &self.namespace {
-            if ns.is_empty() || ns.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(ConfigError::new("namespace", "must be non-empty, without whitespace or control characters"));
-            }
-        }
-        if self.channel_prefix.is_empty() || self.channel_prefix.chars().any(char::is_whitespace) {
-            return Err(ConfigError::new("channel_prefix", "must be non-empty, without whitespace"));
-        }
-        if let Some(id) = &self.instance_id {
-            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(ConfigError::new("instance_id", "must be 1-64 characters of [A-Za-z0-9_-]"));
-            }
-        }
+        // docs/WIRE.md 1.1 and 1.4, checked byte for byte as every host does; never repaired.
+        crate::wire::validate_names(&self.channel_prefix, self.namespace.as_deref(), self.instance_id.as_deref())?;
         positive("default_ttl", self.default_ttl)?;
         positive("local_ttl", self.local_ttl)?;
         positive("tick", self.tick)?;
@@ -120,7 +110,7 @@ impl Settings {
         if self.controller_timeout < self.tick * 2 {
             return Err(ConfigError::new("controller_timeout", "must be at least two ticks"));
         }
-        if self.liveness_timeout < self.tick * 2 + Duration::from_secs(1) {
+        if self.liveness_timeout < self.tick * 2 + HEARTBEAT {
             return Err(ConfigError::new("liveness_timeout", "must be at least two ticks plus one second (heartbeats come every second)"));
         }
         if self.l1_max_entries == 0 {
@@ -176,7 +166,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Keys are stored as `aci:<namespace>:<key>` and channels are `aci:<namespace>:*`.
+    /// Keys are stored as `aci:<namespace>:<key>` and channels are `aci:<namespace>:*`. 1-64
+    /// characters of `[A-Za-z0-9._-]` (no `:`: it is the separator).
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
         self.settings.namespace = Some(ns.into());
         self

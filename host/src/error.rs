@@ -33,6 +33,10 @@ pub enum PolicyError {
     WrongInterface { expected: &'static str, found: Vec<String> },
     #[error("the policy trapped: {0}")]
     Trap(String),
+    /// The host could not allocate the policy's sandbox (address space under `ulimit -v`, or an
+    /// initial memory above the cap): not the policy's fault, and not a panic.
+    #[error("cannot allocate the policy sandbox: {0}")]
+    Resources(String),
 }
 
 /// Every error the library returns.
@@ -44,6 +48,17 @@ pub enum Error {
     Policy(#[from] PolicyError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis refused us at start: no password given to a server that requires one, or a wrong
+    /// one. Caught by `build()`, so a cache never starts only to fail every command.
+    #[error("redis authentication failed: {0} (give the password in the URL: redis://:PASSWORD@host:port, or redis://USER:PASSWORD@host:port)")]
+    Auth(String),
+    /// A key that a namespace-less instance must not use: it is in the protocol key space
+    /// (docs/WIRE.md 1.2). The message names the reserved prefix.
+    #[error("key: reserved: {0}")]
+    ReservedKey(String),
+    /// The termination signal handlers could not be installed.
+    #[error("cannot listen for termination signals: {0}")]
+    Signal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

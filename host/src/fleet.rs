@@ -1,5 +1,6 @@
-//! The fleet protocol (docs/WIRE.md): the subscriber that applies other instances' messages,
-//! and the tick that drains batches, reports writes, elects and heartbeats the controller.
+//! The fleet protocol v2 (docs/WIRE.md): the subscriber that applies other instances' messages,
+//! and the tick that drains batches, reports writes, marks, elects the controller and keeps the
+//! subscription's liveness proven by our own heartbeat.
 //!
 //! Everything here runs on the network path: errors are logged and counted, never propagated
 //! as panics, and every loop ends when the cache shuts down.
@@ -12,18 +13,12 @@ use futures_util::StreamExt;
 use rand::Rng;
 use tokio::task::JoinHandle;
 
-use crate::shared::{inc, lock, Shared};
 use crate::config::Role;
 use crate::error::Result;
 use crate::loss_detector::Verdict;
 use crate::policy::{Batch, PolicyRuntime, Strategy};
-use crate::wire::{self, Message};
-
-/// Heartbeats (reports with count 0) at least this often, so receivers can check sequences
-/// and the sender's own subscription sees traffic.
-const HEARTBEAT_MS: u64 = 1000;
-/// Messages per `PUBLISH` of a batch, well under the receivers' `MAX_KEYS`.
-const KEYS_PER_MESSAGE: usize = 10_000;
+use crate::shared::{inc, lock, Shared, HEARTBEAT};
+use crate::wire::{self, Message, KEYS_PER_MESSAGE};
 
 /// Starts the subscriber and the tick. Waits (bounded) for the first subscription so that a
 /// fresh cache starts with a trusted L1, and settles the role before returning.
@@ -58,6 +53,10 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
 fn become_controller(s: &Shared, now: u64) {
     if !s.is_controller.swap(true, Ordering::AcqRel) {
         tracing::info!(instance = s.id(), "controller");
+        // Only the controller hears the reports (docs/WIRE.md 1.3); announce at once.
+        s.want_reports.send_replace(true);
+        s.announced.store(u8::MAX, Ordering::Release);
+        s.announce.notify_one();
         let mut p = lock(&s.policy);
         // A new controller has measured only its own writes. Prime it with the fleet rate the
         // last controller announced, so a takeover under load does not switch down for lack of
@@ -77,6 +76,9 @@ fn become_controller(s: &Shared, now: u64) {
 
 fn become_follower(s: &Shared, now: u64) {
     let was = s.is_controller.swap(false, Ordering::AcqRel);
+    if was {
+        s.want_reports.send_replace(false);
+    }
     let mut p = lock(&s.policy);
     if was || !p.is_following() {
         // Until the controller is heard, eager: the one strategy that never leaves readers stale.
@@ -124,6 +126,7 @@ fn jitter(d: Duration) -> Duration {
 
 async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
     let mut shutdown = s.shutdown.subscribe();
+    let mut want_reports = s.want_reports.subscribe();
     let mut backoff = Duration::from_millis(50);
     let liveness_ms = s.settings.liveness_timeout.as_millis() as u64;
     let mut first = true;
@@ -132,12 +135,13 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
             return;
         }
         let attempt = async {
-            let mut ps = s.client.get_async_pubsub().await?;
-            ps.subscribe(&[&s.names.invalidation, &s.names.strategy, &s.names.reports]).await?;
-            redis::RedisResult::Ok(ps)
+            let ps = s.client.get_async_pubsub().await?;
+            let (mut sink, stream) = ps.split();
+            sink.subscribe(&[&s.names.invalidation, &s.names.strategy, &s.names.liveness]).await?;
+            redis::RedisResult::Ok((sink, stream))
         };
         match tokio::time::timeout(s.settings.command_timeout, attempt).await {
-            Ok(Ok(ps)) => {
+            Ok(Ok((mut sink, mut stream))) => {
                 backoff = Duration::from_millis(50);
                 if !first {
                     inc(&s.counters.resubscribes);
@@ -145,12 +149,13 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                 first = false;
                 // Positions of other senders are unknown after a gap in listening; whatever we
                 // cached before may have been invalidated meanwhile.
-                lock(&s.loss).forget_all();
+                lock(&s.loss).resubscribed();
                 s.lagging.store(false, Ordering::Release);
                 s.l1.resume();
                 inc(&s.counters.flushes);
                 let _ = ready.send(true);
-                let (_sink, mut stream) = ps.split();
+                let mut reports = false;
+                want_reports.mark_changed();
                 let mut last_heard = s.now_ms();
                 let mut check = tokio::time::interval(Duration::from_millis(100));
                 let reason = loop {
@@ -165,6 +170,19 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                         _ = check.tick() => {
                             if s.now_ms().saturating_sub(last_heard) > liveness_ms {
                                 break "no message within the liveness timeout";
+                            }
+                        }
+                        r = want_reports.changed() => {
+                            if r.is_err() {
+                                return;
+                            }
+                            let want = *want_reports.borrow_and_update();
+                            if want != reports {
+                                let done = if want { sink.subscribe(&s.names.reports).await } else { sink.unsubscribe(&s.names.reports).await };
+                                match done {
+                                    Ok(()) => reports = want,
+                                    Err(_) => break "cannot change the reports subscription",
+                                }
                             }
                         }
                         _ = shutdown.changed() => return,
@@ -185,15 +203,16 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
 }
 
 fn lost(s: &Shared, why: &str) {
+    // The detector has already marked every sender's holes filled: L1 is about to be empty.
     inc(&s.counters.gaps);
     inc(&s.counters.flushes);
     s.l1.flush();
-    lock(&s.loss).reset_holes();
     tracing::warn!(instance = s.id(), why, "invalidation loss detected: L1 flushed");
 }
 
 /// Applies one payload from any of our channels.
 pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
+    inc(&s.counters.pubsub_received);
     let msg = match wire::decode(payload) {
         Ok(m) => m,
         Err(kind) => {
@@ -215,6 +234,11 @@ pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
     }
     inc(&s.counters.messages_received);
     let epoch = origin.epoch.as_deref();
+    let position = |q: u64| {
+        if lock(&s.loss).position(&origin.source, epoch, q, now) == Verdict::Lost {
+            lost(s, "sequence gap or sender restart");
+        }
+    };
     match &msg {
         Message::Invalidate { keys, seq, .. } => {
             for k in keys {
@@ -222,7 +246,7 @@ pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
             }
             s.counters.invalidations_applied.fetch_add(keys.len() as u64, Ordering::Relaxed);
             if let Some(seq) = seq {
-                if lock(&s.loss).on_message(&origin.source, epoch, *seq, now) == Verdict::Lost {
+                if lock(&s.loss).message(&origin.source, epoch, *seq, now) == Verdict::Lost {
                     lost(s, "sequence gap or sender restart");
                 }
             }
@@ -231,14 +255,14 @@ pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
             s.l1.flush();
             inc(&s.counters.flushes);
             if let Some(seq) = seq {
-                let _ = lock(&s.loss).on_message(&origin.source, epoch, *seq, now);
+                // A restart seen here is moot: L1 was just flushed.
+                let _ = lock(&s.loss).message(&origin.source, epoch, *seq, now);
             }
         }
+        Message::Mark { inval_seq, .. } => position(*inval_seq),
         Message::StrategyUpdate { strategy, write_rate, inval_seq, .. } => {
             if let Some(q) = inval_seq {
-                if lock(&s.loss).on_heartbeat(&origin.source, epoch, *q, now) == Verdict::Lost {
-                    lost(s, "sender restart");
-                }
+                position(*q);
             }
             if s.is_controller.load(Ordering::Acquire) {
                 tracing::debug!(other = origin.source.as_str(), "another controller is broadcasting; ignoring it");
@@ -251,14 +275,16 @@ pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
         }
         Message::WriteReport { count, inval_seq, .. } => {
             if let Some(q) = inval_seq {
-                if lock(&s.loss).on_heartbeat(&origin.source, epoch, *q, now) == Verdict::Lost {
-                    lost(s, "sender restart");
-                }
+                position(*q);
             }
             if s.is_controller.load(Ordering::Acquire) {
-                s.remote_writes.fetch_add(*count, Ordering::Relaxed);
+                // Saturating: a forged count adds at most 2^32-1 per message, and the tick
+                // passes at most 2^32-1 per tick to the policy in one call.
+                let _ = s.remote_writes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| Some(r.saturating_add(*count as u64)));
             }
         }
+        // Heartbeats travel only on their sender's own channel; someone else's is no news.
+        Message::Heartbeat { .. } => {}
     }
 }
 
@@ -278,23 +304,51 @@ fn check_lag(s: &Shared, lag_s: f64) {
     }
 }
 
+/// When the periodic messages last went out.
+#[derive(Default)]
+struct Clocks {
+    heartbeat: u64,
+    strategy_update: u64,
+}
+
 async fn ticker(s: Arc<Shared>) {
     let mut shutdown = s.shutdown.subscribe();
     let mut interval = tokio::time::interval(s.settings.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heartbeat = 0u64;
+    let mut clocks = Clocks::default();
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
+        let full = tokio::select! {
+            _ = interval.tick() => true,
+            _ = s.announce.notified() => false,
             _ = shutdown.changed() => return,
-        }
-        if let Err(e) = tick(&s, &mut last_heartbeat).await {
+        };
+        let r = if full { tick(&s, &mut clocks).await } else { announce(&s, &mut clocks).await };
+        if let Err(e) = r {
             tracing::warn!(instance = s.id(), error = %e, "tick failed; retrying next tick");
         }
     }
 }
 
-async fn tick(s: &Shared, last_heartbeat: &mut u64) -> redis::RedisResult<()> {
+/// A controller's strategy change, published at once (docs/WIRE.md 3).
+async fn announce(s: &Shared, clocks: &mut Clocks) -> redis::RedisResult<()> {
+    if !s.is_controller.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let strategy = s.strategy();
+    if s.announced.load(Ordering::Acquire) == strategy as u8 {
+        return Ok(());
+    }
+    let rate = f64::from_bits(s.write_rate_bits.load(Ordering::Relaxed));
+    let msg = s.sender.strategy_update(strategy, rate, s.inval_seq.load(Ordering::Acquire));
+    let mut conn = s.conn.clone();
+    let _: i64 = redis::cmd("PUBLISH").arg(&s.names.strategy).arg(msg).query_async(&mut conn).await?;
+    inc(&s.counters.messages_sent);
+    s.announced.store(strategy as u8, Ordering::Release);
+    clocks.strategy_update = s.now_ms();
+    Ok(())
+}
+
+async fn tick(s: &Shared, clocks: &mut Clocks) -> redis::RedisResult<()> {
     let mut conn = s.conn.clone();
     if s.settings.role == Role::Auto {
         let holds = try_lease(s, &mut conn).await?;
@@ -307,7 +361,7 @@ async fn tick(s: &Shared, last_heartbeat: &mut u64) -> redis::RedisResult<()> {
     }
     let now = s.now_ms();
     let controller = s.is_controller.load(Ordering::Acquire);
-    if lock(&s.loss).expire(now) == Verdict::Lost {
+    if lock(&s.loss).tick(now) == Verdict::Lost {
         lost(s, "sequence gap not filled in time");
     }
     if !controller {
@@ -321,16 +375,13 @@ async fn tick(s: &Shared, last_heartbeat: &mut u64) -> redis::RedisResult<()> {
             tracing::warn!(instance = s.id(), silent_ms = silent, "no controller heard: following eager");
         }
     }
+    // At most one record-remote-writes call per tick, with at most 2^32-1: no work here grows
+    // with a number taken from the wire, and the lock covers no I/O.
+    let remote = if controller { s.remote_writes.swap(0, Ordering::Relaxed).min(wire::MAX_COUNT) as u32 } else { 0 };
     let (status, batch) = {
         let mut p = lock(&s.policy);
-        if controller {
-            let remote = s.remote_writes.swap(0, Ordering::Relaxed);
-            let mut left = remote;
-            while left > 0 {
-                let n = left.min(u32::MAX as u64) as u32;
-                p.record_remote_writes(n, now);
-                left -= n as u64;
-            }
+        if remote > 0 {
+            p.record_remote_writes(remote, now);
         }
         let status = p.status(now);
         let cap = p.config().batch_max_keys.max(1) as usize;
@@ -343,30 +394,57 @@ async fn tick(s: &Shared, last_heartbeat: &mut u64) -> redis::RedisResult<()> {
     s.note_strategy(status.strategy, Some(status.write_rate));
 
     let mut pipe = redis::pipe();
-    let mut sent = add_batch(s, &mut pipe, &batch);
-    let inval_seq = s.inval_seq.load(Ordering::Acquire);
+    let flush_first = s.add_pending_flush(&mut pipe);
+    let mut invalidations = flush_first as u64 + add_batch(s, &mut pipe, &batch);
+    // A mark when nothing went out on P:invalidation since the last tick (this tick's batch
+    // included) and the last seq is unannounced: one per burst, none at idle.
+    let published = s.published_since_tick.swap(false, Ordering::AcqRel) || invalidations > 0;
+    let last_seq = s.inval_seq.load(Ordering::Acquire);
+    let mut mark = None;
+    if !published && last_seq > s.marked.load(Ordering::Acquire) {
+        pipe.publish(&s.names.invalidation, s.sender.mark(last_seq)).ignore();
+        mark = Some(last_seq);
+        invalidations += 1;
+    }
+    let mut sent = invalidations;
     if controller {
-        pipe.publish(&s.names.strategy, s.sender.strategy_update(status.strategy, status.write_rate, inval_seq)).ignore();
-        sent += 1;
+        let strategy = status.strategy;
+        let changed = s.announced.load(Ordering::Acquire) != strategy as u8;
+        if changed || now.saturating_sub(clocks.strategy_update) >= HEARTBEAT.as_millis() as u64 {
+            pipe.publish(&s.names.strategy, s.sender.strategy_update(strategy, status.write_rate, last_seq)).ignore();
+            sent += 1;
+            clocks.strategy_update = now;
+            s.announced.store(strategy as u8, Ordering::Release);
+        }
         // Our own writes were counted by our policy directly.
         s.unreported_writes.store(0, Ordering::Relaxed);
     } else {
         let count = s.unreported_writes.swap(0, Ordering::Relaxed);
-        if count > 0 || now.saturating_sub(*last_heartbeat) >= HEARTBEAT_MS {
-            pipe.publish(&s.names.reports, s.sender.write_report(count, inval_seq)).ignore();
+        if count > 0 {
+            pipe.publish(&s.names.reports, s.sender.write_report(count, last_seq)).ignore();
             sent += 1;
-            *last_heartbeat = now;
         }
+    }
+    if now.saturating_sub(clocks.heartbeat) >= HEARTBEAT.as_millis() as u64 {
+        pipe.publish(&s.names.liveness, s.sender.heartbeat()).ignore();
+        sent += 1;
+        clocks.heartbeat = now;
     }
     if sent > 0 {
         let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         if let Err(e) = r {
-            if !batch.keys.is_empty() || batch.flush_all {
-                // The batch is gone with the failed publish: others cannot know these keys
-                // changed. Tell them to flush as soon as Redis answers again.
-                lock(&s.policy).force_flush_next();
+            if invalidations > 0 {
+                // Receivers cannot know what they got of it: a flush goes first next time.
+                s.publish_failed();
             }
+            s.announced.store(u8::MAX, Ordering::Release);
             return Err(e);
+        }
+        if flush_first {
+            s.flush_sent();
+        }
+        if let Some(m) = mark {
+            s.marked.fetch_max(m, Ordering::AcqRel);
         }
         s.counters.messages_sent.fetch_add(sent, Ordering::Relaxed);
     }
@@ -394,18 +472,45 @@ pub(crate) fn drain_all(p: &mut PolicyRuntime, now: u64) -> Batch {
     p.pending_batch(now, usize::MAX)
 }
 
+/// Publishes `batch` (after a pending flush), marking a failure so the next invalidation is
+/// preceded by a flush.
+pub(crate) async fn publish_batch(s: &Shared, batch: &Batch, extra: impl FnOnce(&mut redis::Pipeline) -> u64) -> Result<()> {
+    let mut pipe = redis::pipe();
+    let flush_first = s.add_pending_flush(&mut pipe);
+    let invalidations = flush_first as u64 + add_batch(s, &mut pipe, batch);
+    let commands = invalidations + extra(&mut pipe);
+    if commands == 0 {
+        return Ok(());
+    }
+    let mut conn = s.conn.clone();
+    match pipe.query_async::<()>(&mut conn).await {
+        Ok(()) => {
+            if flush_first {
+                s.flush_sent();
+            }
+            s.counters.messages_sent.fetch_add(invalidations, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            if invalidations > 0 {
+                s.publish_failed();
+            }
+            Err(e.into())
+        }
+    }
+}
+
 /// On shutdown: publish the pending batch and release the controller lease.
 pub(crate) async fn final_drain(s: &Shared) -> Result<()> {
     let batch = drain_all(&mut lock(&s.policy), s.now_ms());
-    let mut conn = s.conn.clone();
-    let mut pipe = redis::pipe();
-    let mut commands = add_batch(s, &mut pipe, &batch);
-    if s.is_controller.swap(false, Ordering::AcqRel) {
-        pipe.cmd("EVAL").arg(RELEASE_LUA).arg(1).arg(&s.names.controller_lease).arg(s.id()).ignore();
-        commands += 1;
-    }
-    if commands > 0 {
-        let _: () = pipe.query_async(&mut conn).await?;
-    }
-    Ok(())
+    let release = s.is_controller.swap(false, Ordering::AcqRel);
+    publish_batch(s, &batch, |pipe| {
+        if release {
+            pipe.cmd("EVAL").arg(RELEASE_LUA).arg(1).arg(&s.names.controller_lease).arg(s.id()).ignore();
+            1
+        } else {
+            0
+        }
+    })
+    .await
 }

@@ -1,27 +1,29 @@
-//! Detects lost invalidations. Pub/Sub is at-most-once: a subscriber that reconnects, falls
-//! behind or is dropped by the server silently misses messages. Every sender numbers its
-//! invalidation messages (per epoch); a hole in the numbers that is not filled within a short
-//! reorder allowance (messages of one sender can be reordered by concurrent pipelines) means a
-//! message was lost, and the only safe answer is to flush L1.
+//! Detects lost invalidations (docs/WIRE.md section 4; vectors: tests/vectors/wire/loss.json).
+//! Pub/Sub is at-most-once: a subscriber that reconnects, falls behind or is dropped by the
+//! server silently misses messages. Every sender numbers its invalidation messages (per epoch);
+//! a hole in the numbers that is not filled within a short reorder allowance (messages of one
+//! sender can be reordered by concurrent pipelines) means a message was lost, and the only safe
+//! answer is to flush L1. After any loss the detector marks every sender's holes as filled:
+//! what was missed is moot once L1 is empty.
 
 use std::collections::HashMap;
 
 /// Holes younger than this may still be filled by a message that was reordered.
 pub const REORDER_ALLOWANCE_MS: u64 = 250;
-/// Senders remembered at most; beyond that the oldest-seen is forgotten (it will be treated
-/// as new, which is safe: a new sender's first message is accepted as is).
+/// Senders remembered at most; beyond that the least recently heard is forgotten (it will be
+/// treated as new, which is safe: a new sender's first message is accepted as is).
 const MAX_SENDERS: usize = 4096;
-/// A jump larger than the window is a loss at once.
+/// A jump this large is a loss at once.
 const WINDOW: u64 = 64;
 
 #[derive(Debug)]
 struct SenderState {
     epoch: Option<String>,
-    /// Highest seq seen.
-    max_seen: u64,
-    /// Bit i set: seq `max_seen - i` was received (bit 0 is max_seen itself).
+    /// Highest seq or position seen.
+    max: u64,
+    /// Bit i set: seq `max - i` was received.
     received: u64,
-    /// When the oldest unfilled hole appeared (ms), if any.
+    /// When the current hole appeared (ms), if any.
     hole_since: Option<u64>,
     last_heard: u64,
 }
@@ -31,7 +33,7 @@ pub struct LossDetector {
     senders: HashMap<String, SenderState>,
 }
 
-/// What the caller must do after feeding a message.
+/// What the caller must do after feeding an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Ok,
@@ -40,67 +42,65 @@ pub enum Verdict {
 }
 
 impl LossDetector {
-    /// An invalidation (or flush) numbered `seq` from `source`/`epoch`, seen at `now_ms`.
-    pub fn on_message(&mut self, source: &str, epoch: Option<&str>, seq: u64, now_ms: u64) -> Verdict {
-        self.observe(source, epoch, seq, true, now_ms)
+    /// An `invalidate` or `flush` numbered `seq`.
+    pub fn message(&mut self, source: &str, epoch: Option<&str>, seq: u64, now: u64) -> Verdict {
+        self.observe(source, epoch, seq, true, now)
     }
 
-    /// A heartbeat saying the sender's last invalidation was `inval_seq`.
-    pub fn on_heartbeat(&mut self, source: &str, epoch: Option<&str>, inval_seq: u64, now_ms: u64) -> Verdict {
-        self.observe(source, epoch, inval_seq, false, now_ms)
+    /// A `mark`, `strategy_update` or `write_report` saying the sender's last invalidation was
+    /// `inval_seq`.
+    pub fn position(&mut self, source: &str, epoch: Option<&str>, inval_seq: u64, now: u64) -> Verdict {
+        self.observe(source, epoch, inval_seq, false, now)
     }
 
     fn observe(&mut self, source: &str, epoch: Option<&str>, seq: u64, is_message: bool, now: u64) -> Verdict {
-        if !self.senders.contains_key(source) {
+        let Some(st) = self.senders.get_mut(source) else {
             if self.senders.len() >= MAX_SENDERS {
-                self.evict_oldest();
+                self.evict_least_recent();
             }
-            // First contact: whatever it sent before we listened is not ours to judge. A
-            // heartbeat announces its position, so messages after it are checked.
+            // First contact: whatever it sent before we listened is not ours to judge.
             self.senders.insert(source.to_string(), SenderState {
                 epoch: epoch.map(str::to_string),
-                max_seen: seq,
-                // Everything up to the first seq seen counts as received.
+                max: seq,
                 received: u64::MAX,
                 hole_since: None,
                 last_heard: now,
             });
             return Verdict::Ok;
-        }
-        let st = self.senders.get_mut(source).expect("checked above");
+        };
         st.last_heard = now;
         if st.epoch.as_deref() != epoch {
             // The sender restarted: anything it wrote around the restart may be unannounced.
             st.epoch = epoch.map(str::to_string);
-            st.max_seen = seq;
+            st.max = seq;
             st.received = 1;
             st.hole_since = None;
-            return Verdict::Lost;
+            return self.lost();
         }
-        if seq > st.max_seen {
-            let shift = seq - st.max_seen;
+        if seq > st.max {
+            let shift = seq - st.max;
             if shift >= WINDOW {
-                st.max_seen = seq;
+                st.max = seq;
                 st.received = 1;
                 st.hole_since = None;
-                return Verdict::Lost;
+                return self.lost();
             }
             st.received <<= shift;
-            st.max_seen = seq;
-            // A heartbeat only tells the position; the message numbered `seq` is still due.
+            st.max = seq;
+            // A position only moves `max`: the message numbered `seq` is still due.
             if is_message {
                 st.received |= 1;
             }
         } else {
-            let back = st.max_seen - seq;
+            let back = st.max - seq;
             if back >= WINDOW {
-                return Verdict::Ok; // ancient duplicate
+                return Verdict::Ok; // ancient
             }
             if is_message {
                 st.received |= 1 << back;
             }
         }
-        if Self::has_hole(st) {
+        if has_hole(st) {
             st.hole_since.get_or_insert(now);
         } else {
             st.hole_since = None;
@@ -108,104 +108,88 @@ impl LossDetector {
         Verdict::Ok
     }
 
-    fn has_hole(st: &SenderState) -> bool {
-        // Bits for seqs 1..=max_seen within the window must all be set.
-        let span = st.max_seen.min(WINDOW);
-        let mask = if span >= 64 { u64::MAX } else { (1u64 << span) - 1 };
-        st.received & mask != mask
+    /// Every tick: a hole at least the reorder allowance old is a loss.
+    pub fn tick(&mut self, now: u64) -> Verdict {
+        let expired = self.senders.values().any(|st| st.hole_since.is_some_and(|t| now.saturating_sub(t) >= REORDER_ALLOWANCE_MS));
+        if expired { self.lost() } else { Verdict::Ok }
     }
 
-    /// Called on every tick: holes older than the reorder allowance are losses. Clears them.
-    pub fn expire(&mut self, now_ms: u64) -> Verdict {
-        let mut lost = false;
-        for st in self.senders.values_mut() {
-            if let Some(since) = st.hole_since {
-                if now_ms.saturating_sub(since) >= REORDER_ALLOWANCE_MS {
-                    lost = true;
-                    st.received = u64::MAX;
-                    st.hole_since = None;
-                }
-            }
-        }
-        if lost { Verdict::Lost } else { Verdict::Ok }
+    /// After our own subscription was down, positions are unknown: start over.
+    pub fn resubscribed(&mut self) {
+        self.senders.clear();
     }
 
-    /// After a flush everything before now is moot.
-    pub fn reset_holes(&mut self) {
+    /// A loss: the host flushes L1, so every hole is moot.
+    fn lost(&mut self) -> Verdict {
         for st in self.senders.values_mut() {
             st.received = u64::MAX;
             st.hole_since = None;
         }
+        Verdict::Lost
     }
 
-    /// After our own subscription was down, sequence positions are unknown: start over.
-    pub fn forget_all(&mut self) {
-        self.senders.clear();
-    }
-
-    fn evict_oldest(&mut self) {
+    fn evict_least_recent(&mut self) {
         if let Some(k) = self.senders.iter().min_by_key(|(_, s)| s.last_heard).map(|(k, _)| k.clone()) {
             self.senders.remove(&k);
         }
     }
 
     #[cfg(test)]
-    pub fn sender_count(&self) -> usize {
+    fn sender_count(&self) -> usize {
         self.senders.len()
     }
+}
+
+/// Whether a bit for seqs 1..=max within the window is clear.
+fn has_hole(st: &SenderState) -> bool {
+    let span = st.max.min(WINDOW);
+    let mask = if span >= 64 { u64::MAX } else { (1u64 << span) - 1 };
+    st.received & mask != mask
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
-    fn in_order_and_reordered_messages_are_fine() {
-        let mut d = LossDetector::default();
-        for s in 1..=10 {
-            assert_eq!(d.on_message("a", Some("e"), s, 0), Verdict::Ok);
+    fn every_loss_vector() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/wire/loss.json");
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = v["cases"].as_array().unwrap();
+        assert!(cases.len() >= 15);
+        let mut failures = Vec::new();
+        for case in cases {
+            let mut d = LossDetector::default();
+            for (i, e) in case["events"].as_array().unwrap().iter().enumerate() {
+                let at = e["at"].as_u64().unwrap();
+                let src = e["source"].as_str().unwrap_or("");
+                let epoch = e["epoch"].as_str();
+                let got = match e["do"].as_str().unwrap() {
+                    "message" => d.message(src, epoch, e["seq"].as_u64().unwrap(), at),
+                    "position" => d.position(src, epoch, e["inval_seq"].as_u64().unwrap(), at),
+                    "tick" => d.tick(at),
+                    "resubscribed" => {
+                        d.resubscribed();
+                        Verdict::Ok
+                    }
+                    other => panic!("unknown event {other}"),
+                };
+                let got = if got == Verdict::Lost { "lost" } else { "ok" };
+                if got != e["expect"].as_str().unwrap() {
+                    failures.push(format!("{}: event {i} {e}: got {got}", case["name"]));
+                    break;
+                }
+            }
         }
-        assert_eq!(d.on_message("a", Some("e"), 12, 0), Verdict::Ok);
-        assert_eq!(d.on_message("a", Some("e"), 11, 100), Verdict::Ok);
-        assert_eq!(d.expire(1000), Verdict::Ok);
-    }
-
-    #[test]
-    fn a_hole_that_stays_is_a_loss() {
-        let mut d = LossDetector::default();
-        d.on_message("a", Some("e"), 1, 0);
-        d.on_message("a", Some("e"), 3, 10);
-        assert_eq!(d.expire(100), Verdict::Ok, "still within the reorder allowance");
-        assert_eq!(d.expire(10 + REORDER_ALLOWANCE_MS), Verdict::Lost);
-        assert_eq!(d.expire(10_000), Verdict::Ok, "reported once");
-    }
-
-    #[test]
-    fn a_heartbeat_reveals_a_lost_last_message() {
-        let mut d = LossDetector::default();
-        d.on_message("a", Some("e"), 1, 0);
-        d.on_heartbeat("a", Some("e"), 2, 10);
-        assert_eq!(d.expire(10 + REORDER_ALLOWANCE_MS), Verdict::Lost);
-        // A heartbeat in step with the messages is no hole.
-        d.on_message("a", Some("e"), 3, 20);
-        d.on_heartbeat("a", Some("e"), 3, 30);
-        assert_eq!(d.expire(10_000), Verdict::Ok);
-    }
-
-    #[test]
-    fn new_epoch_and_big_jumps_are_losses_at_once() {
-        let mut d = LossDetector::default();
-        d.on_message("a", Some("e1"), 5, 0);
-        assert_eq!(d.on_message("a", Some("e2"), 1, 0), Verdict::Lost);
-        assert_eq!(d.on_message("a", Some("e2"), 1000, 0), Verdict::Lost);
-        assert_eq!(d.on_message("b", Some("x"), 77, 0), Verdict::Ok, "first contact");
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     #[test]
     fn memory_is_bounded() {
         let mut d = LossDetector::default();
         for i in 0..10_000 {
-            d.on_message(&format!("s{i}"), None, 1, i);
+            d.message(&format!("s{i}"), None, 1, i);
         }
         assert!(d.sender_count() <= MAX_SENDERS);
     }

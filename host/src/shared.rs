@@ -41,7 +41,13 @@ pub(crate) struct Counters {
     pub resubscribes: AtomicU64,
     pub controller_lost: AtomicU64,
     pub lag_suspensions: AtomicU64,
+    /// Every message the subscription delivered: own, others', malformed.
+    pub pubsub_received: AtomicU64,
 }
+
+/// Period of the controller's `strategy_update` and of every instance's own `heartbeat`
+/// (docs/WIRE.md 3); not configurable.
+pub(crate) const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -61,6 +67,19 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Seq of the last invalidation message we published.
     pub inval_seq: AtomicU64,
+    /// The last `inval_seq` announced in a `mark` (docs/WIRE.md 4).
+    pub marked: AtomicU64,
+    /// Set by every publish on `P:invalidation`; the tick takes it to decide on a `mark`.
+    pub published_since_tick: AtomicBool,
+    /// A publish of an invalidation failed: receivers cannot know what they missed, so the
+    /// next invalidation we send must be preceded by a `flush`.
+    pub needs_flush: AtomicBool,
+    /// The strategy last announced in a `strategy_update` (as `Strategy as u8`, 255: none).
+    pub announced: std::sync::atomic::AtomicU8,
+    /// Wakes the tick to announce a strategy change at once.
+    pub announce: tokio::sync::Notify,
+    /// Whether the subscriber should listen on `P:reports` (the controller only).
+    pub want_reports: watch::Sender<bool>,
     pub unreported_writes: AtomicU64,
     pub remote_writes: AtomicU64,
     pub is_controller: AtomicBool,
@@ -121,8 +140,38 @@ impl Shared {
         *self.strategy_tx.borrow()
     }
 
+    /// The seq of a message about to be published on `P:invalidation`.
     pub fn next_inval_seq(&self) -> u64 {
+        self.published_since_tick.store(true, Ordering::Release);
         self.inval_seq.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Adds a `flush` to `pipe` if an earlier publish failed (docs/WIRE.md 4: a flush before
+    /// any other invalidation). Returns whether it did; the caller confirms with
+    /// [`flush_sent`](Self::flush_sent) once the pipeline succeeded.
+    pub fn add_pending_flush(&self, pipe: &mut redis::Pipeline) -> bool {
+        if !self.needs_flush.load(Ordering::Acquire) {
+            return false;
+        }
+        pipe.publish(&self.names.invalidation, self.sender.flush(self.strategy(), self.next_inval_seq())).ignore();
+        true
+    }
+
+    pub fn flush_sent(&self) {
+        self.needs_flush.store(false, Ordering::Release);
+    }
+
+    /// A publish on `P:invalidation` failed.
+    pub fn publish_failed(&self) {
+        self.needs_flush.store(true, Ordering::Release);
+    }
+
+    /// Note a strategy change; a controller announces it at once.
+    pub fn note_strategy_and_announce(&self, s: Strategy, rate: Option<f64>) {
+        self.note_strategy(s, rate);
+        if self.is_controller.load(Ordering::Acquire) && self.announced.load(Ordering::Acquire) != s as u8 {
+            self.announce.notify_one();
+        }
     }
 }
 

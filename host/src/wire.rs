@@ -1,57 +1,116 @@
-//! The wire format (docs/WIRE.md): the original product's JSON messages plus extra fields, so
-//! original and new instances can share a namespace during a migration.
+//! The wire format, fleet protocol v2 (docs/WIRE.md sections 1 and 2): names, message decoding
+//! with its malformed kinds, and the messages this host sends.
 //!
 //! Decoding is the network path: it must never panic and must do bounded work on any input,
-//! since any client of the Redis server can publish on these channels.
+//! since any client of the Redis server can publish on these channels. Every number that leaves
+//! the decoder is range-checked, so nothing downstream can be made to loop or allocate in
+//! proportion to a value taken from the wire.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
+use crate::error::{ConfigError, Error};
 use crate::policy::Strategy;
 
 /// Payloads over this size are refused before parsing.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// Invalidations naming more keys than this are refused (a flush is the way to say "all").
 pub const MAX_KEYS: usize = 100_000;
+/// Keys per message a sender puts in one `invalidate` (section 2.4).
+pub const KEYS_PER_MESSAGE: usize = 10_000;
+/// The largest `seq`/`inval_seq`: the largest integer every host's JSON number holds exactly.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+/// The largest `count` of a `write_report`.
+pub const MAX_COUNT: u64 = u32::MAX as u64;
 
-/// Channel and key names of one namespace.
+/// `^[A-Za-z0-9._-]{1,64}$`: channel prefixes and namespaces (section 1.1).
+fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// `^[A-Za-z0-9_-]{1,64}$`: instance ids, `source` and `epoch` (section 1.4).
+pub(crate) fn is_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks the naming rules of section 1; the error names the field.
+pub(crate) fn validate_names(prefix: &str, namespace: Option<&str>, instance_id: Option<&str>) -> Result<(), ConfigError> {
+    if !is_name(prefix) {
+        return Err(ConfigError::new("channel_prefix", "must be 1-64 characters of [A-Za-z0-9._-]"));
+    }
+    if let Some(ns) = namespace {
+        if !is_name(ns) {
+            return Err(ConfigError::new("namespace", "must be 1-64 characters of [A-Za-z0-9._-] (no `:`, white space or glob characters)"));
+        }
+    }
+    if let Some(id) = instance_id {
+        if !is_id(id) {
+            return Err(ConfigError::new("instance_id", "must be 1-64 characters of [A-Za-z0-9_-]"));
+        }
+    }
+    Ok(())
+}
+
+/// Channel and key names of one instance (section 1).
 #[derive(Clone, Debug)]
 pub struct Names {
+    /// Prepended to user keys: `P:` with a namespace, nothing without.
     key_prefix: String,
+    /// `<prefix>::`: the protocol key space, which a namespace-less user key must not enter.
+    protocol_prefix: String,
     pub invalidation: String,
     pub strategy: String,
     pub reports: String,
+    pub liveness: String,
     pub controller_lease: String,
 }
 
 impl Names {
-    pub fn new(channel_prefix: &str, namespace: Option<&str>) -> Self {
-        let prefix = match namespace {
+    /// Names of a validated configuration (see [`validate_names`]).
+    pub fn new(channel_prefix: &str, namespace: Option<&str>, instance_id: &str) -> Self {
+        let p = match namespace {
             Some(ns) => format!("{channel_prefix}:{ns}"),
             None => channel_prefix.to_string(),
         };
-        let key_prefix = match namespace {
-            Some(_) => format!("{prefix}:"),
-            None => String::new(),
+        let lease = match namespace {
+            Some(ns) => format!("{channel_prefix}::{ns}:controller"),
+            None => format!("{channel_prefix}::controller"),
         };
         Names {
-            invalidation: format!("{prefix}:invalidation"),
-            strategy: format!("{prefix}:strategy"),
-            reports: format!("{prefix}:reports"),
-            controller_lease: format!("{prefix}:controller"),
-            key_prefix,
+            key_prefix: if namespace.is_some() { format!("{p}:") } else { String::new() },
+            protocol_prefix: format!("{channel_prefix}::"),
+            invalidation: format!("{p}:invalidation"),
+            strategy: format!("{p}:strategy"),
+            reports: format!("{p}:reports"),
+            liveness: format!("{p}:liveness:{instance_id}"),
+            controller_lease: lease,
         }
+    }
+
+    fn check(&self, key: &str) -> Result<(), Error> {
+        // A namespaced key always starts with `P:`, never with `<prefix>::`; only a key stored
+        // as given can reach the protocol key space.
+        if self.key_prefix.is_empty() && key.starts_with(&self.protocol_prefix) {
+            return Err(Error::ReservedKey(format!(
+                "`{}...` is the protocol key space (keys starting with `{}` are reserved)",
+                key.chars().take(40).collect::<String>(),
+                self.protocol_prefix
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `f` on the Redis key of `key` without allocating (a reused per-thread buffer):
     /// the L1 hit path calls this on every `get`.
-    pub fn with_redis_key<R>(&self, key: &str, f: impl FnOnce(&str) -> R) -> R {
+    pub fn with_redis_key<R>(&self, key: &str, f: impl FnOnce(&str) -> R) -> Result<R, Error> {
         if self.key_prefix.is_empty() {
-            return f(key);
+            self.check(key)?;
+            return Ok(f(key));
         }
         thread_local! {
             static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        BUF.with(|b| match b.try_borrow_mut() {
+        Ok(BUF.with(|b| match b.try_borrow_mut() {
             Ok(mut buf) => {
                 buf.clear();
                 buf.push_str(&self.key_prefix);
@@ -59,36 +118,42 @@ impl Names {
                 f(&buf)
             }
             // Re-entered from inside `f`: fall back to a fresh string.
-            Err(_) => f(&self.redis_key(key)),
-        })
+            Err(_) => {
+                let mut s = self.key_prefix.clone();
+                s.push_str(key);
+                f(&s)
+            }
+        }))
     }
 
-    /// The Redis key of a user key: namespaced as the original stores it.
-    pub fn redis_key(&self, key: &str) -> String {
+    /// The Redis key of a user key: namespaced as the original stores it, or as given without
+    /// a namespace (refused if it would enter the protocol key space).
+    pub fn redis_key(&self, key: &str) -> Result<String, Error> {
+        self.check(key)?;
         let mut s = String::with_capacity(self.key_prefix.len() + key.len());
         s.push_str(&self.key_prefix);
         s.push_str(key);
-        s
+        Ok(s)
     }
 }
 
 /// Fields every message carries.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Origin {
     pub source: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
-    #[serde(default)]
     pub timestamp: f64,
 }
 
-/// A decoded message.
+/// A decoded message (section 2.2).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     Invalidate { origin: Origin, keys: Vec<String>, strategy: Option<Strategy>, seq: Option<u64> },
     Flush { origin: Origin, seq: Option<u64> },
+    Mark { origin: Origin, inval_seq: u64 },
     StrategyUpdate { origin: Origin, strategy: Strategy, write_rate: f64, inval_seq: Option<u64> },
-    WriteReport { origin: Origin, count: u64, inval_seq: Option<u64> },
+    WriteReport { origin: Origin, count: u32, inval_seq: Option<u64> },
+    Heartbeat { origin: Origin },
 }
 
 impl Message {
@@ -96,20 +161,23 @@ impl Message {
         match self {
             Message::Invalidate { origin, .. }
             | Message::Flush { origin, .. }
+            | Message::Mark { origin, .. }
             | Message::StrategyUpdate { origin, .. }
-            | Message::WriteReport { origin, .. } => origin,
+            | Message::WriteReport { origin, .. }
+            | Message::Heartbeat { origin } => origin,
         }
     }
 }
 
-/// Why a payload was refused; counted per kind in stats.
+/// Why a payload was refused (section 2.3); counted per kind in stats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Malformed {
     TooLarge,
     NotJson,
+    NotObject,
     UnknownAction,
-    BadField,
     TooManyKeys,
+    BadField,
 }
 
 impl Malformed {
@@ -117,141 +185,144 @@ impl Malformed {
         match self {
             Malformed::TooLarge => "too-large",
             Malformed::NotJson => "not-json",
+            Malformed::NotObject => "not-object",
             Malformed::UnknownAction => "unknown-action",
-            Malformed::BadField => "bad-field",
             Malformed::TooManyKeys => "too-many-keys",
+            Malformed::BadField => "bad-field",
         }
     }
 }
 
-/// Only `action` first: an unknown action is refused without typing the rest.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    action: std::borrow::Cow<'a, str>,
+const ACTIONS: [&str; 6] = ["invalidate", "flush", "mark", "strategy_update", "write_report", "heartbeat"];
+
+type Fields = Map<String, Value>;
+
+/// An integer field (section 2.1): a JSON number whose value is a whole number in `lo..=hi`
+/// (`17.0` and `1.7e1` are 17). Absent: `None`; anything else: bad-field.
+fn integer(f: &Fields, name: &str, lo: u64, hi: u64) -> Result<Option<u64>, Malformed> {
+    let Some(v) = f.get(name) else { return Ok(None) };
+    let Value::Number(n) = v else { return Err(Malformed::BadField) };
+    let value = if let Some(u) = n.as_u64() {
+        u
+    } else if let Some(x) = n.as_f64() {
+        // Negative integers (as_i64) and fractions land here too. `hi` is at most 2^53-1, so
+        // every accepted value is exact in an f64.
+        if x.fract() != 0.0 || x < lo as f64 || x > hi as f64 {
+            return Err(Malformed::BadField);
+        }
+        x as u64
+    } else {
+        return Err(Malformed::BadField);
+    };
+    if value < lo || value > hi {
+        return Err(Malformed::BadField);
+    }
+    Ok(Some(value))
 }
 
-#[derive(Deserialize)]
-struct InvalidateBody {
-    #[serde(flatten)]
-    origin: Origin,
-    keys: Vec<String>,
-    #[serde(default)]
-    strategy: Option<String>,
-    #[serde(default)]
-    seq: Option<u64>,
+fn number(f: &Fields, name: &str) -> Result<Option<f64>, Malformed> {
+    match f.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().filter(|x| x.is_finite()).map(Some).ok_or(Malformed::BadField),
+        Some(_) => Err(Malformed::BadField),
+    }
 }
 
-#[derive(Deserialize)]
-struct FlushBody {
-    #[serde(flatten)]
-    origin: Origin,
-    #[serde(default)]
-    seq: Option<u64>,
+fn strategy(f: &Fields, name: &str) -> Result<Option<Strategy>, Malformed> {
+    match f.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Strategy::parse(s).map(Some).ok_or(Malformed::BadField),
+        Some(_) => Err(Malformed::BadField),
+    }
 }
 
-#[derive(Deserialize)]
-struct StrategyBody {
-    #[serde(flatten)]
-    origin: Origin,
-    strategy: String,
-    #[serde(default)]
-    write_rate: f64,
-    #[serde(default)]
-    inval_seq: Option<u64>,
+fn id(f: &mut Fields, name: &str) -> Result<Option<String>, Malformed> {
+    match f.remove(name) {
+        None => Ok(None),
+        Some(Value::String(s)) if is_id(&s) => Ok(Some(s)),
+        Some(_) => Err(Malformed::BadField),
+    }
 }
 
-#[derive(Deserialize)]
-struct ReportBody {
-    #[serde(flatten)]
-    origin: Origin,
-    count: u64,
-    #[serde(default)]
-    inval_seq: Option<u64>,
-}
-
-/// Decodes one payload. Bounded: size is checked first, serde_json's recursion limit (128)
-/// stops deep nesting, and key lists are capped.
+/// Decodes one payload per section 2.3, checking in the spec's order. Bounded: the size is
+/// checked first, serde_json's recursion limit (128) stops deep nesting, key lists are capped.
 pub fn decode(payload: &[u8]) -> Result<Message, Malformed> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Malformed::TooLarge);
     }
-    let head: Head = serde_json::from_slice(payload).map_err(|e| {
-        if e.is_data() { Malformed::BadField } else { Malformed::NotJson }
-    })?;
-    let field = |_| Malformed::BadField;
-    match head.action.as_ref() {
+    let value: Value = serde_json::from_slice(payload).map_err(|_| Malformed::NotJson)?;
+    let Value::Object(mut f) = value else { return Err(Malformed::NotObject) };
+    // A member whose value is null is absent (section 2.1): fine when optional, bad-field when
+    // required.
+    f.retain(|_, v| !v.is_null());
+    let action = match f.get("action") {
+        Some(Value::String(a)) => match ACTIONS.iter().find(|x| **x == a.as_str()) {
+            Some(a) => Some(*a),
+            None => return Err(Malformed::UnknownAction),
+        },
+        _ => None,
+    };
+    // `keys` counts only where it is read: on invalidate.
+    if let (Some("invalidate"), Some(Value::Array(keys))) = (action, f.get("keys")) {
+        if keys.len() > MAX_KEYS {
+            return Err(Malformed::TooManyKeys);
+        }
+    }
+    let action = action.ok_or(Malformed::BadField)?;
+    let source = id(&mut f, "source")?.ok_or(Malformed::BadField)?;
+    let epoch = id(&mut f, "epoch")?;
+    let timestamp = number(&f, "timestamp")?.unwrap_or(0.0);
+    let origin = Origin { source, epoch, timestamp };
+    Ok(match action {
         "invalidate" => {
-            let b: InvalidateBody = serde_json::from_slice(payload).map_err(field)?;
-            if b.keys.len() > MAX_KEYS {
-                return Err(Malformed::TooManyKeys);
-            }
-            let strategy = match b.strategy.as_deref() {
-                None => None,
-                Some(s) => Some(Strategy::parse(s).ok_or(Malformed::BadField)?),
+            let keys = match f.remove("keys") {
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .map(|k| match k {
+                        Value::String(s) => Ok(s),
+                        _ => Err(Malformed::BadField),
+                    })
+                    .collect::<Result<Vec<String>, _>>()?,
+                _ => return Err(Malformed::BadField),
             };
-            Ok(Message::Invalidate { origin: b.origin, keys: b.keys, strategy, seq: b.seq })
+            let strategy = strategy(&f, "strategy")?;
+            let seq = integer(&f, "seq", 1, MAX_SEQ)?;
+            Message::Invalidate { origin, keys, strategy, seq }
         }
-        "flush" => {
-            let b: FlushBody = serde_json::from_slice(payload).map_err(field)?;
-            Ok(Message::Flush { origin: b.origin, seq: b.seq })
-        }
+        "flush" => Message::Flush { origin, seq: integer(&f, "seq", 1, MAX_SEQ)? },
+        "mark" => Message::Mark { origin, inval_seq: integer(&f, "inval_seq", 0, MAX_SEQ)?.ok_or(Malformed::BadField)? },
         "strategy_update" => {
-            let b: StrategyBody = serde_json::from_slice(payload).map_err(field)?;
-            let strategy = Strategy::parse(&b.strategy).ok_or(Malformed::BadField)?;
-            if !b.write_rate.is_finite() {
-                return Err(Malformed::BadField);
-            }
-            Ok(Message::StrategyUpdate { origin: b.origin, strategy, write_rate: b.write_rate, inval_seq: b.inval_seq })
+            let strategy = strategy(&f, "strategy")?.ok_or(Malformed::BadField)?;
+            let write_rate = number(&f, "write_rate")?.unwrap_or(0.0).max(0.0);
+            Message::StrategyUpdate { origin, strategy, write_rate, inval_seq: integer(&f, "inval_seq", 0, MAX_SEQ)? }
         }
         "write_report" => {
-            let b: ReportBody = serde_json::from_slice(payload).map_err(field)?;
-            Ok(Message::WriteReport { origin: b.origin, count: b.count, inval_seq: b.inval_seq })
+            let count = integer(&f, "count", 0, MAX_COUNT)?.ok_or(Malformed::BadField)? as u32;
+            Message::WriteReport { origin, count, inval_seq: integer(&f, "inval_seq", 0, MAX_SEQ)? }
         }
-        _ => Err(Malformed::UnknownAction),
-    }
+        _ => Message::Heartbeat { origin },
+    })
 }
 
 #[derive(Serialize)]
-struct OutInvalidate<'a> {
+struct Out<'a> {
     action: &'static str,
-    keys: &'a [String],
-    strategy: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u32>,
     timestamp: f64,
     source: &'a str,
     epoch: &'a str,
-    seq: u64,
-}
-
-#[derive(Serialize)]
-struct OutFlush<'a> {
-    action: &'static str,
-    strategy: &'static str,
-    timestamp: f64,
-    source: &'a str,
-    epoch: &'a str,
-    seq: u64,
-}
-
-#[derive(Serialize)]
-struct OutStrategy<'a> {
-    action: &'static str,
-    strategy: &'static str,
-    write_rate: f64,
-    timestamp: f64,
-    source: &'a str,
-    epoch: &'a str,
-    inval_seq: u64,
-}
-
-#[derive(Serialize)]
-struct OutReport<'a> {
-    action: &'static str,
-    count: u64,
-    timestamp: f64,
-    source: &'a str,
-    epoch: &'a str,
-    inval_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inval_seq: Option<u64>,
+    v: u8,
 }
 
 /// Who is sending: the instance's identity, stamped on every message.
@@ -266,54 +337,57 @@ pub(crate) fn unix_now() -> f64 {
 }
 
 impl Sender {
-    pub fn invalidate(&self, keys: &[String], strategy: Strategy, seq: u64) -> String {
-        serde_json::to_string(&OutInvalidate {
-            action: "invalidate",
-            keys,
-            strategy: strategy.as_str(),
+    fn out(&self, action: &'static str) -> Out<'_> {
+        Out {
+            action,
+            keys: None,
+            strategy: None,
+            write_rate: None,
+            count: None,
             timestamp: unix_now(),
             source: &self.source,
             epoch: &self.epoch,
-            seq,
-        })
-        .expect("plain struct serializes")
+            seq: None,
+            inval_seq: None,
+            v: 2,
+        }
+    }
+
+    fn encode(o: Out<'_>) -> String {
+        serde_json::to_string(&o).expect("plain struct serializes")
+    }
+
+    pub fn invalidate(&self, keys: &[String], strategy: Strategy, seq: u64) -> String {
+        Self::encode(Out { keys: Some(keys), strategy: Some(strategy.as_str()), seq: Some(seq), ..self.out("invalidate") })
     }
 
     pub fn flush(&self, strategy: Strategy, seq: u64) -> String {
-        serde_json::to_string(&OutFlush {
-            action: "flush",
-            strategy: strategy.as_str(),
-            timestamp: unix_now(),
-            source: &self.source,
-            epoch: &self.epoch,
-            seq,
-        })
-        .expect("plain struct serializes")
+        Self::encode(Out { strategy: Some(strategy.as_str()), seq: Some(seq), ..self.out("flush") })
+    }
+
+    pub fn mark(&self, inval_seq: u64) -> String {
+        Self::encode(Out { inval_seq: Some(inval_seq), ..self.out("mark") })
     }
 
     pub fn strategy_update(&self, strategy: Strategy, write_rate: f64, inval_seq: u64) -> String {
-        serde_json::to_string(&OutStrategy {
-            action: "strategy_update",
-            strategy: strategy.as_str(),
-            write_rate: if write_rate.is_finite() { write_rate } else { 0.0 },
-            timestamp: unix_now(),
-            source: &self.source,
-            epoch: &self.epoch,
-            inval_seq,
+        let write_rate = if write_rate.is_finite() { write_rate.max(0.0) } else { 0.0 };
+        Self::encode(Out {
+            strategy: Some(strategy.as_str()),
+            write_rate: Some(write_rate),
+            inval_seq: Some(inval_seq),
+            ..self.out("strategy_update")
         })
-        .expect("plain struct serializes")
     }
 
+    /// `count` is clamped to 2^32-1 (section 2.4): the excess only makes the rate look lower
+    /// for one tick.
     pub fn write_report(&self, count: u64, inval_seq: u64) -> String {
-        serde_json::to_string(&OutReport {
-            action: "write_report",
-            count,
-            timestamp: unix_now(),
-            source: &self.source,
-            epoch: &self.epoch,
-            inval_seq,
-        })
-        .expect("plain struct serializes")
+        let count = count.min(MAX_COUNT) as u32;
+        Self::encode(Out { count: Some(count), inval_seq: Some(inval_seq), ..self.out("write_report") })
+    }
+
+    pub fn heartbeat(&self) -> String {
+        Self::encode(self.out("heartbeat"))
     }
 }
 
@@ -322,48 +396,151 @@ mod tests {
     use super::*;
     use proptest::prelude::{any, proptest, ProptestConfig};
 
-    #[test]
-    fn reads_the_original_products_messages() {
-        let m = decode(br#"{"action":"invalidate","keys":["aci:ns:a","b"],"strategy":"eager","timestamp":1.5,"source":"abcdefabcdef"}"#).unwrap();
-        assert_eq!(m, Message::Invalidate {
-            origin: Origin { source: "abcdefabcdef".into(), epoch: None, timestamp: 1.5 },
-            keys: vec!["aci:ns:a".into(), "b".into()],
-            strategy: Some(Strategy::Eager),
-            seq: None,
-        });
-        let m = decode(br#"{"action":"strategy_update","strategy":"batched","write_rate":12.5,"timestamp":2,"source":"x","extra":[1,2]}"#).unwrap();
-        assert!(matches!(m, Message::StrategyUpdate { strategy: Strategy::Batched, write_rate, .. } if write_rate == 12.5));
+    fn vectors(name: &str) -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/wire").join(name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
     }
 
-    #[test]
-    fn round_trips_our_messages() {
-        let s = Sender { source: "0123456789ab".into(), epoch: "e".into() };
-        let keys = vec!["k1".to_string(), "ключ".to_string()];
-        match decode(s.invalidate(&keys, Strategy::Batched, 7).as_bytes()).unwrap() {
-            Message::Invalidate { keys: k, seq: Some(7), strategy: Some(Strategy::Batched), origin } => {
-                assert_eq!(k, keys);
-                assert_eq!(origin.epoch.as_deref(), Some("e"));
-            }
-            other => panic!("{other:?}"),
+    fn payload(case: &Value) -> Vec<u8> {
+        let mut p = match (case.get("payload"), case.get("payload_hex")) {
+            (Some(Value::String(s)), _) => s.clone().into_bytes(),
+            (_, Some(Value::String(h))) => (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect(),
+            _ => panic!("case without payload: {case}"),
+        };
+        if let Some(n) = case.get("expand_keys").and_then(Value::as_u64) {
+            let keys = vec!["\"k\""; n as usize].join(",");
+            let text = String::from_utf8(p).unwrap().replace("\"@KEYS@\"", &keys);
+            p = text.into_bytes();
         }
-        assert!(matches!(decode(s.flush(Strategy::Eager, 8).as_bytes()).unwrap(), Message::Flush { seq: Some(8), .. }));
-        assert!(matches!(decode(s.write_report(3, 8).as_bytes()).unwrap(), Message::WriteReport { count: 3, inval_seq: Some(8), .. }));
+        if let Some(n) = case.get("pad_to").and_then(Value::as_u64) {
+            p.resize(n as usize, b' ');
+        }
+        p
+    }
+
+    /// The canonical form of make.py: exactly these fields per action, absent optionals null.
+    fn canonical(m: &Message) -> Value {
+        let o = m.origin();
+        let mut v = serde_json::json!({"source": o.source, "epoch": o.epoch, "timestamp": o.timestamp});
+        let s = |x: Option<Strategy>| x.map(|x| x.as_str());
+        let extra = match m {
+            Message::Invalidate { keys, strategy, seq, .. } => {
+                serde_json::json!({"action": "invalidate", "keys": keys, "strategy": s(*strategy), "seq": seq})
+            }
+            Message::Flush { seq, .. } => serde_json::json!({"action": "flush", "seq": seq}),
+            Message::Mark { inval_seq, .. } => serde_json::json!({"action": "mark", "inval_seq": inval_seq}),
+            Message::StrategyUpdate { strategy, write_rate, inval_seq, .. } => serde_json::json!({
+                "action": "strategy_update", "strategy": strategy.as_str(), "write_rate": write_rate, "inval_seq": inval_seq}),
+            Message::WriteReport { count, inval_seq, .. } => {
+                serde_json::json!({"action": "write_report", "count": count, "inval_seq": inval_seq})
+            }
+            Message::Heartbeat { .. } => serde_json::json!({"action": "heartbeat"}),
+        };
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    /// Numbers compare by value (12 and 12.0 are equal), everything else exactly.
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+            (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+            (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w)),
+            _ => a == b,
+        }
     }
 
     #[test]
-    fn refuses_bad_input_by_kind() {
-        assert_eq!(decode(b"not json"), Err(Malformed::NotJson));
-        assert_eq!(decode(b"[1,2]"), Err(Malformed::BadField));
-        assert_eq!(decode(br#"{"action":"reboot"}"#), Err(Malformed::UnknownAction));
-        assert_eq!(decode(br#"{"action":"invalidate","keys":"k","source":"x"}"#), Err(Malformed::BadField));
-        assert_eq!(decode(br#"{"action":"invalidate","keys":["k"]}"#), Err(Malformed::BadField));
-        assert_eq!(decode(br#"{"action":"strategy_update","strategy":"sometimes","source":"x"}"#), Err(Malformed::BadField));
-        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(decode(deep.as_bytes()).is_err());
-        let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
-        assert_eq!(decode(&big), Err(Malformed::TooLarge));
-        let many = format!(r#"{{"action":"invalidate","source":"x","keys":[{}]}}"#, vec!["\"k\""; MAX_KEYS + 1].join(","));
-        assert_eq!(decode(many.as_bytes()), Err(Malformed::TooManyKeys));
+    fn every_decode_vector() {
+        let v = vectors("decode.json");
+        let cases = v["cases"].as_array().unwrap();
+        assert!(cases.len() > 50, "{} cases", cases.len());
+        let mut failures = Vec::new();
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let got = decode(&payload(case));
+            let want = &case["expect"];
+            let ok = match (&got, want.get("malformed")) {
+                (Err(kind), Some(Value::String(k))) => kind.as_str() == k,
+                (Ok(m), None) if want.get("keys_count").is_some() => {
+                    let n = match m {
+                        Message::Invalidate { keys, .. } => keys.len() as u64,
+                        _ => u64::MAX,
+                    };
+                    canonical(m)["action"] == want["action"] && Some(n) == want["keys_count"].as_u64()
+                }
+                (Ok(m), None) => same(&canonical(m), want),
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!("{name}: got {:?}, want {want}", got.map(|m| canonical(&m)).map_err(Malformed::as_str)));
+            }
+        }
+        assert!(failures.is_empty(), "{} of {} decode vectors fail:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    }
+
+    #[test]
+    fn every_naming_vector() {
+        let v = vectors("naming.json");
+        let cases = v["cases"].as_array().unwrap();
+        let mut failures = Vec::new();
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let prefix = case["channel_prefix"].as_str().unwrap();
+            let ns = case["namespace"].as_str();
+            let iid = case["instance_id"].as_str().unwrap();
+            let key = case["key"].as_str().unwrap();
+            let got: Result<Value, String> = validate_names(prefix, ns, Some(iid)).map_err(|e| e.field).and_then(|()| {
+                let n = Names::new(prefix, ns, iid);
+                let rkey = n.redis_key(key).map_err(|e| match e {
+                    Error::ReservedKey(_) => "key".to_string(),
+                    other => format!("unexpected {other}"),
+                })?;
+                // The hot path's spelling must agree with the allocating one.
+                assert_eq!(n.with_redis_key(key, str::to_string).unwrap(), rkey, "{name}");
+                Ok(serde_json::json!({"invalidation": n.invalidation, "strategy": n.strategy, "reports": n.reports,
+                    "liveness": n.liveness, "lease": n.controller_lease, "redis_key": rkey}))
+            });
+            let want = &case["expect"];
+            let ok = match (&got, want.get("error")) {
+                (Err(field), Some(Value::String(w))) => field == w,
+                (Ok(g), None) => g == want,
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!("{name}: got {got:?}, want {want}"));
+            }
+        }
+        assert!(failures.is_empty(), "{} naming vectors fail:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    #[test]
+    fn our_messages_decode_to_themselves_and_carry_v2() {
+        let s = Sender { source: "0123456789ab".into(), epoch: "00112233aabbccdd".into() };
+        let keys = vec!["k1".to_string(), "ключ".to_string()];
+        let msgs = [
+            s.invalidate(&keys, Strategy::Batched, 7),
+            s.flush(Strategy::Eager, 8),
+            s.mark(8),
+            s.strategy_update(Strategy::Ttl, f64::NAN, 8),
+            s.write_report(u64::MAX, 8),
+            s.heartbeat(),
+        ];
+        for m in &msgs {
+            assert!(m.contains("\"v\":2"), "{m}");
+            let d = decode(m.as_bytes()).unwrap_or_else(|k| panic!("{m}: {}", k.as_str()));
+            assert_eq!(d.origin().epoch.as_deref(), Some("00112233aabbccdd"));
+        }
+        assert!(matches!(decode(msgs[0].as_bytes()).unwrap(), Message::Invalidate { seq: Some(7), strategy: Some(Strategy::Batched), ref keys, .. } if *keys == keys_vec(&keys)));
+        assert!(matches!(decode(msgs[4].as_bytes()).unwrap(), Message::WriteReport { count: u32::MAX, inval_seq: Some(8), .. }));
+        assert!(matches!(decode(msgs[3].as_bytes()).unwrap(), Message::StrategyUpdate { write_rate, .. } if write_rate == 0.0));
+    }
+
+    fn keys_vec(k: &[String]) -> Vec<String> {
+        k.to_vec()
     }
 
     proptest! {

@@ -209,7 +209,7 @@ fn bundled_policies_import_nothing_and_are_small() {
 
 #[test]
 fn a_million_writes_in_one_window_leave_memory_bounded() {
-    for (module, initial) in [(PolicyModule::adaptive(), Strategy::Ttl), (PolicyModule::fixed(), Strategy::Batched)] {
+    for (module, initial) in [(PolicyModule::try_adaptive().unwrap(), Strategy::Ttl), (PolicyModule::try_fixed().unwrap(), Strategy::Batched)] {
         let mut p = module.instantiate().unwrap();
         let cfg = PolicyConfig { initial_strategy: initial, ..PolicyConfig::default() };
         p.configure(&cfg, 0).unwrap().unwrap();

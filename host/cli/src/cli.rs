@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aci_cache::policy::{PolicyConfig, PolicyModule, Strategy};
 use aci_testkit::RedisServer;
 use aci_cache::{AciCache, Role};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -63,48 +63,116 @@ fn redis_target(url: Option<String>) -> Result<Target> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+#[cfg(unix)]
+async fn termination_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }
 
-fn parse_strategy(s: &str) -> Result<Strategy> {
-    Strategy::parse(s).with_context(|| format!("unknown strategy `{s}` (ttl, batched or eager)"))
+#[cfg(not(unix))]
+async fn termination_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
 // ---------------------------------------------------------------------------------------------
 // node
 
-#[derive(Args, Debug)]
+/// The node driver's flags (docs/NODE.md). Parsed by hand, not by clap: a bad flag must be
+/// one line on stderr and exit code 2, the same in every host.
+#[derive(Debug)]
 pub struct NodeArgs {
-    #[arg(long)]
     pub redis: String,
-    #[arg(long)]
     pub namespace: Option<String>,
-    /// controller, follower or auto.
-    #[arg(long, default_value = "auto")]
-    pub role: String,
-    /// Force the fleet strategy with the fixed policy.
-    #[arg(long)]
-    pub strategy: Option<String>,
-    #[arg(long, default_value_t = 250)]
+    pub role: Role,
+    pub strategy: Option<Strategy>,
     pub tick_ms: u64,
+    pub instance_id: Option<String>,
+    pub local_ttl_ms: u64,
 }
 
-/// Reads `set K V`, `get K`, `del K`, `strategy`, `stats`, `quit` on stdin; one JSON line each.
+impl NodeArgs {
+    pub fn parse(args: &[String]) -> std::result::Result<NodeArgs, String> {
+        let mut a = NodeArgs {
+            redis: "redis://127.0.0.1:6379".into(),
+            namespace: None,
+            role: Role::Auto,
+            strategy: None,
+            tick_ms: 250,
+            instance_id: None,
+            local_ttl_ms: 5000,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+                _ => (flag.as_str(), None),
+            };
+            let known = ["--redis", "--namespace", "--role", "--strategy", "--tick-ms", "--instance-id", "--local-ttl-ms"];
+            if !known.contains(&name) {
+                return Err(format!("unknown flag `{name}` (flags: {})", known.join(" ")));
+            }
+            let value = match inline {
+                Some(v) => v,
+                None => it.next().cloned().ok_or_else(|| format!("{name}: missing value"))?,
+            };
+            let positive = |v: &str| v.parse::<u64>().ok().filter(|n| *n > 0 && *n <= 86_400_000).ok_or_else(|| format!("{name}: `{v}` is not a whole number of milliseconds in 1..=86400000"));
+            match name {
+                "--redis" => a.redis = value,
+                "--namespace" => a.namespace = Some(value),
+                "--role" => {
+                    a.role = match value.as_str() {
+                        "auto" => Role::Auto,
+                        "controller" => Role::Controller,
+                        "follower" => Role::Follower,
+                        other => return Err(format!("--role: `{other}` is not auto, controller or follower")),
+                    }
+                }
+                "--strategy" => {
+                    a.strategy = Some(Strategy::parse(&value).ok_or_else(|| format!("--strategy: `{value}` is not ttl, batched or eager"))?)
+                }
+                "--tick-ms" => a.tick_ms = positive(&value)?,
+                "--local-ttl-ms" => a.local_ttl_ms = positive(&value)?,
+                _ => a.instance_id = Some(value),
+            }
+        }
+        Ok(a)
+    }
+}
+
+fn node_stats(cache: &AciCache) -> serde_json::Value {
+    let s = cache.stats();
+    json!({"reads": s.reads, "l1_hits": s.l1_hits, "l1_misses": s.l1_misses, "writes": s.writes,
+        "messages_sent": s.messages_sent, "pubsub_received": s.pubsub_received, "messages_received": s.messages_received,
+        "invalidations_applied": s.invalidations_applied, "gaps": s.gaps, "malformed": s.malformed, "flushes": s.flushes,
+        "is_controller": s.is_controller, "strategy": s.strategy.map(|x| x.as_str()), "instance_id": s.instance_id})
+}
+
+/// Reads `set K V [TTL_MS]`, `get K`, `del K`, `strategy`, `stats`, `quit` on stdin; one JSON
+/// line each (docs/NODE.md). SIGTERM/SIGINT and end of input shut down like `quit`.
 pub fn node(a: NodeArgs) -> Result<ExitCode> {
-    let role = match a.role.as_str() {
-        "controller" => Role::Controller,
-        "follower" => Role::Follower,
-        "auto" => Role::Auto,
-        other => bail!("unknown role `{other}` (controller, follower or auto)"),
-    };
     runtime()?.block_on(async move {
-        let mut b = AciCache::builder().redis_url(&a.redis).role(role).tick(Duration::from_millis(a.tick_ms));
+        let mut b = AciCache::builder()
+            .redis_url(&a.redis)
+            .role(a.role)
+            .tick(Duration::from_millis(a.tick_ms))
+            .local_ttl(Duration::from_millis(a.local_ttl_ms));
         if let Some(ns) = &a.namespace {
             b = b.namespace(ns);
         }
-        if let Some(s) = &a.strategy {
-            b = b.fixed_strategy(parse_strategy(s)?);
+        if let Some(s) = a.strategy {
+            b = b.fixed_strategy(s);
+        }
+        if let Some(id) = &a.instance_id {
+            b = b.instance_id(id);
         }
         let cache = b.build().await?;
         let out = |v: serde_json::Value| {
@@ -112,7 +180,7 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
             let _ = writeln!(o, "{v}");
             let _ = o.flush();
         };
-        out(json!({"ready": true, "instance_id": cache.instance_id()}));
+        out(json!({"ready": true, "instance_id": cache.instance_id(), "host": "rust", "protocol": 2}));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
         std::thread::spawn(move || {
             for line in std::io::stdin().lines() {
@@ -122,25 +190,42 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
                 }
             }
         });
-        while let Some(line) = rx.recv().await {
-            let words: Vec<&str> = line.split_whitespace().collect();
+        let signal = cache.shutdown_on_signal();
+        tokio::pin!(signal);
+        loop {
+            let line = tokio::select! {
+                l = rx.recv() => l,
+                r = &mut signal => {
+                    // Drained and the lease released by shutdown_on_signal.
+                    r?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            let Some(line) = line else { break };
+            let words: Vec<&str> = line.split(' ').filter(|w| !w.is_empty()).collect();
+            let ttl = |ms: &str| ms.parse::<u64>().ok().filter(|n| *n > 0).map(Duration::from_millis);
             let reply = match words.as_slice() {
                 ["set", k, v] => cache.set(k, v.to_string(), None).await.map(|_| json!({"ok": true})),
+                ["set", k, v, ms] => match ttl(ms) {
+                    Some(t) => cache.set(k, v.to_string(), Some(t)).await.map(|_| json!({"ok": true})),
+                    None => Ok(json!({"error": format!("set: TTL_MS `{ms}` is not a positive whole number")})),
+                },
                 ["get", k] => cache.get_string(k).await.map(|v| json!({"value": v})),
                 ["del", k] => cache.delete(k).await.map(|_| json!({"ok": true})),
                 ["strategy"] => Ok(json!({"strategy": cache.strategy().as_str()})),
-                ["stats"] => {
-                    let s = cache.stats();
-                    Ok(json!({"reads": s.reads, "l1_hits": s.l1_hits, "l1_misses": s.l1_misses, "writes": s.writes,
-                        "messages_sent": s.messages_sent, "messages_received": s.messages_received,
-                        "invalidations_applied": s.invalidations_applied, "gaps": s.gaps, "malformed": s.malformed,
-                        "is_controller": s.is_controller, "strategy": s.strategy.map(|x| x.as_str())}))
+                ["stats"] => Ok(node_stats(&cache)),
+                ["quit"] => {
+                    cache.shutdown().await?;
+                    out(json!({"bye": true}));
+                    return Ok(ExitCode::SUCCESS);
                 }
-                ["quit"] => break,
                 [] => continue,
-                _ => Ok(json!({"error": format!("unknown command: {line}")})),
+                _ => {
+                    let shown: String = line.chars().take(80).collect();
+                    Ok(json!({"error": format!("unknown command: {shown}")}))
+                }
             };
-            out(reply.unwrap_or_else(|e| json!({"error": e.to_string()})));
+            out(reply.unwrap_or_else(|e| json!({"error": e.to_string().replace('\n', " ")})));
         }
         cache.shutdown().await?;
         Ok(ExitCode::SUCCESS)
@@ -218,6 +303,17 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let phase_idx = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         const KEYS: usize = 40;
+        // SIGTERM/SIGINT end the run early but the normal way: every instance shuts down
+        // (publishes its pending batch, releases the lease) and the private server stops.
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if termination_signal().await.is_ok() {
+                    eprintln!("aci demo: termination signal: stopping the fleet gracefully");
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
 
         // Readers: every instance reads keys continuously and compares with the truth.
         let mut readers = Vec::new();
@@ -255,11 +351,14 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             tokio::spawn(async move {
                 let mut seq = 0u64;
                 for (pi, p) in PHASES.iter().enumerate() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
                     phase_idx.store(pi, std::sync::atomic::Ordering::Relaxed);
                     let end = Instant::now() + Duration::from_secs_f64(p.secs * speed);
                     let gap = Duration::from_secs_f64(1.0 / p.rate);
                     let mut next = Instant::now();
-                    while Instant::now() < end {
+                    while Instant::now() < end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         seq += 1;
                         let c = &fleet[(seq as usize) % fleet.len()];
                         let key = format!("item:{}", seq as usize % KEYS);
@@ -380,9 +479,9 @@ fn engine_bench(scale: f64) -> Result<()> {
     let batched = PolicyConfig { initial_strategy: Strategy::Batched, batch_max_keys: 100, batch_interval_ms: 1_000_000, ..PolicyConfig::default() };
     let mut rows: Vec<(&str, &str, f64)> = Vec::new();
     for round in 0..3 {
-        let mut w = PolicyModule::fixed().instantiate()?;
+        let mut w = PolicyModule::try_fixed()?.instantiate()?;
         let mut nat = aci_policy_core::Engine::new(aci_policy_core::Kind::Fixed);
-        let mut wa = PolicyModule::adaptive().instantiate()?;
+        let mut wa = PolicyModule::try_adaptive()?.instantiate()?;
         let mut na = aci_policy_core::Engine::new(aci_policy_core::Kind::Adaptive);
         let _ = round;
         rows.push(("rust-wasm", "record-write", time_ns(n, |i| { let _ = wa.record_write("user:42", i / 1000); })));
@@ -431,7 +530,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         // get: L1 hit vs raw GET.
         let reader = AciCache::builder().redis_url(&target.url).namespace(&ns).role(Role::Controller).build().await?;
         reader.set("hot", value.clone(), Some(Duration::from_secs(600))).await?;
-        let rkey = reader.redis_key("hot");
+        let rkey = reader.redis_key("hot")?;
         let (mut raw_get, mut l1_get) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = Instant::now();

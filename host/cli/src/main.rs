@@ -41,8 +41,13 @@ enum Command {
     Demo(cli::DemoArgs),
     /// Measure the cache against raw Redis on the same server.
     Bench(cli::BenchArgs),
-    /// One cache instance driven by line commands on stdin (for cross-language tests).
-    Node(cli::NodeArgs),
+    /// One cache instance driven by line commands on stdin (docs/NODE.md).
+    Node {
+        /// --redis URL --namespace NS --role auto|controller|follower --strategy S --tick-ms N
+        /// --instance-id ID --local-ttl-ms N
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,7 +85,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate { policy, trace, tick_ms, tuning } => {
             let module = match &policy {
                 Some(p) => PolicyModule::from_file(p, SandboxLimits::default()).with_context(|| format!("{}", p.display()))?,
-                None => PolicyModule::adaptive(),
+                None => PolicyModule::try_adaptive()?,
             };
             let text = std::fs::read_to_string(&trace).with_context(|| format!("reading {}", trace.display()))?;
             let writes = aci_cache::simulate::parse_trace(&text).with_context(|| format!("{}", trace.display()))?;
@@ -93,6 +98,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo(args) => cli::demo(args),
         Command::Bench(args) => cli::bench(args),
-        Command::Node(args) => cli::node(args),
+        Command::Node { args } => match cli::NodeArgs::parse(&args) {
+            Ok(a) => cli::node(a),
+            Err(why) => {
+                eprintln!("aci node: {why}");
+                Ok(ExitCode::from(2))
+            }
+        },
     }
 }

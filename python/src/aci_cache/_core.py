@@ -669,6 +669,9 @@ class Core:
                 self._published(len(cmds), n_inval > 0)
             except Exception as e:
                 self._publish_failed(e, n_inval > 0)
+                with self.lock:  # a heartbeat that was not sent is not late
+                    if self.heartbeats_out and self.heartbeats_out[-1] == wall:
+                        self.heartbeats_out.pop()
         if self.strategy != old:
             self._switched(old, self.strategy)
             cbs = [(cb, old, self.strategy) for cb in list(self.callbacks)]

@@ -430,3 +430,134 @@ async fn a_policy_hot_swap_keeps_serving_and_publishes_the_old_batch() {
     a.set("k", "newer", None).await.unwrap();
     assert_eq!(a.get_string("k").await.unwrap().as_deref(), Some("newer"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_write_report_never_stalls_the_controller() {
+    // v1 fed a forged count to the policy in u32-sized chunks under the policy lock: 2^64-1
+    // hung `set` for minutes and 2^50 stalled it half a second.
+    let srv = server();
+    let ctl = builder(&srv.url(), "forge").role(Role::Controller).build().await.unwrap();
+    assert!(ctl.is_controller());
+    // The controller subscribes to the reports channel after its election: wait for it.
+    let mut r = raw(&srv.url()).await;
+    assert!(wait_until(Duration::from_secs(2), || {
+        let mut r = r.clone();
+        async move {
+            let n: Vec<(String, i64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg("aci:forge:reports").query_async(&mut r).await.unwrap();
+            n[0].1 == 1
+        }
+    })
+    .await, "the controller listens on P:reports");
+    let forged = |count: &str| format!(r#"{{"action":"write_report","count":{count},"timestamp":1.0,"source":"f0f0f0f0f0f0","epoch":"0011223344556677","inval_seq":0,"v":2}}"#);
+    let before = ctl.stats();
+    for count in ["18446744073709551615", "1125899906842624"] {
+        let _: i64 = redis::cmd("PUBLISH").arg("aci:forge:reports").arg(forged(count)).query_async(&mut r).await.unwrap();
+    }
+    // The largest legal count, many times: saturating sums, one policy call per tick.
+    for _ in 0..200 {
+        let _: i64 = redis::cmd("PUBLISH").arg("aci:forge:reports").arg(forged("4294967295")).query_async(&mut r).await.unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(2), || { let c = ctl.clone(); async move { c.stats().malformed == before.malformed + 2 } }).await,
+        "counts above 2^32-1 are malformed: {:?}", ctl.stats().malformed);
+    for i in 0..5 {
+        let t = Instant::now();
+        ctl.set(&format!("k{i}"), "v", None).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1), "set took {:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(ctl.strategy(), Strategy::Eager, "the huge legal counts did reach the policy");
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), ctl.shutdown()).await.expect("shutdown within 2 s").unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1), "shutdown took {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_password_fails_build_with_one_typed_error() {
+    let srv = RedisServer::start(&["--requirepass", "s3cret"]).unwrap();
+    let port = srv.port;
+    let auth_err = |url: String| async move {
+        match AciCache::builder().redis_url(url).namespace("auth").build().await {
+            Err(aci_cache::Error::Auth(why)) => why,
+            Err(other) => panic!("not an auth error: {other}"),
+            Ok(_) => panic!("started without the right password"),
+        }
+    };
+    let missing = auth_err(format!("redis://127.0.0.1:{port}")).await;
+    assert!(missing.contains("requires a password"), "{missing}");
+    let wrong = auth_err(format!("redis://:nope@127.0.0.1:{port}")).await;
+    assert!(wrong.contains("refused"), "{wrong}");
+    let ok = AciCache::builder().redis_url(format!("redis://:s3cret@127.0.0.1:{port}")).namespace("auth").build().await.unwrap();
+    ok.set("k", "v", None).await.unwrap();
+    ok.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_namespace_protocol_keys_are_refused_and_the_lease_is_out_of_reach() {
+    let srv = server();
+    let a = AciCache::builder().redis_url(srv.url()).tick(Duration::from_millis(50)).role(Role::Auto).build().await.unwrap();
+    assert!(a.is_controller());
+    for key in ["aci::controller", "aci::", "aci::x"] {
+        assert!(matches!(a.set(key, "x", None).await, Err(aci_cache::Error::ReservedKey(_))), "{key}");
+        assert!(matches!(a.get(key).await, Err(aci_cache::Error::ReservedKey(_))), "{key}");
+        assert!(matches!(a.delete(key).await, Err(aci_cache::Error::ReservedKey(_))), "{key}");
+    }
+    // A user key named like the lease is only a user key: writing it deposes nobody.
+    a.set("controller", "mine", None).await.unwrap();
+    a.set("aci:controller", "mine", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.is_controller());
+    let mut r = raw(&srv.url()).await;
+    let holder: Option<String> = redis::cmd("GET").arg("aci::controller").query_async(&mut r).await.unwrap();
+    assert_eq!(holder.as_deref(), Some(a.instance_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_dropped_without_shutdown_publishes_its_pending_batch() {
+    let srv = server();
+    let long = Duration::from_secs(60);
+    let reader = builder(&srv.url(), "drop").role(Role::Follower).local_ttl(long).build().await.unwrap();
+    let before = AciCache::dropped_with_pending_batch();
+    {
+        let w = builder(&srv.url(), "drop").fixed_strategy(Strategy::Batched).role(Role::Controller).batch_interval(long).local_ttl(long).build().await.unwrap();
+        w.set("k", "old", None).await.unwrap();
+        assert_eq!(reader.get_string("k").await.unwrap().as_deref(), Some("old"));
+        w.set("k", "new", None).await.unwrap(); // buffered for 60 s
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(reader.get_string("k").await.unwrap().as_deref(), Some("old"));
+    } // dropped: no shutdown
+    assert_eq!(AciCache::dropped_with_pending_batch(), before + 1, "counted");
+    assert!(wait_until(Duration::from_secs(1), || { let r = reader.clone(); async move { r.get_string("k").await.unwrap().as_deref() == Some("new") } }).await,
+        "the pending batch was published, not lost");
+}
+
+/// Pub/Sub deliveries per instance per second over `secs`, counted by every instance's own
+/// `pubsub_received`.
+async fn idle_deliveries_per_instance(url: &str, ns: &str, n: usize, secs: f64) -> f64 {
+    let mut fleet = Vec::new();
+    for _ in 0..n {
+        fleet.push(AciCache::builder().redis_url(url).namespace(ns).role(Role::Auto).build().await.unwrap());
+    }
+    // Let the election settle and the first announcements pass.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let count = |f: &[AciCache]| f.iter().map(|c| c.stats().pubsub_received).sum::<u64>();
+    let (t, before) = (Instant::now(), count(&fleet));
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let per = (count(&fleet) - before) as f64 / t.elapsed().as_secs_f64() / n as f64;
+    assert_eq!(fleet.iter().filter(|c| c.is_controller()).count(), 1);
+    for c in &fleet {
+        c.shutdown().await.unwrap();
+    }
+    per
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_fleet_costs_the_same_per_instance_at_any_size() {
+    // docs/WIRE.md 6: idle, each instance receives its own heartbeat and the controller's
+    // strategy_update, 2/s, whatever N (v1: N per second, every instance's heartbeat).
+    let srv = server();
+    let small = idle_deliveries_per_instance(&srv.url(), "idle3", 3, 3.0).await;
+    let large = idle_deliveries_per_instance(&srv.url(), "idle12", 12, 3.0).await;
+    eprintln!("idle deliveries per instance per second: N=3 {small:.2}, N=12 {large:.2}, ratio {:.2}", large / small);
+    assert!((1.5..=3.0).contains(&small), "N=3: {small:.2}/s");
+    assert!(large / small <= 1.5, "N=3 {small:.2}/s, N=12 {large:.2}/s");
+}

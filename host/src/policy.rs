@@ -52,16 +52,60 @@ impl Default for SandboxLimits {
     }
 }
 
-fn engine() -> &'static wasmtime::Engine {
-    static ENGINE: OnceLock<wasmtime::Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut cfg = wasmtime::Config::new();
-        // Plain synchronous calls: ~0.3 us each instead of ~0.8 us with async support.
-        cfg.concurrency_support(false);
-        cfg.consume_fuel(true);
-        cfg.max_wasm_stack(512 << 10);
-        wasmtime::Engine::new(&cfg).expect("static wasmtime config is valid")
-    })
+/// Extra address space a policy's linear memory reserves past its current size, to grow into
+/// without moving.
+const MEMORY_GROWTH_RESERVE: u64 = 1 << 20;
+/// Unmapped bytes after (and before) a policy's linear memory.
+const MEMORY_GUARD: u64 = 64 << 10;
+
+/// Upper bound on the address space one policy instance reserves for its linear memory, for
+/// sizing `ulimit -v` / `prlimit --as`: while memory grows past its reservation it is copied to a
+/// new one, so for a moment two copies exist, each at most the cap plus the growth reserve and
+/// the guards. Code, tables and the host's own allocations come on top (a few MiB per process).
+pub fn reserved_address_space(limits: &SandboxLimits) -> u64 {
+    2 * (limits.max_memory_bytes as u64 + MEMORY_GROWTH_RESERVE + 2 * MEMORY_GUARD)
+}
+
+/// The one engine every policy is compiled for. Built once; a failure (which a valid static
+/// config should never produce) is kept and returned to every caller, never a panic.
+fn engine() -> Result<&'static wasmtime::Engine, PolicyError> {
+    static ENGINE: OnceLock<Result<wasmtime::Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut cfg = wasmtime::Config::new();
+            // Plain synchronous calls: ~0.3 us each instead of ~0.8 us with async support.
+            cfg.concurrency_support(false);
+            cfg.consume_fuel(true);
+            cfg.max_wasm_stack(512 << 10);
+            // wasmtime's defaults reserve 4 GiB of address space per linear memory plus two 32 MiB
+            // guards (0x104000000 bytes), so that compiled code can skip bounds checks. For a memory
+            // capped at 32 MiB that is 130 times the cap, and a host under `ulimit -v` or
+            // `prlimit --as` of a few GiB cannot create a single instance. Here a memory reserves
+            // what it holds plus MEMORY_GROWTH_RESERVE (the values wasmtime itself uses where there
+            // is no virtual memory) and moves (one copy) when it grows past that, so its reservation
+            // follows its size, which the limiter caps at SandboxLimits::max_memory_bytes. The cost
+            // is an explicit bounds check on each load and store in the policy's code (see the
+            // per-call figures in README.md; measured with `aci bench --engine-only`).
+            cfg.memory_reservation(0);
+            cfg.memory_reservation_for_growth(MEMORY_GROWTH_RESERVE);
+            cfg.memory_may_move(true);
+            // A guard still lets the compiler fold the bounds checks of nearby offsets into one.
+            cfg.memory_guard_size(MEMORY_GUARD);
+            wasmtime::Engine::new(&cfg).map_err(|e| one_line(&e))
+        })
+        .as_ref()
+        .map_err(|e| PolicyError::Resources(format!("cannot create the wasm engine: {e}")))
+}
+
+/// Instantiation fails either because the policy trapped while starting (its fault) or because
+/// the host could not allocate the sandbox: address space under a `ulimit -v`, or an initial
+/// memory above the cap. Only the first is reported as a trap.
+fn instantiate_error(e: &wasmtime::Error) -> PolicyError {
+    if e.downcast_ref::<wasmtime::Trap>().is_some() {
+        PolicyError::Trap(one_line(e))
+    } else {
+        PolicyError::Resources(one_line(e))
+    }
 }
 
 /// What `aci inspect` shows of a policy.
@@ -118,17 +162,18 @@ impl PolicyModule {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(PolicyError::CoreModule);
         }
-        let component = compiled(bytes)?;
+        let engine = engine()?;
+        let component = compiled(engine, bytes)?;
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(engine()).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
         if !imports.is_empty() {
             return Err(PolicyError::HasImports(imports));
         }
-        if ty.get_export(engine(), INTERFACE).is_none() {
-            let exports: Vec<String> = ty.exports(engine()).map(|(n, _)| n.to_string()).collect();
+        if ty.get_export(engine, INTERFACE).is_none() {
+            let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
             return Err(PolicyError::WrongInterface { expected: INTERFACE, found: exports });
         }
-        let linker: Linker<StoreState> = Linker::new(engine());
+        let linker: Linker<StoreState> = Linker::new(engine);
         let pre = linker
             .instantiate_pre(&component)
             .and_then(bindings::EnginePre::new)
@@ -145,18 +190,17 @@ impl PolicyModule {
         Self::from_bytes(&bytes, limits)
     }
 
-    /// The bundled adaptive policy.
-    pub fn adaptive() -> Self {
+    /// The bundled adaptive policy. Fails only when the process cannot allocate the sandbox
+    /// (e.g. under an address-space limit): a typed error, never a panic.
+    pub fn try_adaptive() -> Result<Self, PolicyError> {
         static M: OnceLock<PolicyModule> = OnceLock::new();
-        M.get_or_init(|| Self::from_bytes(ADAPTIVE_WASM, SandboxLimits::default()).expect("bundled policy is valid"))
-            .clone()
+        bundled(&M, ADAPTIVE_WASM)
     }
 
-    /// The bundled fixed policy.
-    pub fn fixed() -> Self {
+    /// The bundled fixed policy; fails like [`PolicyModule::try_adaptive`].
+    pub fn try_fixed() -> Result<Self, PolicyError> {
         static M: OnceLock<PolicyModule> = OnceLock::new();
-        M.get_or_init(|| Self::from_bytes(FIXED_WASM, SandboxLimits::default()).expect("bundled policy is valid"))
-            .clone()
+        bundled(&M, FIXED_WASM)
     }
 
     pub fn with_limits(mut self, limits: SandboxLimits) -> Self {
@@ -174,10 +218,11 @@ impl PolicyModule {
 
     pub fn describe(&self) -> PolicyDescription {
         let mut functions = Vec::new();
-        let ty = self.pre.instance_pre().component().component_type();
-        if let Some(ext) = ty.get_export(engine(), INTERFACE) {
+        let component = self.pre.instance_pre().component();
+        let (ty, engine) = (component.component_type(), component.engine());
+        if let Some(ext) = ty.get_export(engine, INTERFACE) {
             if let ComponentItem::ComponentInstance(inst) = ext.ty {
-                for (name, item) in inst.exports(engine()) {
+                for (name, item) in inst.exports(engine) {
                     if let ComponentItem::ComponentFunc(f) = item.ty {
                         let params: Vec<&str> = f.params().map(|(p, _)| p).collect();
                         let results = f.results().len();
@@ -198,12 +243,22 @@ impl PolicyModule {
     /// A fresh instance in its own store: nothing measured, default config.
     pub fn instantiate(&self) -> Result<PolicyInstance, PolicyError> {
         let state = StoreState { max_memory: self.limits.max_memory_bytes, peak_memory: 0 };
-        let mut store = Store::new(engine(), state);
+        let mut store = Store::new(self.pre.instance_pre().component().engine(), state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_fuel(self.limits.fuel_per_call).map_err(|e| PolicyError::Trap(e.to_string()))?;
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| PolicyError::Trap(one_line(&e)))?;
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| instantiate_error(&e))?;
         Ok(PolicyInstance { store, bindings, fuel: self.limits.fuel_per_call })
     }
+}
+
+/// Loads a bundled policy once per process. Only a success is kept: a failure to allocate may
+/// be transient, and the next caller retries.
+fn bundled(cell: &OnceLock<PolicyModule>, wasm: &[u8]) -> Result<PolicyModule, PolicyError> {
+    if let Some(m) = cell.get() {
+        return Ok(m.clone());
+    }
+    let m = PolicyModule::from_bytes(wasm, SandboxLimits::default())?;
+    Ok(cell.get_or_init(|| m).clone())
 }
 
 /// A wasm fault as one line: the trap's name when there is one (the wasm backtrace that
@@ -216,14 +271,14 @@ pub(crate) fn one_line(e: &wasmtime::Error) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
-fn compiled(bytes: &[u8]) -> Result<Component, PolicyError> {
+fn compiled(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, PolicyError> {
     static CACHE: OnceLock<Mutex<HashMap<u64, Component>>> = OnceLock::new();
     let key = fnv1a(bytes);
     let cache = CACHE.get_or_init(Default::default);
     if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(c.clone());
     }
-    let c = Component::new(engine(), bytes).map_err(|e| PolicyError::Invalid(one_line(&e)))?;
+    let c = Component::new(engine, bytes).map_err(|e| PolicyError::Invalid(one_line(&e)))?;
     cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, c.clone());
     Ok(c)
 }
@@ -426,16 +481,23 @@ impl PolicyRuntime {
         self.stats
     }
 
+    /// The time from which the fault rules (the eager window, the re-instantiation back-off)
+    /// no longer change what this runtime answers; 0 when no fault happened. Lets a replay skip
+    /// idle time without skipping a recovery.
+    pub fn settles_at(&self) -> u64 {
+        self.eager_until.max(self.retry_at)
+    }
+
     fn fault(&mut self, what: &str, err: impl std::fmt::Display, now_ms: u64) {
         self.stats.faults += 1;
         self.consecutive += 1;
         self.lost_buffer = true;
         self.instance = None;
         let window = self.config.window_ms.max(1) as u64;
-        self.eager_until = now_ms + window;
+        self.eager_until = now_ms.saturating_add(window);
         // A policy that faults on every call would cost a re-instantiation per write: back off.
         let backoff = window.saturating_mul(1 << self.consecutive.min(6));
-        self.retry_at = now_ms + if self.consecutive >= 3 { backoff } else { 0 };
+        self.retry_at = now_ms.saturating_add(if self.consecutive >= 3 { backoff } else { 0 });
         tracing::warn!(policy = self.module.name(), call = what, error = %err, faults = self.stats.faults,
             "policy fault: answering eager and re-instantiating");
     }

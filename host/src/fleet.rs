@@ -433,8 +433,9 @@ async fn tick(s: &Shared, clocks: &mut Clocks) -> redis::RedisResult<()> {
     if sent > 0 {
         let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         if let Err(e) = r {
-            if invalidations > 0 {
-                // Receivers cannot know what they got of it: a flush goes first next time.
+            // Receivers cannot know what they got of it: a flush goes first next time. A lost
+            // mark alone needs none: `marked` stays behind, so the mark is sent again.
+            if invalidations > mark.is_some() as u64 {
                 s.publish_failed();
             }
             s.announced.store(u8::MAX, Ordering::Release);

@@ -229,7 +229,8 @@ async fn the_controller_decides_from_the_fleets_rate_and_followers_apply_it() {
     let f1 = mk(Role::Auto).await.unwrap();
     let f2 = mk(Role::Auto).await.unwrap();
     assert!(ctl.is_controller() && !f1.is_controller() && !f2.is_controller(), "one elected controller");
-    assert!(wait_until(Duration::from_secs(1), || { let f = f1.clone(); async move { f.strategy() == Strategy::Ttl } }).await,
+    // Within a heartbeat (1 s): an unchanged strategy is announced once per heartbeat.
+    assert!(wait_until(Duration::from_millis(1500), || { let f = f1.clone(); async move { f.strategy() == Strategy::Ttl } }).await,
         "followers learn the controller's ttl");
     // Only the followers write: 2 x 40 writes/s = 80/s > 50, while each alone is below 50.
     let start = Instant::now();
@@ -560,4 +561,36 @@ async fn an_idle_fleet_costs_the_same_per_instance_at_any_size() {
     eprintln!("idle deliveries per instance per second: N=3 {small:.2}, N=12 {large:.2}, ratio {:.2}", large / small);
     assert!((1.5..=3.0).contains(&small), "N=3: {small:.2}/s");
     assert!(large / small <= 1.5, "N=3 {small:.2}/s, N=12 {large:.2}/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_publish_the_next_invalidation_is_preceded_by_a_flush() {
+    // docs/WIRE.md 4: a sender whose publish failed cannot know what receivers got.
+    let mut srv = server();
+    let w = builder(&srv.url(), "pf").fixed_strategy(Strategy::Eager).role(Role::Controller)
+        .command_timeout(Duration::from_millis(300)).build().await.unwrap();
+    w.set("k", "v0", None).await.unwrap();
+    srv.kill();
+    assert!(w.set("k", "v1", None).await.is_err(), "Redis is down");
+    srv.restart(&[]).unwrap();
+    // Listen as a raw subscriber, then write again: the flush must come before the invalidate.
+    let client = redis::Client::open(srv.url()).unwrap();
+    let mut ps = client.get_async_pubsub().await.unwrap();
+    ps.subscribe("aci:pf:invalidation").await.unwrap();
+    let mut stream = ps.on_message();
+    let end = Instant::now() + Duration::from_secs(5);
+    while w.set("k", "v2", None).await.is_err() {
+        assert!(Instant::now() < end, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    use futures_util::StreamExt;
+    // The tick may send the pending flush too (both claim it until one succeeds): any number
+    // of flushes, but one before the first invalidate.
+    let mut actions = Vec::new();
+    while actions.last().map(String::as_str) != Some("invalidate") {
+        let m = tokio::time::timeout(Duration::from_secs(2), stream.next()).await.expect("messages").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.get_payload_bytes()).unwrap();
+        actions.push(v["action"].as_str().unwrap().to_string());
+    }
+    assert_eq!(actions[0], "flush", "{actions:?}");
 }

@@ -79,6 +79,7 @@ type Cache struct {
 	start time.Time
 	c     counters
 
+	ownTag   string // `,"source":"<id>"`, as our own messages carry it
 	strategy atomic.Uint32
 	// writeRate is the policy's fleet rate (float bits) from the last tick.
 	writeRate atomic.Uint64
@@ -152,7 +153,7 @@ func New(ctx context.Context, client redis.UniversalClient, opts ...Option) (*Ca
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache{rdb: client, s: s, n: n, snd: sender{source: id, epoch: randomHex(16)},
+	c := &Cache{rdb: client, s: s, n: n, snd: sender{source: id, epoch: randomHex(16)}, ownTag: `,"source":"` + id + `"`,
 		l1: newL1(s.l1MaxEntries, s.l1MaxBytes), start: time.Now(), loss: newLossDetector(),
 		malformedSeen: map[Malformed]bool{}, ready: make(chan struct{})}
 	pol, err := newPolicyRuntime(module, cfg, 0)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -139,6 +141,13 @@ func (c *Cache) awaitSubscribed(ps *redis.PubSub, n int) error {
 // handle applies one delivered message (docs/WIRE.md 2, 4, 5).
 func (c *Cache) handle(channel, payload string) {
 	c.c.pubsubReceived.Add(1)
+	// Our own messages (one per eager write comes back to us) only tell the lag: read their
+	// timestamp without decoding the rest. The exact bytes `,"source":"<id>"` cannot occur
+	// inside a JSON string (its quotes would be escaped), only as a member.
+	if ts, ok := ownTimestamp(payload, c.ownTag); ok {
+		c.measureLag(ts)
+		return
+	}
 	m, bad := decode([]byte(payload))
 	if bad != "" {
 		c.c.malformed.Add(1)
@@ -208,6 +217,25 @@ func (c *Cache) handle(channel, payload string) {
 			}
 		}
 	}
+}
+
+// ownTimestamp recognises a message in this host's own encoding (sender.finish) from source
+// tag, and returns its timestamp.
+func ownTimestamp(payload, tag string) (float64, bool) {
+	i := strings.Index(payload, tag)
+	if i < 0 || len(payload) > maxPayload {
+		return 0, false
+	}
+	const ts = `,"timestamp":`
+	j := strings.LastIndex(payload[:i], ts)
+	if j < 0 {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(payload[j+len(ts):i], 64)
+	if err != nil {
+		return 0, false
+	}
+	return v, true
 }
 
 func (c *Cache) lostInvalidation() {

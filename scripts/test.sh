@@ -10,7 +10,7 @@ if [ "${ACI_SKIP_SETUP:-}" != "1" ]; then
     bash scripts/setup.sh
 fi
 # The mixed-fleet suites drive the `aci` binary: build it before any suite runs.
-cargo build --quiet -p aci-cli
+cargo build --quiet --workspace --tests  # target/debug/aci included; one feature set with the test run below
 export ACI_BIN="$root/target/debug/aci"
 failed=()
 run() {

@@ -85,6 +85,12 @@ func decode(payload []byte) (*message, Malformed) {
 	if err := json.Unmarshal(payload, &obj); err != nil {
 		return nil, MalformedNotJSON
 	}
+	// A member whose value is null is absent (bad-field where the member is required).
+	for k, v := range obj {
+		if string(v) == "null" {
+			delete(obj, k)
+		}
+	}
 	m := &message{}
 	rawAction, hasAction := obj["action"]
 	var actionName string
@@ -98,7 +104,8 @@ func decode(payload []byte) (*message, Malformed) {
 	}
 	var rawKeys []json.RawMessage
 	keysIsArray := false
-	if rk, ok := obj["keys"]; ok && len(rk) > 0 && rk[0] == '[' {
+	// Only an invalidate's keys are read (and counted); elsewhere keys is an unlisted member.
+	if rk, ok := obj["keys"]; ok && actionOK && m.action == actInvalidate && len(rk) > 0 && rk[0] == '[' {
 		if json.Unmarshal(rk, &rawKeys) == nil {
 			keysIsArray = true
 			if len(rawKeys) > maxKeys {

@@ -246,9 +246,44 @@ fn id(f: &mut Fields, name: &str) -> Result<Option<String>, Malformed> {
 
 /// Decodes one payload per section 2.3, checking in the spec's order. Bounded: the size is
 /// checked first, serde_json's recursion limit (128) stops deep nesting, key lists are capped.
+/// Arrays and objects nested deeper than this are `not-json` (section 2.3): one number every
+/// host checks, well below serde_json's own recursion limit.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// Whether brackets outside strings nest deeper than `max`: one pass, no allocation.
+fn nesting_exceeds(payload: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in payload {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 pub fn decode(payload: &[u8]) -> Result<Message, Malformed> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Malformed::TooLarge);
+    }
+    if nesting_exceeds(payload, MAX_DEPTH) {
+        return Err(Malformed::NotJson);
     }
     let value: Value = serde_json::from_slice(payload).map_err(|_| Malformed::NotJson)?;
     let Value::Object(mut f) = value else { return Err(Malformed::NotObject) };

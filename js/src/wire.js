@@ -22,6 +22,35 @@ function int(v, lo, hi) {
   return typeof v === 'number' && Number.isInteger(v) && v >= lo && v <= hi;
 }
 
+/** Arrays and objects nested deeper than this are not-json (docs/WIRE.md 2.3), as in every host. */
+export const MAX_DEPTH = 64;
+
+// Only a payload with more than MAX_DEPTH brackets can nest that deep: the common case is one
+// indexOf-free count, and the character scan runs only for payloads that could fail it.
+function nestingExceeds(text, max) {
+  let brackets = 0;
+  for (let i = text.indexOf('['); i !== -1 && brackets <= max; i = text.indexOf('[', i + 1)) brackets++;
+  for (let i = text.indexOf('{'); i !== -1 && brackets <= max; i = text.indexOf('{', i + 1)) brackets++;
+  if (brackets <= max) return false;
+  let depth = 0;
+  let inString = false;
+  let escaped = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (c === 92) escaped = true; // backslash
+      else if (c === 34) inString = false; // quote
+    } else if (c === 34) inString = true;
+    else if (c === 91 || c === 123) {
+      if (++depth > max) return true;
+    } else if (c === 93 || c === 125) {
+      if (depth > 0) depth--;
+    }
+  }
+  return false;
+}
+
 /**
  * Decodes one payload (a Buffer / Uint8Array, or a string already decoded) into
  * { action, source, epoch, timestamp, ...per action } with absent optionals as null,
@@ -41,6 +70,7 @@ export function decode(payload) {
       return bad('not-json');
     }
   }
+  if (nestingExceeds(text, MAX_DEPTH)) return bad('not-json');
   let m;
   try {
     m = JSON.parse(text);

@@ -182,6 +182,36 @@ def _ident(m: Dict[str, Any], name: str, required: bool) -> Optional[str]:
     raise Malformed("bad-field", f"{name} {v!r} is not 1-64 of [A-Za-z0-9_-]")
 
 
+#: Arrays and objects nested deeper than this are not-json (docs/WIRE.md 2.3), as in every host.
+MAX_DEPTH = 64
+
+
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    # Only a payload with more brackets than the limit can nest that deep: str.count runs in C,
+    # so ordinary messages never pay for the character loop below.
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "[" or ch == "{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch == "]" or ch == "}":
+            depth = max(0, depth - 1)
+    return False
+
+
 def decode(payload: Union[bytes, bytearray, str]) -> Dict[str, Any]:
     """Decode one payload into its canonical form (the fields of its action, absent optionals as
     None; docs/WIRE.md 2.1), or raise :class:`Malformed`. Bounded work on any input.
@@ -196,6 +226,8 @@ def decode(payload: Union[bytes, bytearray, str]) -> Dict[str, Any]:
         text = bytes(payload).decode("utf-8")
     except UnicodeDecodeError as e:
         raise Malformed("not-json", f"not UTF-8: {e}") from None
+    if _nesting_exceeds(text, MAX_DEPTH):
+        raise Malformed("not-json", f"nested deeper than {MAX_DEPTH} levels")
     try:
         m = _loads(text)
     except (ValueError, RecursionError) as e:

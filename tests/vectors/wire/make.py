@@ -147,6 +147,15 @@ def decode_cases():
     c.append(bad("not JSON", 'hello', "not-json"))
     c.append(bad("empty payload", '', "not-json"))
     c.append(bad("truncated JSON", '{"action":"flush"', "not-json"))
+    c.append(bad("nested 65 levels deep", '{"action":"heartbeat","source":"%s","x":%s1%s}' % (SRC, "[" * 64, "]" * 64),
+                 "not-json"))
+    c.append(bad("nested 100,000 levels deep", '{"action":"heartbeat","source":"%s","x":%s1%s}'
+                 % (SRC, "[" * 100_000, "]" * 100_000), "not-json"))
+    c.append(ok("nested 64 levels deep is fine", '{"action":"heartbeat","source":"%s","epoch":"%s","timestamp":1.5,"x":%s1%s}'
+                % (SRC, EP, "[" * 32 + "{\"y\":" * 31, "}" * 31 + "]" * 32), canon("heartbeat")))
+    c.append(ok("brackets inside strings do not nest",
+                '{"action":"heartbeat","source":"%s","epoch":"%s","timestamp":1.5,"x":"%s"}' % (SRC, EP, "[{" * 200),
+                canon("heartbeat")))
     c.append(bad("trailing garbage", msg(action="heartbeat", **B) + "x", "not-json"))
     c.append(bad("NaN is not JSON", '{"action":"strategy_update","strategy":"ttl","write_rate":NaN,"source":"%s"}' % SRC, "not-json"))
     c.append(bad("Infinity is not JSON", '{"action":"heartbeat","timestamp":Infinity,"source":"%s"}' % SRC, "not-json"))

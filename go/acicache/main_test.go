@@ -2,6 +2,7 @@ package acicache
 
 import (
 	"context"
+	"log/slog"
 	"fmt"
 	"net"
 	"os"
@@ -54,6 +55,9 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
+// testLogger keeps warnings (a test that provokes one says so) and drops the info lines.
+var testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
 func newClient(t testing.TB) *redis.Client {
 	t.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
@@ -66,7 +70,7 @@ func newCache(t testing.TB, opts ...Option) *Cache {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := New(ctx, newClient(t), opts...)
+	c, err := New(ctx, newClient(t), append([]Option{WithLogger(testLogger)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func decode(payload []byte) (*message, Malformed) {
 		return nil, MalformedTooLarge
 	}
 	// encoding/json replaces invalid UTF-8 instead of refusing it, so check first.
-	if !utf8.Valid(payload) || !json.Valid(payload) {
+	if !utf8.Valid(payload) || tooDeep(payload) || !json.Valid(payload) {
 		return nil, MalformedNotJSON
 	}
 	trimmed := bytes.TrimLeft(payload, " \t\r\n")
@@ -173,6 +173,38 @@ func decode(payload []byte) (*message, Malformed) {
 		}
 	}
 	return m, ""
+}
+
+// maxDepth: JSON nested deeper than this (arrays and objects, the outer object counting as 1)
+// is not-json, so that no parser's recursion depends on a sender.
+const maxDepth = 64
+
+// tooDeep scans once for nesting beyond maxDepth; brackets inside strings do not count.
+func tooDeep(b []byte) bool {
+	depth, inString := 0, false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '[', '{':
+			if depth++; depth > maxDepth {
+				return true
+			}
+		case ']', '}':
+			depth--
+		}
+	}
+	return false
 }
 
 func isString(raw json.RawMessage) bool { return len(raw) > 0 && raw[0] == '"' }

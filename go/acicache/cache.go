@@ -48,17 +48,17 @@ type Stats struct {
 	MessagesReceived     uint64   `json:"messages_received"`
 	InvalidationsApplied uint64   `json:"invalidations_applied"`
 	// Flushes counts whole-L1 flushes: flush messages, detected losses, resubscriptions.
-	Flushes        uint64 `json:"flushes"`
-	Gaps           uint64 `json:"gaps"`
-	Malformed      uint64 `json:"malformed"`
-	PolicyFaults   uint64 `json:"policy_faults"`
-	Resubscribes   uint64 `json:"resubscribes"`
-	ControllerLost uint64 `json:"controller_lost"`
-	LagSuspensions uint64 `json:"lag_suspensions"`
-	PublishFailures uint64 `json:"publish_failures"`
-	L1Serving      bool   `json:"l1_serving"`
-	L1Entries      int    `json:"l1_entries"`
-	Switches       []SwitchEvent `json:"-"`
+	Flushes         uint64        `json:"flushes"`
+	Gaps            uint64        `json:"gaps"`
+	Malformed       uint64        `json:"malformed"`
+	PolicyFaults    uint64        `json:"policy_faults"`
+	Resubscribes    uint64        `json:"resubscribes"`
+	ControllerLost  uint64        `json:"controller_lost"`
+	LagSuspensions  uint64        `json:"lag_suspensions"`
+	PublishFailures uint64        `json:"publish_failures"`
+	L1Serving       bool          `json:"l1_serving"`
+	L1Entries       int           `json:"l1_entries"`
+	Switches        []SwitchEvent `json:"-"`
 }
 
 type counters struct {

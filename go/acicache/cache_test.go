@@ -68,7 +68,7 @@ func TestGetSetDeleteAndL1(t *testing.T) {
 	if err := c.Set(bg, "user:1", "alice", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if v, err := rdb.Get(bg, space+"", ).Result(); err == nil {
+	if v, err := rdb.Get(bg, space+"").Result(); err == nil {
 		t.Fatalf("unexpected key %q", v)
 	}
 	if v := rdb.Get(bg, "aci:"+space+":user:1").Val(); v != "alice" {

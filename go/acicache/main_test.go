@@ -2,8 +2,8 @@ package acicache
 
 import (
 	"context"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"

@@ -22,13 +22,13 @@ type policyRuntime struct {
 	following bool
 	followed  policy.Strategy
 
-	faults        uint64 // total
-	inARow        int
-	retryAtMs     uint64 // no instance before this
-	healthySince  uint64
-	flushOwed     bool
-	lastErr       error
-	onFault       func(error)
+	faults       uint64 // total
+	inARow       int
+	retryAtMs    uint64 // no instance before this
+	healthySince uint64
+	flushOwed    bool
+	lastErr      error
+	onFault      func(error)
 }
 
 func newPolicyRuntime(m *policy.Module, cfg policy.Config, nowMs uint64) (*policyRuntime, error) {

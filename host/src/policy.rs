@@ -84,8 +84,10 @@ fn engine() -> Result<&'static wasmtime::Engine, PolicyError> {
             // what it holds plus MEMORY_GROWTH_RESERVE (the values wasmtime itself uses where there
             // is no virtual memory) and moves (one copy) when it grows past that, so its reservation
             // follows its size, which the limiter caps at SandboxLimits::max_memory_bytes. The cost
-            // is an explicit bounds check on each load and store in the policy's code (see the
-            // per-call figures in README.md; measured with `aci bench --engine-only`).
+            // is an explicit bounds check on each load and store in the policy's code: measured
+            // with `aci bench --engine-only` (release, best of 5), a record-write or status call
+            // is unchanged (402 vs 393 ns, 303 vs 299 ns); a tick's 100-key record-writes +
+            // pending-batch takes 117 us instead of 93 us, half of it Spectre masking of the checks.
             cfg.memory_reservation(0);
             cfg.memory_reservation_for_growth(MEMORY_GROWTH_RESERVE);
             cfg.memory_may_move(true);

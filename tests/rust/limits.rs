@@ -13,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use aci_cache::policy::{reserved_address_space, PolicyConfig, PolicyModule, PolicyRuntime, SandboxLimits, Strategy};
+use aci_cache::PolicyError;
 
 /// The address-space limit the binary must run under: a quarter of what one policy instance
 /// reserved before (0x104000000 bytes), and about 30 times the default memory cap.
@@ -368,4 +369,38 @@ fn memory_still_grows_to_the_cap_and_faults_past_it() {
         }
     }
     assert!(matches!(faulted_at, Some(4..=6)), "faulted at write {faulted_at:?}: the cap is {cap} bytes");
+}
+
+#[test]
+fn running_out_of_address_space_is_a_typed_error_not_a_panic() {
+    // Under 512 MiB, instances are created until the next one cannot be: that one must be
+    // PolicyError::Resources (before: a panic in the bundled loader, or a misleading "trapped").
+    in_limited_child("running_out_of_address_space_is_a_typed_error_not_a_panic", 512 << 20);
+    if std::env::var_os("ACI_LIMITS_CHILD").is_none() {
+        return;
+    }
+    let module = PolicyModule::try_adaptive().expect("the bundled policy loads under 512 MiB");
+    let mut held = Vec::new();
+    let err = loop {
+        match module.instantiate() {
+            Ok(inst) => held.push(inst),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 100_000, "never ran out");
+    };
+    assert!(held.len() >= 16, "only {} instances fit in 512 MiB", held.len());
+    assert!(matches!(err, PolicyError::Resources(_)), "{err:?}");
+    drop(held);
+    // With the space back, instances are created again.
+    module.instantiate().expect("instantiate after release");
+}
+
+#[test]
+fn an_initial_memory_above_the_cap_is_a_typed_error() {
+    let limits = SandboxLimits { max_memory_bytes: 1 << 16, ..SandboxLimits::default() };
+    match PolicyModule::from_bytes(aci_cache::policy::ADAPTIVE_WASM, limits) {
+        Err(PolicyError::Resources(m)) => assert!(m.contains("cap of 65536 bytes"), "{m}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a policy needing more than one page loaded under a one-page cap"),
+    }
 }

@@ -107,8 +107,10 @@ impl Drop for Inner {
     }
 }
 
+/// Resolves at the first SIGTERM or SIGINT (Ctrl-C elsewhere): what a supervisor sends before it
+/// kills a process. For apps that shut down more than the cache on those signals.
 #[cfg(unix)]
-async fn termination_signal() -> std::io::Result<()> {
+pub async fn termination_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -119,8 +121,9 @@ async fn termination_signal() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Resolves at the first Ctrl-C.
 #[cfg(not(unix))]
-async fn termination_signal() -> std::io::Result<()> {
+pub async fn termination_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 

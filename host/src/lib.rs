@@ -27,7 +27,7 @@ pub mod simulate;
 mod wire;
 
 pub use bundled::{bundled_policy, bundled_policy_names};
-pub use cache::{AciCache, Stats, SwitchEvent};
+pub use cache::{termination_signal, AciCache, Stats, SwitchEvent};
 pub use config::{CacheBuilder, PolicySource, Role, Settings};
 pub use error::{ConfigError, Error, PolicyError, Result};
 pub use policy::{PolicyModule, SandboxLimits, Strategy};

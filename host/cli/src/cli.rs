@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aci_cache::policy::{PolicyConfig, PolicyModule, Strategy};
 use aci_testkit::RedisServer;
-use aci_cache::{AciCache, Role};
+use aci_cache::{termination_signal, AciCache, Role};
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -61,22 +61,6 @@ fn redis_target(url: Option<String>) -> Result<Target> {
             Ok(Target { url: server.url(), _server: Some(server) })
         }
     }
-}
-
-#[cfg(unix)]
-async fn termination_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-async fn termination_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

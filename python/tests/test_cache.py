@@ -850,6 +850,25 @@ def test_a_silent_subscription_is_presumed_dead(make_cache, ns, r):
     assert c.get("k") == b"v1" and c.stats["l1_entries"] == 1  # refilled from Redis after the flush
 
 
+def test_heartbeats_lost_while_unsubscribed_are_not_lag(r):
+    """A heartbeat published while no subscription listened can never be heard back: after the
+    resubscribe it must not count as lag (it used to suspend L1 ~max_lag after every resubscribe,
+    which flaked the silent-subscription test above). A heartbeat sent after it still counts."""
+    from aci_cache._core import Core
+
+    core = Core(CacheConfig.from_kwargs(namespace="lag", max_lag=0.5), r.get_encoder(), False)
+    core.link_resubscribed()
+    core.link_down(ConnectionError("test"))
+    now = time.time()
+    core.heartbeats_out.append(now - 2.0)  # sent while the link was down: lost with it
+    core.link_resubscribed()
+    core._check_lag(now)
+    assert not core.stats()["lagging"] and core.stats()["lag_suspensions"] == 0
+    core.heartbeats_out.append(now - 2.0)  # on the new subscription and unheard for 2 s: lag
+    core._check_lag(now)
+    assert core.stats()["lagging"] and core.stats()["lag_suspensions"] == 1
+
+
 def test_a_controller_that_cannot_renew_its_lease_steps_down(make_cache, ns):
     # The lease (controller_interval) must clearly outlast the sleep below plus one tick (0.25 s)
     # since the last renewal: with 0.6 s the margin was 0.05 s, and a loaded machine stepped down

@@ -906,6 +906,11 @@ class Core:
             self._subscribed_once = True
             self._flush_l1()
             self.detector.resubscribed()
+            # Our heartbeats published while no subscription listened are lost for good; left
+            # outstanding, a tick read their age as lag and suspended L1 ~max_lag after a
+            # resubscribe for nothing (a race that flaked test_a_silent_subscription_is_presumed_dead
+            # when its read came late). One published from here on is heard back and measured.
+            self.heartbeats_out.clear()
             self.link_up = True
             self.last_msg = time.monotonic()
         self.subscribed.set()

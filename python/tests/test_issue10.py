@@ -174,6 +174,13 @@ def test_same_key_race_never_keeps_the_loser(make_cache, ns, r):
         assert stale == 0, f"{strategy}: {stale} of 60 rounds left the losing value in L1"
 
 
+def _why(c):
+    """What can make a reader skip its L1, for an assertion message."""
+    s = c.stats
+    return " ".join(f"{k}={s[k]}" for k in ("lagging", "lag_suspensions", "link_up", "pubsub_errors", "resubscribes",
+                                            "gaps", "invalidations_applied", "l1_entries", "messages_received"))
+
+
 _WRITER = """
 import sys, time, signal, redis
 sys.path.insert(0, {src!r})
@@ -190,6 +197,7 @@ cache.set("k", "new")
 time.sleep(0.4)  # one tick: the write is in the policy's batch, not published
 print("written", flush=True)
 if mode == "exit":
+    sys.stdin.readline()  # until the test has checked the batch is not announced yet
     sys.exit(0)  # no stop(): the original's snippets never call it
 time.sleep(60)
 """
@@ -199,11 +207,17 @@ time.sleep(60)
 def test_pending_batch_is_published_at_exit(redis_server, make_cache, ns, r, mode):
     reader = make_cache(namespace=ns, is_controller=False, local_ttl=30)
     r.set(f"aci:{ns}:k", "old")
-    assert reader.get("k") == b"old"
+    # The precondition: "old" is in the reader's L1. A read before its subscription is confirmed
+    # bypasses L1 (so a later read would see the writer's value from Redis): wait until it sticks.
+    assert wait_for(lambda: reader.get("k") == b"old" and reader.stats["l1_entries"] == 1), _why(reader)
     code = _WRITER.format(src=SRC, port=redis_server.port, ns=ns)
-    p = subprocess.Popen([sys.executable, "-c", code, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # In "exit" mode the writer waits on stdin: exiting right after "written" raced its exit-time
+    # publish against the "not yet announced" read below (failed on a loaded box).
+    p = subprocess.Popen([sys.executable, "-c", code, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "written", p.stderr.read()
-    assert reader.get("k") == b"old"  # batched: not yet announced
+    assert reader.get("k") == b"old", _why(reader)  # batched: not yet announced
+    p.stdin.close()
     if mode in ("sigterm", "user-handler"):
         p.send_signal(signal.SIGTERM)
     elif mode == "sigint":
@@ -322,6 +336,8 @@ async def main():
     print("written", flush=True)
     if mode == "sigterm":
         await asyncio.sleep(60)
+    else:
+        sys.stdin.readline()  # until the test has checked the batch is not announced yet
 asyncio.run(main())  # returns without stop(): the loop is gone when the interpreter exits
 """
 
@@ -330,11 +346,15 @@ asyncio.run(main())  # returns without stop(): the loop is gone when the interpr
 def test_async_pending_batch_is_published_at_exit(redis_server, make_cache, ns, r, mode):
     reader = make_cache(namespace=ns, is_controller=False, local_ttl=30)
     r.set(f"aci:{ns}:k", "old")
-    assert reader.get("k") == b"old"
+    assert wait_for(lambda: reader.get("k") == b"old" and reader.stats["l1_entries"] == 1), _why(reader)
     code = _ASYNC_WRITER.format(src=SRC, port=redis_server.port, ns=ns)
-    p = subprocess.Popen([sys.executable, "-c", code, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # In "exit" mode the writer waits on stdin: exiting right after "written" raced its exit-time
+    # publish against the "not yet announced" read below (failed on a loaded box).
+    p = subprocess.Popen([sys.executable, "-c", code, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "written", p.stderr.read()
-    assert reader.get("k") == b"old"
+    assert reader.get("k") == b"old", _why(reader)
+    p.stdin.close()
     if mode == "sigterm":
         p.send_signal(signal.SIGTERM)
     p.wait(15)

@@ -170,10 +170,13 @@ class TestFleet:
         try:
             assert a.stats.link_up and b.stats.link_up  # fakeredis Pub/Sub carries the protocol
             a.set("k", "1")
+            # a's invalidation of this first write reaches b asynchronously: arriving after b's fill
+            # below, it dropped the entry and the hit check failed on a loaded box. Let it land first.
+            assert wait(lambda: b.stats.invalidations_applied >= 1, timeout=5)
             assert b.get("k") == b"1"
             assert b.get("k") == b"1" and b.stats.cache_hits == 1  # from b's local cache
             a.set("k", "2")
-            assert wait(lambda: b.stats.invalidations_applied >= 2)
+            assert wait(lambda: b.stats.invalidations_applied >= 2, timeout=3)  # < the 5 s local TTL
             assert b.get("k") == b"2"
         finally:
             a.stop()

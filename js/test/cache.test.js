@@ -10,35 +10,18 @@ import { fileURLToPath } from 'node:url';
 import { AdaptiveCache, CacheConfigError } from 'aci-cache';
 import { NearCache } from '../src/near-cache.js';
 import { policyDir } from '../src/policy.js';
-import { sleep, startRedis, until } from './redis-server.js';
+import { sleep, until, useCaches } from './redis-server.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const HOSTILE = path.join(policyDir(), 'hostile.wasm');
 const quiet = { warn() {} };
 
-let srv;
-const caches = [];
-before(async () => {
-  srv = await startRedis();
-});
-after(async () => {
-  for (const c of caches) await c.stop().catch(() => {});
-  await srv.stop();
-});
-
-let nsCounter = 0;
-const ns = () => `t${process.pid}-${nsCounter++}`;
-
-async function cache(opts) {
-  const c = new AdaptiveCache({ redis: srv.client(), logger: quiet, ...opts });
-  caches.push(c);
-  await c.start();
-  return c;
-}
+const fx = useCaches('t');
+const { ns, cache } = fx;
 
 describe('configuration', () => {
   test('errors name the option, at construction', () => {
-    const redis = srv.client();
+    const redis = fx.srv.client();
     const cases = [
       [{ redis, namespace: 'a:b' }, 'namespace'],
       [{ redis, namespace: '' }, 'namespace'],
@@ -88,18 +71,18 @@ await cache.stop();
       const out = await runSnippet(dir, 'quickstart.mjs');
       assert.match(out[0], /^(ttl|batched|eager)$/);
       assert.equal(out[1], '1');
-      assert.equal(await srv.client().get('user:42'), '{"name":"Alice"}');
+      assert.equal(await fx.srv.client().get('user:42'), '{"name":"Alice"}');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
 
   test('multi-instance setup and configuration example', async () => {
-    const redis = srv.client();
+    const redis = fx.srv.client();
     {
       // Instance 1
       const cache = new AdaptiveCache({ redis, isController: true });
-      caches.push(cache);
+      fx.caches.push(cache);
       await cache.start();
       assert.equal(cache.role, 'controller');
       await cache.stop();
@@ -107,7 +90,7 @@ await cache.stop();
     {
       // Instances 2+
       const cache = new AdaptiveCache({ redis, isController: false });
-      caches.push(cache);
+      fx.caches.push(cache);
       await cache.start();
       assert.equal(cache.role, 'follower');
       await cache.stop();
@@ -120,7 +103,7 @@ await cache.stop();
         namespace: "user-service",
         isController: true,
     });
-    caches.push(cache);
+    fx.caches.push(cache);
     await cache.start();
     const switches = [];
     cache.onSwitch((from, to) => switches.push([from, to]));
@@ -146,7 +129,7 @@ await cache.stop();
 async function runSnippet(dir, file) {
   const preload = path.join(dir, 'preload.mjs');
   writeFileSync(preload, `import { DEFAULT_REDIS_OPTIONS } from 'ioredis/built/redis/RedisOptions.js';
-DEFAULT_REDIS_OPTIONS.port = ${srv.port};
+DEFAULT_REDIS_OPTIONS.port = ${fx.srv.port};
 `);
   const child = spawn(process.execPath, ['--import', preload, file], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -157,7 +140,7 @@ DEFAULT_REDIS_OPTIONS.port = ${srv.port};
   try {
     await until(() => out.split('\n').length > 2 || child.exitCode !== null, 15_000, `snippet output (stderr: ${err})`);
     // stop() releases the controller lease when it held it: wait for that, then end the process.
-    await until(async () => (await srv.client().exists('aci::controller')) === 0, 5000, 'stop()');
+    await until(async () => (await fx.srv.client().exists('aci::controller')) === 0, 5000, 'stop()');
     await sleep(100);
   } finally {
     child.kill('SIGKILL');
@@ -169,7 +152,7 @@ DEFAULT_REDIS_OPTIONS.port = ${srv.port};
 
 describe('L1', () => {
   test('hits after a miss; read-your-writes; nothing served past the Redis TTL', async () => {
-    const r = srv.client();
+    const r = fx.srv.client();
     const c = await cache({ namespace: ns(), isController: true, strategy: 'ttl' });
     await r.set(c.redisKey('a'), 'va', 'PX', 300);
     assert.equal(await c.get('a'), 'va');
@@ -221,7 +204,7 @@ describe('L1', () => {
   });
 
   test('flush() drops the namespace everywhere and nothing else; without a namespace it is FLUSHDB', async () => {
-    const r = srv.client();
+    const r = fx.srv.client();
     const name = ns();
     const a = await cache({ namespace: name, isController: true, strategy: 'ttl' });
     const b = await cache({ namespace: name, isController: false });
@@ -243,7 +226,7 @@ describe('L1', () => {
   });
 
   test('L1 stops serving while the subscription is down, and comes back empty', async () => {
-    const r = srv.client();
+    const r = fx.srv.client();
     const c = await cache({ namespace: ns(), isController: true, strategy: 'ttl' });
     await c.set('k', 'v');
     assert.equal(c.stats().l1Serving, true);
@@ -321,7 +304,7 @@ describe('fleet', () => {
   test('malformed messages are counted, not fatal', async () => {
     const name = ns();
     const c = await cache({ namespace: name, isController: true });
-    const r = srv.client();
+    const r = fx.srv.client();
     await r.publish(`aci:${name}:invalidation`, 'not json');
     await r.publish(`aci:${name}:invalidation`, '{"action":"write_report","count":18446744073709551615,"source":"x"}');
     await until(() => c.stats().malformed === 2, 2000, 'malformed counted');
@@ -353,7 +336,7 @@ describe('policy sandbox', () => {
 
 describe('lifecycle', () => {
   test('stop() during start() waits for it and leaves nothing running; start() twice is refused', async () => {
-    const c = new AdaptiveCache({ redis: srv.client(), namespace: ns(), logger: quiet });
+    const c = new AdaptiveCache({ redis: fx.srv.client(), namespace: ns(), logger: quiet });
     const started = c.start();
     await c.stop();
     await started;

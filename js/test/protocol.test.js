@@ -6,31 +6,14 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { AdaptiveCache } from '../src/index.js';
 import { decode } from '../src/wire.js';
-import { sleep, startRedis, until } from './redis-server.js';
+import { sleep, until, useCaches } from './redis-server.js';
 
-const quiet = { warn() {} };
-let srv;
-const caches = [];
-before(async () => {
-  srv = await startRedis();
-});
-after(async () => {
-  for (const c of caches) await c.stop().catch(() => {});
-  await srv.stop();
-});
-let nsCounter = 0;
-const ns = () => `p${process.pid}-${nsCounter++}`;
-
-async function cache(opts) {
-  const c = new AdaptiveCache({ redis: srv.client(), logger: quiet, ...opts });
-  caches.push(c);
-  await c.start();
-  return c;
-}
+const fx = useCaches('p');
+const { ns, cache, quiet } = fx;
 
 // Records every message on the given channels: [{ channel, at, msg }].
 async function listen(...channels) {
-  const sub = srv.client();
+  const sub = fx.srv.client();
   const got = [];
   sub.on('messageBuffer', (ch, payload) => got.push({ channel: ch.toString(), at: performance.now(), msg: decode(payload) }));
   await sub.subscribe(...channels);
@@ -74,9 +57,9 @@ describe('what an instance sends', () => {
   test('a failed publish is followed by a flush before any other invalidation', async () => {
     const name = ns();
     const got = await listen(`aci:${name}:invalidation`);
-    const redis = srv.client({ maxRetriesPerRequest: 0, enableOfflineQueue: false });
+    const redis = fx.srv.client({ maxRetriesPerRequest: 0, enableOfflineQueue: false });
     const c = new AdaptiveCache({ redis, namespace: name, isController: true, strategy: 'eager', logger: quiet });
-    caches.push(c);
+    fx.caches.push(c);
     await c.start();
     await c.set('a', '1');
     redis.disconnect(true);
@@ -95,7 +78,7 @@ describe('what an instance does with what it hears', () => {
   test('a sequence gap flushes L1 after the reorder allowance; a restart at once', async () => {
     const name = ns();
     const c = await cache({ namespace: name, isController: true, strategy: 'ttl' });
-    const r = srv.client();
+    const r = fx.srv.client();
     const ch = `aci:${name}:invalidation`;
     const inval = (seq, epoch = 'e1') => JSON.stringify({ action: 'invalidate', keys: [], source: 'other', epoch, seq, timestamp: Date.now() / 1000 });
     await c.set('k', 'v');
@@ -114,7 +97,7 @@ describe('what an instance does with what it hears', () => {
 
   test('a write made under batched is published even when the policy left batched before hearing of it', async () => {
     const name = ns();
-    const r = srv.client();
+    const r = fx.srv.client();
     const got = await listen(`aci:${name}:invalidation`);
     // A long tick, so the write and the change of strategy both happen between two ticks.
     const fol = await cache({ namespace: name, isController: false, tickInterval: 1.5, controllerInterval: 10 });
@@ -134,7 +117,7 @@ describe('what an instance does with what it hears', () => {
 
   test('a follower that hears no controller follows eager', async () => {
     const name = ns();
-    const r = srv.client();
+    const r = fx.srv.client();
     const fol = await cache({ namespace: name, isController: false, controllerInterval: 0.5 });
     await r.publish(`aci:${name}:strategy`, JSON.stringify({ action: 'strategy_update', strategy: 'ttl', write_rate: 1, source: 'ctl', timestamp: 1 }));
     await until(() => fol.strategy === 'ttl', 1000, 'following ttl');

@@ -3,6 +3,8 @@
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import Redis from 'ioredis';
+import { after, before } from 'node:test';
+import { AdaptiveCache } from '../src/index.js';
 
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -75,4 +77,35 @@ export async function until(fn, ms = 5000, what = 'condition') {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(10);
   }
+}
+
+/**
+ * A test file's fleet: one private redis-server for the file, fresh namespaces, and caches that
+ * are stopped when the file ends. `fx.srv` is the server (set once `before` has run).
+ */
+export function useCaches(prefix) {
+  const quiet = { warn() {} };
+  const caches = [];
+  let counter = 0;
+  const fx = {
+    srv: null,
+    quiet,
+    // Caches a test made itself go here too, to be stopped at the end.
+    caches,
+    ns: () => `${prefix}${process.pid}-${counter++}`,
+    async cache(opts) {
+      const c = new AdaptiveCache({ redis: fx.srv.client(), logger: quiet, ...opts });
+      caches.push(c);
+      await c.start();
+      return c;
+    },
+  };
+  before(async () => {
+    fx.srv = await startRedis();
+  });
+  after(async () => {
+    for (const c of caches) await c.stop().catch(() => {});
+    await fx.srv.stop();
+  });
+  return fx;
 }

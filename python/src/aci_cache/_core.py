@@ -1181,6 +1181,9 @@ class Core:
             d["policy_rollout"] = ro.acted
             d["policy_rejected"] = ro.rejected
             d["policy_trust"] = ro.trust.kind
+        else:
+            d["policy_origin"] = "local"
+            d["policy_rollout"] = 0
         return CacheStats(d)
 
 
@@ -1213,6 +1216,19 @@ class FrontEnd:
     def policy(self) -> RunningPolicy:
         """The policy this instance runs (name, version, sha256 of the component)."""
         return self._core.policy
+
+    def policy_status(self) -> Dict[str, Any]:
+        """This instance's policy status record (docs/WIRE.md 9.8): what it runs, from where,
+        the last rollout it acted on and the last one it refused."""
+        ro = self._core.rollout
+        if ro is not None:
+            return ro.status()
+        core = self._core
+        p = core.policy
+        return {"id": core.instance_id, "host": "python", "name": p.name, "version": p.version, "sha256": p.sha256,
+                "origin": "local", "rollout": 0, "strategy": core.strategy, "controller": core.is_controller,
+                "faults": core.stats_c["engine_faults"], "trust": "none", "rejected": None,
+                "timestamp": round(time.time(), 3)}
 
     def _swap_wait_s(self) -> float:
         """How long a swap may wait for its tick: the tick's own commands are bounded by

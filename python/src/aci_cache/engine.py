@@ -246,6 +246,16 @@ def _compile(data: bytes, what: str, digest: Optional[str] = None) -> "wc.Compon
     return comp
 
 
+def _cause(e: BaseException) -> str:
+    """What a trap was (``wasm trap: all fuel consumed by WebAssembly``), without wasmtime's
+    backtrace of anonymous wasm functions, which says nothing to an operator reading a status."""
+    s = str(e)
+    if "Caused by:" in s:
+        tail = s.rsplit("Caused by:", 1)[1]
+        return " ".join(l.strip() for l in tail.splitlines() if l.strip())[:300]
+    return _first_line(e)
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return " ".join(l.strip() for l in s.splitlines() if l.strip())[:500]
@@ -656,7 +666,7 @@ class Engine:
                 store.set_fuel(self._fuel)
                 return self._f[name](store, *args)
             except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
-                self._dead = f"{name} faulted: {_first_line(e)}"
+                self._dead = f"{name} faulted: {_cause(e)}"
                 raise EngineFault(self._dead) from e
 
     def _fault(self, why: str) -> EngineFault:

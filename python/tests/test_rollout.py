@@ -236,3 +236,16 @@ def test_canary_and_automatic_rollback(make_cache, ns, r, key):
     assert wait_for(lambda: ((p.status(b.instance_id) or {}).get("rejected") or {}).get("rollout") == 3, timeout=2)
     assert p.status(b.instance_id)["rejected"]["reason"].startswith("marked bad")
     assert b.stats["policy_swaps"] == 0
+
+
+def test_a_local_swap_becomes_the_local_policy(make_cache, ns, r):
+    """As in the Rust host: what swap_policy installs is what a rollout back to "local" runs."""
+    p = Pusher(r, ns)
+    a = make_cache(namespace=ns, role="controller", policy_allow_hashes=[sha(FIXED)])
+    a.swap_policy("fixed", strategy="eager")
+    assert a.strategy == "eager" and a.stats["policy_origin"] == "local"
+    p.push(FIXED, signed=False)  # allow-listed: runs with the host's own config (initial ttl)
+    assert wait_for(lambda: a.stats["policy_origin"] == "pushed" and a.strategy == "ttl", timeout=2)
+    p.write({"sha256": "", "previous": sha(FIXED), "reason": "rollback"})
+    assert wait_for(lambda: a.stats["policy_origin"] == "local" and a.strategy == "eager", timeout=2)
+    assert a.policy.name == "fixed"

@@ -172,6 +172,8 @@ class Core:
         self._t0 = time.monotonic()
         self.policy_source: Any = cfg.policy if cfg.policy is not None else ("fixed" if cfg.strategy else "adaptive")
         self._local_source = self.policy_source  # what a rollout back to "local" runs
+        self._local_label: Optional[str] = None
+        self._local_strategy: Optional[str] = None
         self.last_fault = ""
         self.policy_label: Optional[str] = None
         self.engine: Optional[Engine] = None
@@ -323,7 +325,19 @@ class Core:
         return self._local_source
 
     def local_label(self) -> Optional[str]:
-        return None
+        return self._local_label
+
+    def local_strategy(self) -> Optional[str]:
+        return self._local_strategy
+
+    def local_swapped(self, req: SwapRequest, strategy: Optional[str]) -> None:
+        """A swap through the API: it becomes the local policy too (what a rollout back to
+        "local" returns to), as in the Rust host."""
+        self._local_source = req.engine.data
+        self._local_label = req.engine.source
+        self._local_strategy = strategy
+        if self.rollout is not None:
+            self.rollout.local_swapped()
 
     def prepare_swap(self, source: Any, *, strategy: Optional[str] = None,
                      config: Optional[Dict[str, Any]] = None, label: Optional[str] = None,

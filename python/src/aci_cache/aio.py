@@ -290,6 +290,7 @@ class AsyncAdaptiveCache(FrontEnd):
             await asyncio.sleep(0.01)
         if req.error is not None:
             raise req.error
+        core.local_swapped(req, strategy)
         return req.info
 
     async def flush(self) -> None:

@@ -261,6 +261,7 @@ class AdaptiveCache(FrontEnd):
                                    f"{self._swap_wait_s():.1f} s (Redis frozen?); the swap stays queued")
         if req.error is not None:
             raise req.error
+        core.local_swapped(req, strategy)
         return req.info
 
     def stop(self) -> None:

@@ -332,6 +332,14 @@ class Follower:
         if m["rollout"] > self.announced:
             self.announced = m["rollout"]
 
+    def local_swapped(self) -> None:
+        """``swap_policy`` ran: the new policy is this instance's local one from now on."""
+        self.previous = self.running
+        self.running = Running(LOCAL, None, {})
+        with self.core.lock:
+            self.fault_base = self.core.stats_c["engine_faults"]
+        self.status_due = True
+
     def on_resubscribed(self) -> None:
         self.reread = True  # an announcement may have been lost while not listening
 
@@ -463,7 +471,7 @@ class Follower:
     def _prepare(self, running: Running) -> Any:
         core = self.core
         if running.data is None:
-            return core.prepare_swap(core.local_source(), label=core.local_label())
+            return core.prepare_swap(core.local_source(), strategy=core.local_strategy(), label=core.local_label())
         return core.prepare_swap(running.data, config=running.overrides, wit_errors=True,
                                  label=f"pushed {running.target.sha256[:12]}")
 

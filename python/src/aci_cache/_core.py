@@ -85,11 +85,13 @@ class RunningPolicy:
 class SwapRequest:
     """A validated policy instance waiting for the tick to swap it in (``Core.prepare_swap``)."""
 
-    __slots__ = ("engine", "config", "done", "error", "info")
+    __slots__ = ("engine", "config", "done", "error", "info", "after")
 
     def __init__(self, engine: Engine, config: Dict[str, Any]):
         self.engine = engine
         self.config = config
+        #: Called on the tick right after the swap (the rollout bookkeeping moves with it).
+        self.after: Optional[Callable[[], None]] = None
         self.done = threading.Event()  # set once swapped in and the old one's keys are published
         self.error: Optional[BaseException] = None
         self.info = RunningPolicy(engine.name, engine.version, engine.sha256)
@@ -442,6 +444,11 @@ class Core:
             self.write_rate = snap.write_rate
         except (EngineError, ValueError, TypeError) as e:
             self._fault(f"{type(e).__name__}: {e}", now)
+        if req.after is not None:
+            try:
+                req.after()
+            except Exception:  # pragma: no cover - bookkeeping only
+                log.exception("aci-cache %s: after the policy swap", self.instance_id)
         log.info("aci-cache %s: policy swapped to %s (sha256 %s)", self.instance_id, self.policy_name,
                  eng.sha256[:12])
 

@@ -276,6 +276,7 @@ class AsyncAdaptiveCache(FrontEnd):
             raise RuntimeError("aci-cache: the cache is stopped; no policy swap")
         core = self._core
         req = await asyncio.to_thread(core.prepare_swap, policy, strategy=strategy)
+        req.after = lambda: core.local_swapped(req, strategy)
         core.request_swap(req)
         assert self._wake is not None
         self._wake.set()
@@ -290,7 +291,6 @@ class AsyncAdaptiveCache(FrontEnd):
             await asyncio.sleep(0.01)
         if req.error is not None:
             raise req.error
-        core.local_swapped(req, strategy)
         return req.info
 
     async def flush(self) -> None:

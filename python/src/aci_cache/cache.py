@@ -250,6 +250,7 @@ class AdaptiveCache(FrontEnd):
         if self._stopped:
             raise RuntimeError("aci-cache: the cache is stopped; no policy swap")
         req = core.prepare_swap(policy, strategy=strategy)
+        req.after = lambda: core.local_swapped(req, strategy)
         core.request_swap(req)
         self._wake.set()
         deadline = time.monotonic() + self._swap_wait_s()
@@ -261,7 +262,6 @@ class AdaptiveCache(FrontEnd):
                                    f"{self._swap_wait_s():.1f} s (Redis frozen?); the swap stays queued")
         if req.error is not None:
             raise req.error
-        core.local_swapped(req, strategy)
         return req.info
 
     def stop(self) -> None:

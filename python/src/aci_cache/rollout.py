@@ -486,6 +486,14 @@ class Follower:
             return f"config: {e.field}: {e.message}"[:300]
         except (EngineError, ValueError, TypeError) as e:
             return f"invalid component: {type(e).__name__}: {e}"[:300]
+        def installed() -> None:  # on the tick, with the swap: status never mixes the two
+            self.previous = self.running
+            self.running = running
+            with core.lock:
+                self.fault_base = core.stats_c["engine_faults"]
+            self.status_due = True
+
+        req.after = installed
         if at_start:
             core.swap_now(req)
         else:
@@ -496,11 +504,6 @@ class Follower:
                 if core.stopping or time.monotonic() > deadline:
                     break
                 yield ("sleep", 0.01)
-        self.previous = self.running
-        self.running = running
-        with core.lock:
-            self.fault_base = core.stats_c["engine_faults"]
-        self.status_due = True
         return None
 
     # -- automatic rollback (WIRE.md 9.7) -----------------------------------------------------------

@@ -101,8 +101,8 @@ def test_signed_push_is_run_and_an_unsigned_one_refused(make_cache, ns, r, key):
 
     t0 = time.monotonic()
     h = p.push(FIXED, config='{"initial-strategy":"eager"}')
-    assert wait_for(lambda: a.policy.sha256 == h and b.policy.sha256 == h, timeout=2)
-    assert wait_for(lambda: a.strategy == "eager" and b.strategy == "eager", timeout=2)
+    assert wait_for(lambda: a.policy.sha256 == h and b.policy.sha256 == h, timeout=2), (a.policy_status(), b.policy_status())
+    assert wait_for(lambda: a.strategy == "eager" and b.strategy == "eager", timeout=2), (a.strategy, b.strategy)
     assert time.monotonic() - t0 < 2.5
     assert wait_for(lambda: (p.status(a.instance_id) or {}).get("sha256") == h, timeout=2)
     st = p.status(a.instance_id)
@@ -112,14 +112,15 @@ def test_signed_push_is_run_and_an_unsigned_one_refused(make_cache, ns, r, key):
     # unsigned: refused by both, with the reason in their status; they keep running fixed
     p.push(ADAPTIVE, signed=False)
     for c in (a, b):
-        assert wait_for(lambda: (p.status(c.instance_id) or {}).get("rejected"), timeout=2)
+        assert wait_for(lambda: (p.status(c.instance_id) or {}).get("rejected"), timeout=2), c.policy_status()
         rej = p.status(c.instance_id)["rejected"]
         assert rej["rollout"] == 2 and rej["sha256"] == sha(ADAPTIVE) and rej["reason"].startswith("unsigned")
         assert c.policy.sha256 == h
     # rollback: to what ran before the refused push's record said (fixed), then local again
     p.rollback()  # record 3: target = previous of record 2 = fixed (running already), previous = unsigned adaptive
     p.write({"sha256": "", "previous": h, "reason": "rollback"})  # back to the local policies
-    assert wait_for(lambda: a.policy.sha256 == sha(ADAPTIVE) and b.policy.sha256 == sha(ADAPTIVE), timeout=2)
+    assert wait_for(lambda: a.policy.sha256 == sha(ADAPTIVE) and b.policy.sha256 == sha(ADAPTIVE), timeout=2), \
+        (a.policy_status(), b.policy_status())
     assert wait_for(lambda: a.stats["policy_origin"] == "local" and a.stats["policy_rollout"] == 4, timeout=1)
 
 
@@ -249,3 +250,29 @@ def test_a_local_swap_becomes_the_local_policy(make_cache, ns, r):
     p.write({"sha256": "", "previous": sha(FIXED), "reason": "rollback"})
     assert wait_for(lambda: a.stats["policy_origin"] == "local" and a.strategy == "eager", timeout=2)
     assert a.policy.name == "fixed"
+
+
+def test_asyncio_instance_follows_a_push(redis_server, ns, r, key):
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from aci_cache import AsyncAdaptiveCache
+
+    p = Pusher(r, ns, key)
+    h = p.push(FIXED, config='{"initial-strategy":"batched"}')
+
+    async def main():
+        client = aredis.Redis(host=redis_server.host, port=redis_server.port)
+        async with AsyncAdaptiveCache(client, namespace=ns, role="controller", policy_public_key=pub(key)) as a:
+            assert a.policy.sha256 == h and a.strategy == "batched"  # a late joiner, before serving
+            p.push(ADAPTIVE)
+            deadline = time.monotonic() + 2
+            while a.policy.sha256 != sha(ADAPTIVE) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert a.policy.sha256 == sha(ADAPTIVE) and a.stats["policy_origin"] == "pushed"
+            st = a.policy_status()
+            assert st["rollout"] == 2 and st["origin"] == "pushed" and st["trust"] == "key"
+        await client.aclose()
+
+    asyncio.run(main())

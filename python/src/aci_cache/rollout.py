@@ -319,7 +319,6 @@ class Follower:
         self.last_check = time.monotonic()
         self.last_status = -1e9
         self.status_due = True
-        self.last_fault = ""
 
     # -- inputs from the subscription ------------------------------------------------------------
 
@@ -366,7 +365,9 @@ class Follower:
             try:
                 yield from self.step()
             except Exception as e:
+                self.reread = True  # whatever was being read or adopted is read again
                 log.warning("aci-cache %s: policy rollout: %s: %s", core.instance_id, type(e).__name__, e)
+                yield ("sleep", core.cfg.command_timeout)  # Redis is likely down: no busy retry
 
     def step(self) -> Any:
         core = self.core
@@ -435,7 +436,7 @@ class Follower:
             self._reject(rec.rollout, target.sha256, reason)
             return
         assert running is not None
-        refused = yield from self._swap_to(running, at_start)
+        refused = yield from self._swap_to(running, at_start, rec.rollout)
         if refused is not None:
             self.acted = rec.rollout
             self._reject(rec.rollout, target.sha256, refused)
@@ -475,7 +476,7 @@ class Follower:
         return core.prepare_swap(running.data, config=running.overrides, wit_errors=True,
                                  label=f"pushed {running.target.sha256[:12]}")
 
-    def _swap_to(self, running: Running, at_start: bool = False) -> Any:
+    def _swap_to(self, running: Running, at_start: bool = False, rollout: int = 0) -> Any:
         """Compile, configure and swap in (None), or the refusal reason."""
         core = self.core
         try:
@@ -489,6 +490,7 @@ class Follower:
         def installed() -> None:  # on the tick, with the swap: status never mixes the two
             self.previous = self.running
             self.running = running
+            self.acted = max(self.acted, rollout)
             with core.lock:
                 self.fault_base = core.stats_c["engine_faults"]
             self.status_due = True

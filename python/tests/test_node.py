@@ -142,3 +142,4 @@ def test_policy_flags_and_command(pynode, ns, r):
     assert st["origin"] == "pushed" and st["rollout"] == 1 and st["id"] == n.ready["instance_id"]
     stats = n.cmd("stats")
     assert stats["policy_hash"] == h and stats["policy_name"] == "fixed" and stats["policy_origin"] == "pushed"
+    assert stats["policy_faults"] == 0 and stats["policy_rollout"] == 1

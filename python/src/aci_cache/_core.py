@@ -1202,9 +1202,11 @@ class Core:
             d["policy_rollout"] = ro.acted
             d["policy_rejected"] = ro.rejected
             d["policy_trust"] = ro.trust.kind
+            d["policy_faults"] = self.stats_c["engine_faults"] - ro.fault_base
         else:
             d["policy_origin"] = "local"
             d["policy_rollout"] = 0
+            d["policy_faults"] = self.stats_c["engine_faults"]
         return CacheStats(d)
 
 

@@ -109,6 +109,7 @@ def _stats(cache: Any) -> Dict[str, Any]:
         "resubscribes": s.resubscribes, "publish_errors": s.publish_errors, "engine_faults": s.engine_faults,
         "policy_name": s.policy_name, "policy_version": s.policy_version, "policy_hash": s.policy_hash,
         "policy_origin": s.policy_origin, "policy_rollout": s.policy_rollout, "policy_swaps": s.policy_swaps,
+        "policy_faults": s.policy_faults,
     }
 
 

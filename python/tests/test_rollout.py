@@ -276,3 +276,52 @@ def test_asyncio_instance_follows_a_push(redis_server, ns, r, key):
         await client.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("payload, kind", [
+    (b'{"action":"policy","rollout":7,"source":"cli-1","v":2}', None),
+    (b'{"action":"policy","rollout":7.0,"source":"cli-1","epoch":"ab","timestamp":1.5}', None),
+    (b" " * (1 << 20) + b"{}", "too-large"),
+    (b"\xff", "not-json"),
+    (b"[" * 65 + b"]" * 65, "not-json"),
+    (b"NaN", "not-json"),
+    (b"[1]", "not-object"),
+    (b'{"action":"invalidate","keys":[],"source":"x"}', "unknown-action"),
+    (b'{"rollout":1,"source":"x"}', "bad-field"),
+    (b'{"action":null,"rollout":1,"source":"x"}', "bad-field"),
+    (b'{"action":"policy","source":"x"}', "bad-field"),
+    (b'{"action":"policy","rollout":0,"source":"x"}', "bad-field"),
+    (b'{"action":"policy","rollout":9007199254740992,"source":"x"}', "bad-field"),
+    (b'{"action":"policy","rollout":1.5,"source":"x"}', "bad-field"),
+    (b'{"action":"policy","rollout":1}', "bad-field"),
+    (b'{"action":"policy","rollout":1,"source":"a b"}', "bad-field"),
+])
+def test_announcement_decoding(payload, kind):
+    """WIRE.md 9.3: the checks of 2.3 in order; on P:policy only `policy` is an action."""
+    from aci_cache import wire
+
+    if kind is None:
+        assert wire.decode_policy(payload)["rollout"] == 7
+    else:
+        with pytest.raises(wire.Malformed) as ei:
+            wire.decode_policy(payload)
+        assert ei.value.kind == kind
+
+
+def test_record_parsing():
+    from aci_cache.rollout import RecordError
+
+    good = {"rollout": "3", "sha256": "a" * 64, "config": '{"hold-ms":1}', "sig": "b" * 128, "previous": "",
+            "previous_config": "", "previous_sig": "", "canary": "x1,x2", "name": "n", "version": "v", "by": "cli",
+            "reason": "push", "at": "1.5"}
+    rec = parse_record(good)
+    assert rec.rollout == 3 and rec.target.sha256 == "a" * 64 and rec.canary == ("x1", "x2")
+    assert rec.target_for("x2") == rec.target and rec.target_for("y").local
+    assert parse_record({}) is None
+    for field, value in [("rollout", "0"), ("rollout", "01"), ("rollout", "9007199254740992"), ("sha256", "A" * 64),
+                         ("sig", "b" * 127), ("config", "[1]"), ("config", "{"), ("config", "{" + " " * 4096 + "}"),
+                         ("canary", "a,,b"), ("canary", ",".join(["i"] * 1001)), ("name", "n" * 65),
+                         ("previous", "c" * 63)]:
+        with pytest.raises(RecordError) as ei:
+            parse_record({**good, field: value})
+        assert ei.value.field == field

@@ -143,3 +143,4 @@ def test_policy_flags_and_command(pynode, ns, r):
     stats = n.cmd("stats")
     assert stats["policy_hash"] == h and stats["policy_name"] == "fixed" and stats["policy_origin"] == "pushed"
     assert stats["policy_faults"] == 0 and stats["policy_rollout"] == 1
+    assert stats["policy"] == "fixed" and stats["policy_sha256"] == h  # the names docs/NODE.md gives

@@ -107,6 +107,8 @@ def _stats(cache: Any) -> Dict[str, Any]:
         "gaps": s.gaps, "malformed": s.malformed, "is_controller": s.is_controller, "strategy": s.current_strategy,
         "write_rate": s.write_rate, "l1_entries": s.l1_entries, "link_up": s.link_up, "lagging": s.lagging,
         "resubscribes": s.resubscribes, "publish_errors": s.publish_errors, "engine_faults": s.engine_faults,
+        # docs/NODE.md: policy, policy_sha256, policy_origin, policy_faults (the rest are extra)
+        "policy": s.policy_name, "policy_sha256": s.policy_hash,
         "policy_name": s.policy_name, "policy_version": s.policy_version, "policy_hash": s.policy_hash,
         "policy_origin": s.policy_origin, "policy_rollout": s.policy_rollout, "policy_swaps": s.policy_swaps,
         "policy_faults": s.policy_faults,

@@ -19,6 +19,14 @@ loss.json     loss-detector event sequences, each event with the verdict it must
   `do`: message | position | tick | resubscribed; `at` is the time in ms.
 naming.json   (channel_prefix, namespace, instance id, key) -> Redis key, channels and lease key,
   or the configuration error's field (snake_case; a host maps it to its own spelling).
+policy.json   section 9 (policy rollout), three kinds of case, by `kind`:
+  `announcement`: a payload of P:policy -> {"rollout": n, "source": s} or {"malformed": kind};
+  `signature`: seed (secret, hex), public key, prefix, namespace (null: none), sha256, config ->
+    the exact signed message (`message`, text) and its ed25519 signature (`sig`, hex), computed
+    here with the `cryptography` package (RFC 8032), not by a host; `verifies` lists
+    (prefix, namespace, sha256, config) variants and whether the signature verifies for them;
+  `record`: the fields of an HGETALL of K policy:current and an instance id -> the target
+    {"sha256","config","sig"} that instance runs, or {"malformed": field}.
 """
 import json
 import os
@@ -310,7 +318,91 @@ def write(name, cases):
         f.write("\n")
 
 
+def policy_cases():
+    cases = []
+
+    def ann(name, payload, expect):
+        cases.append({"kind": "announcement", "name": name, "payload": payload, "expect": expect})
+
+    ann("a policy announcement", msg(action="policy", rollout=7, timestamp=1.5, source="cli-3f2a", v=2),
+        {"rollout": 7, "source": "cli-3f2a"})
+    ann("rollout as 7.0", '{"action":"policy","rollout":7.0,"source":"a"}', {"rollout": 7, "source": "a"})
+    ann("the largest rollout", msg(action="policy", rollout=2 ** 53 - 1, source="a"), {"rollout": 2 ** 53 - 1, "source": "a"})
+    ann("rollout 0", msg(action="policy", rollout=0, source="a"), {"malformed": "bad-field"})
+    ann("rollout past 2^53-1", msg(action="policy", rollout=2 ** 53, source="a"), {"malformed": "bad-field"})
+    ann("rollout as a string", msg(action="policy", rollout="7", source="a"), {"malformed": "bad-field"})
+    ann("no rollout", msg(action="policy", source="a"), {"malformed": "bad-field"})
+    ann("null rollout", '{"action":"policy","rollout":null,"source":"a"}', {"malformed": "bad-field"})
+    ann("no source", msg(action="policy", rollout=1), {"malformed": "bad-field"})
+    ann("a bad source", msg(action="policy", rollout=1, source="a:b"), {"malformed": "bad-field"})
+    ann("another action on P:policy", msg(action="invalidate", keys=[], source="a"), {"malformed": "unknown-action"})
+    ann("no action", msg(rollout=1, source="a"), {"malformed": "bad-field"})
+    ann("not an object", "[1]", {"malformed": "not-object"})
+    ann("not JSON", "policy 7", {"malformed": "not-json"})
+    ann("too deep", "[" * 65 + "]" * 65, {"malformed": "not-json"})
+    cases.append({"kind": "announcement", "name": "over 1 MiB", "payload": msg(action="policy", rollout=1, source="a"),
+                  "pad_to": MIB + 1, "expect": {"malformed": "too-large"}})
+
+    # Signatures (section 9.5): computed with an independent implementation.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives import serialization
+    seed = bytes(range(32))
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+    h = "ab" * 32
+
+    def message(prefix, ns, sha, config):
+        return "aci-cache policy v1\n%s\n%s\n%s\n%s" % (prefix, ns or "", sha, config)
+
+    for name, prefix, ns, config in [("namespace shop, no config", "aci", "shop", ""),
+                                     ("no namespace, a config", "aci", None, '{"initial-strategy":"eager"}')]:
+        text = message(prefix, ns, h, config)
+        sig = key.sign(text.encode()).hex()
+        variants = [
+            {"prefix": prefix, "namespace": ns, "sha256": h, "config": config, "verifies": True},
+            {"prefix": prefix, "namespace": "other", "sha256": h, "config": config, "verifies": False},
+            {"prefix": "acx", "namespace": ns, "sha256": h, "config": config, "verifies": False},
+            {"prefix": prefix, "namespace": ns, "sha256": "cd" * 32, "config": config, "verifies": False},
+            {"prefix": prefix, "namespace": ns, "sha256": h, "config": config + " ", "verifies": False},
+        ]
+        cases.append({"kind": "signature", "name": name, "seed": seed.hex(), "public_key": pub, "prefix": prefix,
+                      "namespace": ns, "sha256": h, "config": config, "message": text, "sig": sig, "verifies": variants})
+
+    a, b, s64 = "aa" * 32, "bb" * 32, "11" * 64
+
+    def rec(**f):
+        base = {"rollout": "3", "sha256": a, "config": "", "sig": s64, "previous": b, "previous_config": "",
+                "previous_sig": "", "canary": "", "name": "fixed", "version": "0.1.0", "by": "cli@h", "reason": "push",
+                "at": "1764140000.5"}
+        base.update(f)
+        return {k: v for k, v in base.items() if v is not None}
+
+    def record(name, fields, iid, expect):
+        cases.append({"kind": "record", "name": name, "fields": fields, "instance": iid, "expect": expect})
+
+    record("everyone runs the target", rec(), "i1", {"sha256": a, "config": "", "sig": s64})
+    record("a canary member runs the target", rec(canary="i1,i2"), "i2", {"sha256": a, "config": "", "sig": s64})
+    record("a non-member runs previous", rec(canary="i1,i2"), "i3", {"sha256": b, "config": "", "sig": ""})
+    record("an empty hash: the local policy", rec(sha256="", sig=""), "i1", {"sha256": "", "config": "", "sig": ""})
+    record("a config override", rec(config='{"initial-strategy":"eager"}'), "i1",
+           {"sha256": a, "config": '{"initial-strategy":"eager"}', "sig": s64})
+    record("no rollout", rec(rollout=None), "i1", {"malformed": "rollout"})
+    record("rollout 0", rec(rollout="0"), "i1", {"malformed": "rollout"})
+    record("rollout +3", rec(rollout="+3"), "i1", {"malformed": "rollout"})
+    record("upper-case hash", rec(sha256=a.upper()), "i1", {"malformed": "sha256"})
+    record("short hash", rec(sha256="aa"), "i1", {"malformed": "sha256"})
+    record("config not an object", rec(config="[1]"), "i1", {"malformed": "config"})
+    record("config over 4096 bytes", rec(config='{"x":"' + "y" * 4096 + '"}'), "i1", {"malformed": "config"})
+    record("short signature", rec(sig="11" * 63), "i1", {"malformed": "sig"})
+    record("bad previous", rec(previous="zz" * 32), "i1", {"malformed": "previous"})
+    record("a canary id with a colon", rec(canary="i1,a:b"), "i1", {"malformed": "canary"})
+    record("an empty canary id", rec(canary="i1,,i2"), "i1", {"malformed": "canary"})
+    record("a reason over 200 characters", rec(reason="r" * 201), "i1", {"malformed": "reason"})
+    return cases
+
+
 if __name__ == "__main__":
+    write("policy.json", policy_cases())
     write("decode.json", decode_cases())
     write("loss.json", loss_cases())
     write("naming.json", naming_cases())

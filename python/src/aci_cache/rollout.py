@@ -319,6 +319,7 @@ class Follower:
         self.last_check = time.monotonic()
         self.last_status = -1e9
         self.status_due = True
+        self.status_strategy = ""  # the strategy in the last status record written
 
     # -- inputs from the subscription ------------------------------------------------------------
 
@@ -392,7 +393,7 @@ class Follower:
             if rec is not None:
                 yield from self._consider(rec)
         yield from self._check_faults()
-        if self.status_due or now - self.last_status >= STATUS_EVERY_S:
+        if self.status_due or now - self.last_status >= STATUS_EVERY_S or core.strategy != self.status_strategy:
             yield from self.write_status()
 
     # -- reading and adopting ----------------------------------------------------------------------
@@ -579,7 +580,9 @@ class Follower:
     def write_status(self) -> Any:
         self.status_due = False
         self.last_status = time.monotonic()
-        body = json.dumps(self.status(), separators=(",", ":"))
+        st = self.status()
+        self.status_strategy = st["strategy"]  # a change of strategy is written at once too
+        body = json.dumps(st, separators=(",", ":"))
         try:
             yield ("cmds", [("SET", self.k_status, body, "PX", STATUS_PX)])
         except Exception as e:

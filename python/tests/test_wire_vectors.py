@@ -132,3 +132,44 @@ def test_encoded_messages_decode_to_what_was_sent():
     assert e.own_timestamp(p) == 1764140000.123 and e.own_timestamp(p.encode()) == 1764140000.123
     assert wire.decode(e.encode("heartbeat", 2.0))["action"] == "heartbeat"
     assert e.own_timestamp(wire.Encoder("x", "y").encode("heartbeat", 1.0)) is None
+
+
+# -- section 9 (policy rollout): tests/vectors/wire/policy.json ----------------------------------
+
+POLICY = _cases("policy.json") if (WIRE_DIR / "policy.json").is_file() else []
+
+
+@pytest.mark.parametrize("case", POLICY, ids=[c["name"] for c in POLICY])
+def test_policy(case):
+    from nacl.signing import SigningKey
+
+    from aci_cache.rollout import RecordError, Trust, Target, parse_record, signed_message
+
+    want = case["expect"] if "expect" in case else None
+    if case["kind"] == "announcement":
+        try:
+            m = wire.decode_policy(_payload(case))
+            got: Any = {"rollout": m["rollout"], "source": m["source"]}
+        except wire.Malformed as e:
+            got = {"malformed": e.kind}
+        assert _same(want, got), f"{case['name']}: want {want}, got {got}"
+    elif case["kind"] == "signature":
+        msg = signed_message(case["prefix"], case["namespace"], case["sha256"], case["config"])
+        assert msg == case["message"].encode("utf-8")
+        key = SigningKey(bytes.fromhex(case["seed"]))
+        assert key.verify_key.encode().hex() == case["public_key"]
+        assert key.sign(msg).signature.hex() == case["sig"]  # ed25519 is deterministic
+        trust = Trust(case["public_key"], None)
+        for v in case["verifies"]:
+            reason = trust.check(Target(v["sha256"], v["config"], case["sig"]), v["prefix"], v["namespace"])
+            assert (reason is None) == v["verifies"], f"{case['name']}: {v}: {reason}"
+    elif case["kind"] == "record":
+        fields = {k: v for k, v in case["fields"].items() if v is not None}
+        try:
+            t = parse_record(fields).target_for(case["instance"])
+            got = {"sha256": t.sha256, "config": t.config, "sig": t.sig}
+        except RecordError as e:
+            got = {"malformed": e.field}
+        assert got == want, f"{case['name']}: want {want}, got {got}"
+    else:  # pragma: no cover
+        pytest.fail(f"unknown case kind {case['kind']!r}")

@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::fleet;
 use crate::loss_detector::LossDetector;
 use crate::near_cache::NearCache;
-use crate::policy::{PolicyConfig, PolicyModule, PolicyRuntime, Strategy};
+use crate::policy::{sha256_hex, PolicyConfig, PolicyModule, PolicyRuntime, Strategy};
+use crate::rollout::{Installed, Rollout, Trust};
 pub use crate::shared::SwitchEvent;
 use crate::shared::{inc, lock, Counters, Shared};
 use crate::wire::{Names, Sender};
@@ -56,16 +57,20 @@ pub struct Stats {
     pub switches: Vec<SwitchEvent>,
 }
 
-/// The component and the config to run it with.
-fn load_policy(source: &PolicySource, settings: &Settings) -> Result<(PolicyModule, PolicyConfig)> {
+/// The component and the config to run it with, and the component's SHA-256 (what status
+/// records report, docs/WIRE.md 9.8).
+fn load_policy(source: &PolicySource, settings: &Settings) -> Result<(PolicyModule, PolicyConfig, String)> {
     let base = settings.policy_config.clone();
-    let (module, cfg) = match source {
-        PolicySource::Bundled => (PolicyModule::try_adaptive()?, base),
-        PolicySource::Fixed(s) => (PolicyModule::try_fixed()?, PolicyConfig { initial_strategy: *s, ..base }),
-        PolicySource::File(p) => (PolicyModule::from_file(p, settings.sandbox)?, base),
-        PolicySource::Bytes(b) => (PolicyModule::from_bytes(b, settings.sandbox)?, base),
+    let (module, cfg, hash) = match source {
+        PolicySource::Bundled => (PolicyModule::try_adaptive()?, base, sha256_hex(crate::policy::ADAPTIVE_WASM)),
+        PolicySource::Fixed(s) => (PolicyModule::try_fixed()?, PolicyConfig { initial_strategy: *s, ..base }, sha256_hex(crate::policy::FIXED_WASM)),
+        PolicySource::File(p) => {
+            let bytes = std::fs::read(p).map_err(|e| crate::PolicyError::Io(p.display().to_string(), e.to_string()))?;
+            (PolicyModule::from_bytes(&bytes, settings.sandbox)?, base, sha256_hex(&bytes))
+        }
+        PolicySource::Bytes(b) => (PolicyModule::from_bytes(b, settings.sandbox)?, base, sha256_hex(b)),
     };
-    Ok((module.with_limits(settings.sandbox), cfg))
+    Ok((module.with_limits(settings.sandbox), cfg, hash))
 }
 
 struct Inner {
@@ -148,9 +153,13 @@ impl AciCache {
         let settings = b.settings()?;
         let url = settings.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".to_string());
         let client = redis::Client::open(url.as_str())?;
-        let (module, pcfg) = load_policy(&settings.policy, &settings)?;
+        let (module, pcfg, hash) = load_policy(&settings.policy, &settings)?;
         let start = Instant::now();
-        let policy = PolicyRuntime::new(module, pcfg, 0)?;
+        let policy = PolicyRuntime::new(module.clone(), pcfg.clone(), 0)?;
+        let rollout = Rollout::new(
+            Trust::new(settings.policy_public_key.as_deref(), &settings.policy_allow_hashes),
+            Installed::local(module, pcfg, hash),
+        );
         let cm_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.command_timeout))
             .set_response_timeout(Some(settings.command_timeout))
@@ -196,7 +205,10 @@ impl AciCache {
             malformed_seen: Mutex::new(Default::default()),
             shutdown,
             start,
+            rollout,
         });
+        // A late joiner runs the fleet's current policy before it serves (docs/WIRE.md 9.3).
+        crate::rollout::start(&shared).await;
         let tasks = fleet::start(shared.clone()).await?;
         Ok(AciCache { inner: Arc::new(Inner { shared, tasks: Mutex::new(tasks) }) })
     }
@@ -332,27 +344,18 @@ impl AciCache {
     /// and the old one's buffered keys are published, not lost.
     pub async fn swap_policy(&self, source: PolicySource) -> Result<()> {
         let s = self.s();
-        let (module, cfg) = load_policy(&source, &s.settings)?;
-        let now = s.now_ms();
-        let mut fresh = PolicyRuntime::new(module, cfg.clone(), now)?;
-        let batch = {
-            let mut p = lock(&s.policy);
-            let st = p.status(now);
-            let window_s = cfg.window_ms as f64 / 1000.0;
-            fresh.record_remote_writes((st.write_rate * window_s).round().min(u32::MAX as f64) as u32, now);
-            fresh.follow(st.strategy, now);
-            if !p.is_following() {
-                fresh.lead(now);
-            }
-            let batch = fleet::drain_all(&mut p, now);
-            *p = fresh;
-            batch
-        };
-        let strategy = lock(&s.policy).last_strategy();
-        s.note_strategy_and_announce(strategy, None);
-        fleet::publish_batch(s, &batch, |_| 0).await?;
+        let (module, cfg, hash) = load_policy(&source, &s.settings)?;
+        fleet::swap(s, module.clone(), cfg.clone()).await?;
+        // What this instance now calls its local policy: a rollback to "local" returns here.
+        s.rollout.local_swapped(Installed::local(module, cfg, hash));
         tracing::info!(instance = s.id(), policy = lock(&s.policy).module().name(), "policy swapped");
         Ok(())
+    }
+
+    /// SHA-256 (64 hex) of the running policy component, and whether it came from a fleet
+    /// rollout (docs/WIRE.md 9) rather than this instance's configuration.
+    pub fn policy_hash(&self) -> (String, bool) {
+        self.s().rollout.running()
     }
 
     /// The running policy's name and version.

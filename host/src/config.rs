@@ -58,6 +58,13 @@ pub struct Settings {
     pub command_timeout: Duration,
     pub policy_config: PolicyConfig,
     pub sandbox: SandboxLimits,
+    /// Policy rollout (docs/WIRE.md 9): the ed25519 public key (64 hex) whose signatures make
+    /// a pushed policy trusted. With neither this nor `policy_allow_hashes`, pushes are ignored.
+    pub policy_public_key: Option<String>,
+    /// SHA-256 hashes (64 hex) of components trusted without a signature.
+    pub policy_allow_hashes: Vec<String>,
+    /// Faults of a pushed policy after which this instance rolls the fleet back (default 3).
+    pub policy_rollback_faults: u32,
 }
 
 impl Default for Settings {
@@ -80,6 +87,9 @@ impl Default for Settings {
             command_timeout: Duration::from_secs(2),
             policy_config: PolicyConfig::default(),
             sandbox: SandboxLimits::default(),
+            policy_public_key: None,
+            policy_allow_hashes: Vec::new(),
+            policy_rollback_faults: 3,
         }
     }
 }
@@ -124,6 +134,17 @@ impl Settings {
         }
         if self.sandbox.max_memory_bytes < 1 << 16 {
             return Err(ConfigError::new("sandbox.max_memory_bytes", "must be at least one wasm page (65536)"));
+        }
+        if let Some(k) = &self.policy_public_key {
+            crate::rollout::parse_public_key(k).map_err(|why| ConfigError::new("policy_public_key", why))?;
+        }
+        for h in &self.policy_allow_hashes {
+            if !crate::rollout::is_hash(h) {
+                return Err(ConfigError::new("policy_allow_hashes", format!("`{}` is not a SHA-256 as 64 lowercase hex characters", crate::rollout::clip(h, 80))));
+            }
+        }
+        if self.policy_rollback_faults == 0 {
+            return Err(ConfigError::new("policy_rollback_faults", "must be greater than zero"));
         }
         let p = &self.policy_config;
         let names = [
@@ -283,6 +304,30 @@ impl CacheBuilder {
     /// Sandbox limits of the policy (fuel per call, memory cap).
     pub fn sandbox(mut self, limits: SandboxLimits) -> Self {
         self.settings.sandbox = limits;
+        self
+    }
+
+    /// Trust pushed policies signed by this ed25519 public key (64 lowercase hex characters,
+    /// as `aci policy keygen` prints it). docs/WIRE.md 9.5.
+    pub fn policy_public_key(mut self, hex: impl Into<String>) -> Self {
+        self.settings.policy_public_key = Some(hex.into());
+        self
+    }
+
+    /// Trust pushed components with these SHA-256 hashes (64 lowercase hex each), signed or not.
+    pub fn policy_allow_hashes<I, S>(mut self, hashes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.policy_allow_hashes = hashes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Faults of a pushed policy after which this instance reverts and rolls the fleet back
+    /// (default 3).
+    pub fn policy_rollback_faults(mut self, n: u32) -> Self {
+        self.settings.policy_rollback_faults = n;
         self
     }
 

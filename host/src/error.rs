@@ -56,6 +56,10 @@ pub enum Error {
     /// (docs/WIRE.md 1.2). The message names the reserved prefix.
     #[error("key: reserved: {0}")]
     ReservedKey(String),
+    /// A policy rollout operation failed (docs/WIRE.md 9): a push that does not pass the
+    /// checks, a record that changed meanwhile, a malformed record.
+    #[error("policy rollout: {0}")]
+    Rollout(String),
     /// The termination signal handlers could not be installed.
     #[error("cannot listen for termination signals: {0}")]
     Signal(String),

@@ -47,7 +47,8 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
         }
     }
     let tick = tokio::spawn(ticker(shared.clone()));
-    Ok(vec![sub, tick])
+    let rollout = tokio::spawn(crate::rollout::task(shared.clone()));
+    Ok(vec![sub, tick, rollout])
 }
 
 fn become_controller(s: &Shared, now: u64) {
@@ -137,7 +138,7 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
         let attempt = async {
             let ps = s.client.get_async_pubsub().await?;
             let (mut sink, stream) = ps.split();
-            sink.subscribe(&[&s.names.invalidation, &s.names.strategy, &s.names.liveness]).await?;
+            sink.subscribe(&[&s.names.invalidation, &s.names.strategy, &s.names.liveness, &s.names.policy]).await?;
             redis::RedisResult::Ok((sink, stream))
         };
         match tokio::time::timeout(s.settings.command_timeout, attempt).await {
@@ -153,6 +154,7 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                 s.lagging.store(false, Ordering::Release);
                 s.l1.resume();
                 inc(&s.counters.flushes);
+                s.rollout.resubscribed();
                 let _ = ready.send(true);
                 let mut reports = false;
                 want_reports.mark_changed();
@@ -163,7 +165,12 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                         msg = stream.next() => match msg {
                             Some(m) => {
                                 last_heard = s.now_ms();
-                                handle(&s, m.get_payload_bytes(), last_heard);
+                                if m.get_channel_name() == s.names.policy {
+                                    inc(&s.counters.pubsub_received);
+                                    crate::rollout::on_announcement(&s, m.get_payload_bytes());
+                                } else {
+                                    handle(&s, m.get_payload_bytes(), last_heard);
+                                }
                             }
                             None => break "connection closed",
                         },
@@ -215,14 +222,7 @@ pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
     inc(&s.counters.pubsub_received);
     let msg = match wire::decode(payload) {
         Ok(m) => m,
-        Err(kind) => {
-            inc(&s.counters.malformed);
-            if lock(&s.malformed_seen).insert(kind) {
-                tracing::warn!(instance = s.id(), kind = kind.as_str(), bytes = payload.len(),
-                    "malformed message ignored (logged once per kind)");
-            }
-            return;
-        }
+        Err(kind) => return malformed(s, kind, payload.len()),
     };
     let origin = msg.origin();
     if origin.source == s.id() {
@@ -285,6 +285,14 @@ pub(crate) fn handle(s: &Shared, payload: &[u8], now: u64) {
         }
         // Heartbeats travel only on their sender's own channel; someone else's is no news.
         Message::Heartbeat { .. } => {}
+    }
+}
+
+/// Counts a malformed message and logs its kind once (docs/WIRE.md 2.3).
+pub(crate) fn malformed(s: &Shared, kind: wire::Malformed, bytes: usize) {
+    inc(&s.counters.malformed);
+    if lock(&s.malformed_seen).insert(kind) {
+        tracing::warn!(instance = s.id(), kind = kind.as_str(), bytes, "malformed message ignored (logged once per kind)");
     }
 }
 
@@ -499,6 +507,32 @@ pub(crate) async fn publish_batch(s: &Shared, batch: &Batch, extra: impl FnOnce(
             Err(e.into())
         }
     }
+}
+
+/// Replaces the running policy (hot swap), atomically with respect to writes: the new
+/// instance is built and configured first (a refusal changes nothing), takes over the mode
+/// (leading or following) and the strategy in force, is primed with the measured rate so it
+/// does not start from zero, and the old one's buffered keys are published, never dropped
+/// (docs/WIRE.md 9.6).
+pub(crate) async fn swap(s: &Shared, module: crate::policy::PolicyModule, cfg: crate::policy::PolicyConfig) -> Result<()> {
+    let now = s.now_ms();
+    let mut fresh = PolicyRuntime::new(module.with_limits(s.settings.sandbox), cfg.clone(), now)?;
+    let batch = {
+        let mut p = lock(&s.policy);
+        let st = p.status(now);
+        let window_s = cfg.window_ms as f64 / 1000.0;
+        fresh.record_remote_writes((st.write_rate * window_s).round().min(u32::MAX as f64) as u32, now);
+        fresh.follow(st.strategy, now);
+        if !p.is_following() {
+            fresh.lead(now);
+        }
+        let batch = drain_all(&mut p, now);
+        *p = fresh;
+        batch
+    };
+    let strategy = lock(&s.policy).last_strategy();
+    s.note_strategy_and_announce(strategy, None);
+    publish_batch(s, &batch, |_| 0).await
 }
 
 /// On shutdown: publish the pending batch and release the controller lease.

@@ -22,6 +22,7 @@ mod fleet;
 mod loss_detector;
 mod near_cache;
 pub mod policy;
+pub mod rollout;
 mod shared;
 pub mod simulate;
 mod wire;

@@ -274,24 +274,41 @@ pub(crate) fn one_line(e: &wasmtime::Error) -> String {
 }
 
 fn compiled(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, PolicyError> {
-    static CACHE: OnceLock<Mutex<HashMap<u64, Component>>> = OnceLock::new();
-    let key = fnv1a(bytes);
+    // Keyed by SHA-256: components pushed over Redis (docs/WIRE.md 9) are compiled here too,
+    // and a weaker key would let one component be served for another. Bounded: a fleet that
+    // goes through many rollouts must not keep every compiled component for ever.
+    const MAX_CACHED: usize = 16;
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Component>>> = OnceLock::new();
+    let key = sha256(bytes);
     let cache = CACHE.get_or_init(Default::default);
     if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(c.clone());
     }
+    // One compile at a time per process: caches of one process that adopt the same pushed
+    // component at once compile it once, not once each (compiling is the slow part of a swap).
+    static COMPILING: Mutex<()> = Mutex::new(());
+    let _one = COMPILING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(c.clone());
+    }
     let c = Component::new(engine, bytes).map_err(|e| PolicyError::Invalid(one_line(&e)))?;
-    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, c.clone());
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= MAX_CACHED {
+        cache.clear();
+    }
+    cache.insert(key, c.clone());
     Ok(c)
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h ^ (bytes.len() as u64).rotate_left(32)
+/// SHA-256 of `bytes`.
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// SHA-256 of `bytes` as 64 lowercase hex characters: how docs/WIRE.md 9 names a component.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    crate::rollout::hex(&sha256(bytes))
 }
 
 fn to_wit(s: Strategy) -> wit::Strategy {
@@ -448,6 +465,8 @@ pub struct PolicyRuntime {
     consecutive: u32,
     retry_at: u64,
     stats: FaultStats,
+    /// The last fault, one line: what a status record reports.
+    last_fault: Option<String>,
     /// The strategy last answered, so readers of `strategy()` need not call into wasm.
     last_known: Strategy,
 }
@@ -472,6 +491,7 @@ impl PolicyRuntime {
             consecutive: 0,
             retry_at: 0,
             stats: FaultStats::default(),
+            last_fault: None,
         })
     }
 
@@ -481,6 +501,11 @@ impl PolicyRuntime {
 
     pub fn fault_stats(&self) -> FaultStats {
         self.stats
+    }
+
+    /// The last fault (`call: error`, one line), if any.
+    pub fn last_fault(&self) -> Option<&str> {
+        self.last_fault.as_deref()
     }
 
     /// The time from which the fault rules (the eager window, the re-instantiation back-off)
@@ -495,6 +520,7 @@ impl PolicyRuntime {
         self.consecutive += 1;
         self.lost_buffer = true;
         self.instance = None;
+        self.last_fault = Some(crate::rollout::clip(&format!("{what}: {err}"), 160));
         let window = self.config.window_ms.max(1) as u64;
         self.eager_until = now_ms.saturating_add(window);
         // A policy that faults on every call would cost a re-instantiation per write: back off.

@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     pub malformed_seen: Mutex<std::collections::HashSet<crate::wire::Malformed>>,
     pub shutdown: watch::Sender<bool>,
     pub start: Instant,
+    /// Policy rollout state (docs/WIRE.md 9).
+    pub rollout: crate::rollout::Rollout,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -51,6 +51,14 @@ pub(crate) fn validate_names(prefix: &str, namespace: Option<&str>, instance_id:
     Ok(())
 }
 
+/// `K` of section 9: the protocol key space of a namespace, with its trailing separator.
+pub(crate) fn protocol_keys(channel_prefix: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{channel_prefix}::{ns}:"),
+        None => format!("{channel_prefix}::"),
+    }
+}
+
 /// Channel and key names of one instance (section 1).
 #[derive(Clone, Debug)]
 pub struct Names {
@@ -63,6 +71,10 @@ pub struct Names {
     pub reports: String,
     pub liveness: String,
     pub controller_lease: String,
+    /// `P:policy`: rollout announcements (section 9.3).
+    pub policy: String,
+    /// `K` of section 9: `<prefix>::<namespace>:` or `<prefix>::`, the rollout keys' prefix.
+    pub policy_keys: String,
 }
 
 impl Names {
@@ -84,6 +96,8 @@ impl Names {
             reports: format!("{p}:reports"),
             liveness: format!("{p}:liveness:{instance_id}"),
             controller_lease: lease,
+            policy: format!("{p}:policy"),
+            policy_keys: protocol_keys(channel_prefix, namespace),
         }
     }
 
@@ -337,6 +351,42 @@ pub fn decode(payload: &[u8]) -> Result<Message, Malformed> {
         }
         _ => Message::Heartbeat { origin },
     })
+}
+
+/// A `policy` announcement on `P:policy` (section 9.3): only a hint to read the record again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyAnnouncement {
+    pub origin: Origin,
+    pub rollout: u64,
+}
+
+/// Decodes a payload of `P:policy` with the checks of section 2.3 in their order; on this
+/// channel every action but `policy` is `unknown-action`.
+pub fn decode_policy(payload: &[u8]) -> Result<PolicyAnnouncement, Malformed> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Malformed::TooLarge);
+    }
+    if nesting_exceeds(payload, MAX_DEPTH) {
+        return Err(Malformed::NotJson);
+    }
+    let value: Value = serde_json::from_slice(payload).map_err(|_| Malformed::NotJson)?;
+    let Value::Object(mut f) = value else { return Err(Malformed::NotObject) };
+    f.retain(|_, v| !v.is_null());
+    match f.get("action") {
+        Some(Value::String(a)) if a == "policy" => {}
+        Some(Value::String(_)) => return Err(Malformed::UnknownAction),
+        _ => return Err(Malformed::BadField),
+    }
+    let source = id(&mut f, "source")?.ok_or(Malformed::BadField)?;
+    let epoch = id(&mut f, "epoch")?;
+    let timestamp = number(&f, "timestamp")?.unwrap_or(0.0);
+    let rollout = integer(&f, "rollout", 1, MAX_SEQ)?.ok_or(Malformed::BadField)?;
+    Ok(PolicyAnnouncement { origin: Origin { source, epoch, timestamp }, rollout })
+}
+
+/// The announcement a writer of the rollout record publishes (section 9.3).
+pub(crate) fn policy_announcement(source: &str, rollout: u64) -> String {
+    serde_json::json!({"action": "policy", "rollout": rollout, "timestamp": unix_now(), "source": source, "v": 2}).to_string()
 }
 
 #[derive(Serialize)]

@@ -81,6 +81,9 @@ pub struct NodeArgs {
     pub tick_ms: u64,
     pub instance_id: Option<String>,
     pub local_ttl_ms: u64,
+    pub policy_public_key: Option<String>,
+    pub policy_allow_hashes: Vec<String>,
+    pub policy_rollback_faults: Option<u32>,
 }
 
 impl NodeArgs {
@@ -93,6 +96,9 @@ impl NodeArgs {
             tick_ms: 250,
             instance_id: None,
             local_ttl_ms: 5000,
+            policy_public_key: None,
+            policy_allow_hashes: Vec::new(),
+            policy_rollback_faults: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -100,7 +106,8 @@ impl NodeArgs {
                 Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
                 _ => (flag.as_str(), None),
             };
-            let known = ["--redis", "--namespace", "--role", "--strategy", "--tick-ms", "--instance-id", "--local-ttl-ms"];
+            let known = ["--redis", "--namespace", "--role", "--strategy", "--tick-ms", "--instance-id", "--local-ttl-ms",
+                "--policy-public-key", "--policy-allow-hashes", "--policy-rollback-faults"];
             if !known.contains(&name) {
                 return Err(format!("unknown flag `{name}` (flags: {})", known.join(" ")));
             }
@@ -125,6 +132,21 @@ impl NodeArgs {
                 }
                 "--tick-ms" => a.tick_ms = positive(&value)?,
                 "--local-ttl-ms" => a.local_ttl_ms = positive(&value)?,
+                "--policy-public-key" => {
+                    aci_cache::rollout::parse_public_key(&value).map_err(|why| format!("--policy-public-key: {why}"))?;
+                    a.policy_public_key = Some(value);
+                }
+                "--policy-allow-hashes" => {
+                    for h in value.split(',').filter(|h| !h.is_empty()) {
+                        if !aci_cache::rollout::is_hash(h) {
+                            return Err(format!("--policy-allow-hashes: `{}` is not a SHA-256 as 64 lowercase hex characters", h.chars().take(80).collect::<String>()));
+                        }
+                        a.policy_allow_hashes.push(h.to_string());
+                    }
+                }
+                "--policy-rollback-faults" => {
+                    a.policy_rollback_faults = Some(value.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| format!("--policy-rollback-faults: `{value}` is not a positive whole number"))?)
+                }
                 _ => a.instance_id = Some(value),
             }
         }
@@ -134,10 +156,13 @@ impl NodeArgs {
 
 fn node_stats(cache: &AciCache) -> serde_json::Value {
     let s = cache.stats();
+    let (name, _) = cache.policy_info();
+    let (sha256, pushed) = cache.policy_hash();
     json!({"reads": s.reads, "l1_hits": s.l1_hits, "l1_misses": s.l1_misses, "writes": s.writes,
         "messages_sent": s.messages_sent, "pubsub_received": s.pubsub_received, "messages_received": s.messages_received,
         "invalidations_applied": s.invalidations_applied, "gaps": s.gaps, "malformed": s.malformed, "flushes": s.flushes,
-        "is_controller": s.is_controller, "strategy": s.strategy.map(|x| x.as_str()), "instance_id": s.instance_id})
+        "is_controller": s.is_controller, "strategy": s.strategy.map(|x| x.as_str()), "instance_id": s.instance_id,
+        "policy": name, "policy_sha256": sha256, "policy_origin": if pushed { "pushed" } else { "local" }, "policy_faults": s.policy_faults})
 }
 
 /// Reads `set K V [TTL_MS]`, `get K`, `del K`, `strategy`, `stats`, `quit` on stdin; one JSON
@@ -157,6 +182,15 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
         }
         if let Some(id) = &a.instance_id {
             b = b.instance_id(id);
+        }
+        if let Some(k) = &a.policy_public_key {
+            b = b.policy_public_key(k);
+        }
+        if !a.policy_allow_hashes.is_empty() {
+            b = b.policy_allow_hashes(a.policy_allow_hashes.clone());
+        }
+        if let Some(n) = a.policy_rollback_faults {
+            b = b.policy_rollback_faults(n);
         }
         let cache = b.build().await?;
         let out = |v: serde_json::Value| {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod policy_cmd;
 
 #[derive(Parser)]
 #[command(name = "aci", version, about = "Adaptive cache invalidation for Redis")]
@@ -41,10 +42,15 @@ enum Command {
     Demo(cli::DemoArgs),
     /// Measure the cache against raw Redis on the same server.
     Bench(cli::BenchArgs),
+    /// Roll a policy out to a running fleet: push, status, rollback, promote, keygen
+    /// (docs/WIRE.md section 9).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// One cache instance driven by line commands on stdin (docs/NODE.md).
     Node {
         /// --redis URL --namespace NS --role auto|controller|follower --strategy S --tick-ms N
-        /// --instance-id ID --local-ttl-ms N
+        /// --instance-id ID --local-ttl-ms N --policy-public-key HEX --policy-allow-hashes H,H
+        /// --policy-rollback-faults N
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -96,6 +102,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", aci_cache::simulate::report(&sim, module.name(), module.version(), &cfg));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Demo(args) => cli::demo(args),
         Command::Bench(args) => cli::bench(args),
         Command::Node { args } => match cli::NodeArgs::parse(&args) {

@@ -54,7 +54,11 @@ impl Subject for PolicyInstance {
 
 impl Subject for Engine {
     fn describe(&mut self) -> Value {
-        let name = if self.kind() == Kind::Fixed { "fixed" } else { "adaptive" };
+        let name = match self.kind() {
+            Kind::Fixed => "fixed",
+            Kind::Budget => "budget",
+            Kind::Adaptive => "adaptive",
+        };
         json!({"name": name, "version": aci_policy_core::LOGIC_VERSION})
     }
     fn default_config(&mut self) -> PolicyConfig { PolicyConfig::default() }
@@ -146,7 +150,8 @@ fn step(p: &mut dyn Subject, s: &Value) -> Value {
 
 fn vectors() -> Vec<Value> {
     let dir = root().join("tests").join("vectors");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path())
+    // tests/vectors/budget/: the budget policy's vectors (see its make.py).
+    let mut files: Vec<PathBuf> = [dir.clone(), dir.join("budget")].iter().flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
     files.sort();
     files.iter().map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()).collect()
@@ -170,12 +175,18 @@ fn replay(v: &Value, p: &mut dyn Subject) -> Result<usize, String> {
 fn every_vector_replays_identically_in_wasm_and_native() {
     let adaptive = PolicyModule::from_file(&policy_file("adaptive"), SandboxLimits::default()).unwrap();
     let fixed = PolicyModule::from_file(&policy_file("fixed"), SandboxLimits::default()).unwrap();
+    let budget = PolicyModule::from_file(&policy_file("budget"), SandboxLimits::default()).unwrap();
     let all = vectors();
+    assert!(all.iter().any(|v| v["policy"] == "budget"), "the budget vectors (tests/vectors/budget)");
     assert!(all.len() >= 16, "expected the hand-written and random vectors, found {}", all.len());
     let mut failures = Vec::new();
     let mut steps = 0;
     for v in &all {
-        let (module, kind) = if v["policy"] == "fixed" { (&fixed, Kind::Fixed) } else { (&adaptive, Kind::Adaptive) };
+        let (module, kind) = match v["policy"].as_str() {
+            Some("fixed") => (&fixed, Kind::Fixed),
+            Some("budget") => (&budget, Kind::Budget),
+            _ => (&adaptive, Kind::Adaptive),
+        };
         match replay(v, &mut module.instantiate().unwrap()) {
             Ok(n) => steps += n,
             Err(e) => failures.push(format!("wasm: {e}")),

@@ -143,6 +143,8 @@ pub enum Kind {
     Adaptive,
     /// Always `initial-strategy`.
     Fixed,
+    /// The cheapest strategy whose expected staleness fits a budget (see `Engine::target`).
+    Budget,
 }
 
 const BUCKETS: usize = 20;
@@ -307,6 +309,21 @@ impl Engine {
 
     fn target(&self) -> Strategy {
         let rate = self.window.rate();
+        if self.kind == Kind::Budget {
+            // Expected staleness, in stale key-seconds per second (Little's law: how many
+            // written keys some reader may be seeing stale at any moment), is the write rate
+            // times how long a write stays unannounced: `low-threshold` seconds under ttl (the
+            // local TTL the fleet runs with), half a batch interval on average under batched,
+            // about nothing under eager. The budget is `high-threshold`. Cheapest first.
+            let budget = self.cfg.high_threshold;
+            if rate * self.cfg.low_threshold <= budget {
+                return Strategy::Ttl;
+            }
+            if rate * (self.cfg.batch_interval_ms as f64 / 2000.0) <= budget {
+                return Strategy::Batched;
+            }
+            return Strategy::Eager;
+        }
         if rate > self.cfg.high_threshold {
             Strategy::Eager
         } else if rate < self.cfg.low_threshold {
@@ -428,6 +445,7 @@ impl Engine {
 
 pub const ADAPTIVE_NAME: &str = "adaptive";
 pub const FIXED_NAME: &str = "fixed";
+pub const BUDGET_NAME: &str = "budget";
 /// Version of the decision logic; bump when a vector's expected output would change.
 pub const LOGIC_VERSION: &str = "0.1.0";
 
@@ -452,6 +470,21 @@ mod tests {
         assert_eq!(e.current_strategy(1100), Strategy::Eager);
         assert_eq!(e.current_strategy(1599), Strategy::Eager);
         assert_eq!(e.current_strategy(1600), Strategy::Ttl);
+    }
+
+    #[test]
+    fn budget_picks_the_cheapest_strategy_within_the_budget() {
+        // 2 s under ttl, 1 s batches (0.5 s on average), a budget of 20 stale key-seconds per
+        // second: ttl up to 10 writes/s, batched up to 40, eager above. No hold: down at once.
+        let mut e = Engine::new(Kind::Budget);
+        let cfg = Config { low_threshold: 2.0, high_threshold: 20.0, batch_interval_ms: 1000, hold_ms: 0, ..fast() };
+        e.configure(cfg, 0).unwrap();
+        let keys = |n: usize| (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>();
+        assert_eq!(e.record_writes(&keys(10), 0), Strategy::Ttl);
+        assert_eq!(e.record_writes(&keys(1), 0), Strategy::Batched);
+        assert_eq!(e.record_writes(&keys(29), 0), Strategy::Batched);
+        assert_eq!(e.record_writes(&keys(1), 0), Strategy::Eager);
+        assert_eq!(e.current_strategy(1100), Strategy::Ttl);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::workload::{on_frontier, RunReport};
 
 const W: f64 = 760.0;
 const FONT: &str = "font-family=\"sans-serif\" font-size=\"12\"";
+const TITLE_FONT: &str = "font-family=\"sans-serif\" font-size=\"14\" font-weight=\"bold\"";
 
 /// The colour of a strategy band: ttl grey, batched amber, eager red.
 pub fn strategy_colour(s: Strategy) -> &'static str {
@@ -65,7 +66,7 @@ fn nice_step(max: f64, ticks: f64) -> f64 {
 /// A timeline: the write rate (writes/s per time bin) as a line over the strategy bands of
 /// every row. `rate` is (bin start ms, writes/s); `end_ms` is the time axis' end.
 pub fn timeline_svg(title: &str, rate: &[(u64, f64)], rows: &[TimelineRow<'_>], end_ms: u64) -> String {
-    let (left, right, top) = (90.0, 20.0, 34.0);
+    let (left, right, top) = (120.0, 20.0, 34.0);
     let rate_h = 150.0;
     let row_h = 22.0;
     let h = top + rate_h + 30.0 + rows.len() as f64 * (row_h + 6.0) + 50.0;
@@ -75,7 +76,7 @@ pub fn timeline_svg(title: &str, rate: &[(u64, f64)], rows: &[TimelineRow<'_>], 
     let mut o = String::new();
     let _ = writeln!(o, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\">");
     let _ = writeln!(o, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = writeln!(o, "<text x=\"{left}\" y=\"20\" {FONT} font-size=\"14\" font-weight=\"bold\">{}</text>", esc(title));
+    let _ = writeln!(o, "<text x=\"{left}\" y=\"20\" {TITLE_FONT}>{}</text>", esc(title));
     // Rate panel.
     let max_rate = rate.iter().map(|r| r.1).fold(1.0f64, f64::max);
     let step = nice_step(max_rate, 4.0);
@@ -149,7 +150,7 @@ pub fn frontier_svg(reports: &[RunReport]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\">");
     let _ = writeln!(o, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = writeln!(o, "<text x=\"{left}\" y=\"20\" {FONT} font-size=\"14\" font-weight=\"bold\">Staleness p99 vs Pub/Sub messages published (lower left is better)</text>");
+    let _ = writeln!(o, "<text x=\"{left}\" y=\"20\" {TITLE_FONT}>Staleness p99 vs Pub/Sub messages published (lower left is better)</text>");
     let mut v = 0.0;
     while v <= ymax + 1e-9 {
         let _ = writeln!(o, "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#e0e0e0\"/>", left + pw, y(v), y(v));
@@ -181,7 +182,9 @@ pub fn frontier_svg(reports: &[RunReport]) -> String {
             _ => "#1f5fbf",
         };
         let _ = writeln!(o, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"7\" fill=\"{colour}\" stroke=\"{}\" stroke-width=\"2\"/>", if *f { "black" } else { "none" });
-        let _ = writeln!(o, "<text x=\"{:.1}\" y=\"{:.1}\" {FONT}>{} ({} msgs, p99 {:.0} ms)</text>", px + 10.0, py - 8.0, esc(&r.label), r.published, r.staleness_ms(0.99));
+        // Labels of points in the right half go to their left, so they stay inside the figure.
+        let (lx, anchor) = if px > left + pw / 2.0 { (px - 10.0, "end") } else { (px + 10.0, "start") };
+        let _ = writeln!(o, "<text x=\"{lx:.1}\" y=\"{:.1}\" {FONT} text-anchor=\"{anchor}\">{} ({} msgs, p99 {:.0} ms)</text>", py - 8.0, esc(&r.label), r.published, r.staleness_ms(0.99));
     }
     o.push_str("</svg>\n");
     o

@@ -494,31 +494,36 @@ pub fn run(policy: &mut PolicyRuntime, trace: &Trace<'_>, tick_ms: u64, tail_ms:
     obs.sim
 }
 
-/// Records the writes of one group. One write is one `record-write`, as a host makes it. More
-/// are one `record-writes` of the group's distinct keys, in order, plus a
-/// `record-remote-writes` of the repeats. The policy ends the millisecond in the state one call
-/// per write would leave (same rate, same buffered keys) with two exceptions, both only when the
-/// strategy changes inside the millisecond: the whole group is attributed to the strategy in
+/// Records the writes of one group. Its first write is one `record-write`, as a host makes it.
+/// The rest: under `eager` (the top strategy, which buffers nothing) one `record-remote-writes`
+/// of their count; otherwise one `record-writes` of the group's other distinct keys, in order,
+/// plus a `record-remote-writes` of the repeats. Time does not move inside a group, so a policy
+/// can only move up there (the bundled ones do) and this leaves it in the state one call per write
+/// would (same rate, same buffered keys), with two exceptions, both only when the strategy
+/// changes inside the millisecond: the group's later writes are attributed to the strategy in
 /// force after it (the switch is reported at that millisecond, after the group), and a repeated
 /// key is not buffered again if the switch into `batched` came between its occurrences. The
 /// bundled traces have no millisecond with two writes of one line, so their replay is exact.
 fn record_group(policy: &mut PolicyRuntime, g: &Group<'_>, keys: &[String], calls: &mut u64) -> Strategy {
     *calls += 1;
-    match g.keys {
-        GroupKeys::Named(k) => policy.record_write(k, g.at_ms),
-        GroupKeys::Cycle { first, len: 1 } if g.count == 1 => policy.record_write(&keys[first], g.at_ms),
-        GroupKeys::Cycle { first, len } => {
-            let mut s = policy.record_writes(&keys[first..first + len], g.at_ms);
-            let mut rest = g.count - len as u64;
-            while rest > 0 {
-                let n = rest.min(u32::MAX as u64);
-                *calls += 1;
-                s = policy.record_remote_writes(n as u32, g.at_ms);
-                rest -= n;
-            }
-            s
-        }
+    let (first, len) = match g.keys {
+        GroupKeys::Named(k) => return policy.record_write(k, g.at_ms),
+        GroupKeys::Cycle { first, len } => (first, len),
+    };
+    let mut s = policy.record_write(&keys[first], g.at_ms);
+    let mut rest = g.count - 1;
+    if rest > 0 && s != Strategy::Eager && len > 1 {
+        *calls += 1;
+        s = policy.record_writes(&keys[first + 1..first + len], g.at_ms);
+        rest -= len as u64 - 1;
     }
+    while rest > 0 {
+        let n = rest.min(u32::MAX as u64);
+        *calls += 1;
+        s = policy.record_remote_writes(n as u32, g.at_ms);
+        rest -= n;
+    }
+    s
 }
 
 /// Nothing in the window, nothing buffered, nothing due: only time could change the policy.

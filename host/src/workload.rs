@@ -51,6 +51,9 @@ pub struct Workload {
     pub batch_interval: Duration,
     pub local_ttl: Duration,
     pub tick: Duration,
+    /// Rate thresholds of the policy (writes/s): `None` is the policy's default (10 and 50).
+    pub low_threshold: Option<f64>,
+    pub high_threshold: Option<f64>,
     /// Reads continue this long after the last write, so the last writes' staleness counts.
     pub tail: Duration,
     /// Timeline sampling period.
@@ -72,6 +75,8 @@ impl Default for Workload {
             batch_interval: Duration::from_millis(2500),
             local_ttl: Duration::from_secs(5),
             tick: Duration::from_millis(250),
+            low_threshold: None,
+            high_threshold: None,
             tail: Duration::from_secs(2),
             sample_every: Duration::from_millis(100),
             seed: 42,
@@ -301,7 +306,7 @@ pub async fn run(redis_url: &str, trace: &Trace<'_>, contender: &Contender, w: &
 
     let mut fleet = Vec::with_capacity(w.instances);
     for i in 0..w.instances {
-        let b = AciCache::builder()
+        let mut b = AciCache::builder()
             .redis_url(redis_url)
             .namespace(&ns)
             .policy(contender.source.clone())
@@ -315,6 +320,12 @@ pub async fn run(redis_url: &str, trace: &Trace<'_>, contender: &Contender, w: &
             .tick(w.tick)
             // No key may expire in Redis during a run: a read of an expired key is no read.
             .default_ttl(Duration::from_secs(3600));
+        if let Some(v) = w.low_threshold {
+            b = b.low_threshold(v);
+        }
+        if let Some(v) = w.high_threshold {
+            b = b.high_threshold(v);
+        }
         fleet.push(b.build().await?);
     }
     let policy = {
@@ -334,7 +345,9 @@ pub async fn run(redis_url: &str, trace: &Trace<'_>, contender: &Contender, w: &
                 pipe = redis::pipe();
             }
         }
-        pipe.query_async::<()>(&mut admin).await?;
+        if pipe.len() > 0 {
+            pipe.query_async::<()>(&mut admin).await?;
+        }
         let mut t = truth.lock().unwrap_or_else(|e| e.into_inner());
         for k in 0..w.keys {
             t.acked(k, 0, t0);
@@ -544,7 +557,7 @@ mod tests {
 
     #[test]
     fn the_frontier_keeps_runs_no_other_beats_on_both_axes() {
-        let mut runs = vec![report(100, &[]), report(100, &[1; 50]), report(100, &[9; 50]), report(100, &[1; 50])];
+        let mut runs = vec![report(100, &[]), report(100, &[1; 50]), report(100, &[9; 50]), report(100, &[2; 50])];
         for (r, p) in runs.iter_mut().zip([100, 10, 20, 30]) {
             r.published = p;
         }

@@ -74,6 +74,12 @@ pub struct WorkloadArgs {
     /// Local (L1) TTL, ms: the staleness bound under ttl.
     #[arg(long, default_value_t = 5000)]
     pub local_ttl_ms: u64,
+    /// Writes/s below which the policy picks ttl (default: the policy's, 10).
+    #[arg(long)]
+    pub low_threshold: Option<f64>,
+    /// Writes/s above which the policy picks eager (default: the policy's, 50).
+    #[arg(long)]
+    pub high_threshold: Option<f64>,
     /// Write the frontier and the timeline as one SVG file.
     #[arg(long)]
     pub svg: Option<PathBuf>,
@@ -145,6 +151,8 @@ pub fn bench_workload(a: WorkloadArgs) -> Result<ExitCode> {
         hold: ms(a.hold_ms),
         batch_interval: ms(a.batch_interval_ms),
         local_ttl: ms(a.local_ttl_ms),
+        low_threshold: a.low_threshold,
+        high_threshold: a.high_threshold,
         ..Workload::default()
     };
     w.validate()?;

@@ -164,7 +164,8 @@ pub fn bench_workload(a: WorkloadArgs) -> Result<ExitCode> {
         contenders.retain(|c| a.only.contains(&c.label));
     }
     for p in &a.policy {
-        let label = p.file_stem().map_or("policy".into(), |s| s.to_string_lossy().into_owned());
+        // The file name, extension included, so a file never takes a built-in run's label.
+        let label = p.file_name().map_or("policy.wasm".into(), |s| s.to_string_lossy().into_owned());
         // Load it now: a bad file is an error before any run, naming the file.
         aci_cache::PolicyModule::from_file(p, aci_cache::SandboxLimits::default()).with_context(|| format!("{}", p.display()))?;
         contenders.push(Contender { label, source: PolicySource::File(p.clone()) });

@@ -457,36 +457,71 @@ fn time_ns(n: u64, mut f: impl FnMut(u64)) -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// The policy's clock at the start of every engine bench (ms; the same in every host).
+const T0: u64 = 1_700_000_000_000;
+
+/// ns per call of `f` where each call needs untimed `setup` first: each call timed alone, the
+/// cost of reading the clock twice subtracted (as js/bench/engine-calls.js does).
+fn time_each<S>(n: u64, state: &mut S, mut setup: impl FnMut(&mut S, u64), mut f: impl FnMut(&mut S, u64)) -> f64 {
+    let clock = (0..10_000).map(|_| { let a = Instant::now(); let b = Instant::now(); (b - a).as_nanos() }).min().unwrap_or(0) as f64;
+    let mut total = 0u128;
+    for i in 0..n {
+        setup(state, i);
+        let t = Instant::now();
+        f(state, i);
+        total += t.elapsed().as_nanos();
+    }
+    (total as f64 / n as f64 - clock).max(0.0)
+}
+
+/// The engine calls every host's engine bench times, with the same setup (scripts/bench-engines.sh
+/// compares them row by row), on the adaptive policy, each row on a fresh instance:
+/// - record-write: `record-write("user:42", now)`, the clock advancing 1 ms every 16 calls
+///   (~16,000 writes/s: the policy settles on eager, as under real load);
+/// - status: after one untimed `record-remote-writes(100, T0)`, `status(now)`, the clock
+///   advancing 1 ms per call;
+/// - pending-batch-100: configured batched with batch-max-keys 100 (thresholds 0 and 1e12 so
+///   it stays batched); per call, untimed `record-writes` of 100 distinct keys (`user:1000` to
+///   `user:1099`), then the timed `pending-batch(now)` that drains and returns them.
 fn engine_bench(scale: f64) -> Result<()> {
     let n = ((200_000.0 * scale) as u64).max(1000);
-    let keys100: Vec<String> = (0..100).map(|i| format!("user:{i}")).collect();
-    let batched = PolicyConfig { initial_strategy: Strategy::Batched, batch_max_keys: 100, batch_interval_ms: 1_000_000, ..PolicyConfig::default() };
+    let m = ((2_000.0 * scale) as u64).max(100);
+    let keys100: Vec<String> = (1000..1100).map(|i| format!("user:{i}")).collect();
+    let batched = PolicyConfig { initial_strategy: Strategy::Batched, batch_max_keys: 100, low_threshold: 0.0, high_threshold: 1e12, ..PolicyConfig::default() };
     let mut rows: Vec<(&str, &str, f64)> = Vec::new();
-    for round in 0..3 {
-        let mut w = PolicyModule::try_fixed()?.instantiate()?;
-        let mut nat = aci_policy_core::Engine::new(aci_policy_core::Kind::Fixed);
-        let mut wa = PolicyModule::try_adaptive()?.instantiate()?;
-        let mut na = aci_policy_core::Engine::new(aci_policy_core::Kind::Adaptive);
-        let _ = round;
-        rows.push(("rust-wasm", "record-write", time_ns(n, |i| { let _ = wa.record_write("user:42", i / 1000); })));
-        rows.push(("rust-native", "record-write", time_ns(n, |i| { let _ = na.record_write("user:42", i / 1000); })));
-        rows.push(("rust-wasm", "status", time_ns(n, |i| { let _ = wa.status(i / 1000); })));
-        rows.push(("rust-native", "status", time_ns(n, |i| { let _ = na.status(i / 1000); })));
-        w.configure(&batched, 0)?.map_err(|e| anyhow::anyhow!(e))?;
-        nat.configure(batched.clone(), 0).map_err(|e| anyhow::anyhow!(e.message))?;
-        let m = (n / 100).max(100);
-        rows.push(("rust-wasm", "pending-batch-100", time_ns(m, |i| { let _ = w.record_writes(&keys100, i); let _ = w.pending_batch(i); }) ));
-        rows.push(("rust-native", "pending-batch-100", time_ns(m, |i| { let _ = nat.record_writes(&keys100, i); let _ = nat.pending_batch(i); })));
+    let wasm = || -> Result<aci_cache::policy::PolicyInstance> {
+        let mut w = PolicyModule::try_adaptive()?.instantiate()?;
+        w.configure(&PolicyConfig::default(), T0)?.map_err(|e| anyhow::anyhow!(e))?;
+        Ok(w)
+    };
+    let native = || aci_policy_core::Engine::new(aci_policy_core::Kind::Adaptive);
+    for _round in 0..3 {
+        let (mut w, mut nat) = (wasm()?, native());
+        rows.push(("rust-wasm", "record-write", time_ns(n, |i| { let _ = w.record_write("user:42", T0 + (i >> 4)); })));
+        rows.push(("rust-native", "record-write", time_ns(n, |i| { let _ = nat.record_write("user:42", T0 + (i >> 4)); })));
+        let (mut w, mut nat) = (wasm()?, native());
+        let _ = w.record_remote_writes(100, T0);
+        let _ = nat.record_remote_writes(100, T0);
+        rows.push(("rust-wasm", "status", time_ns(n, |i| { let _ = w.status(T0 + i); })));
+        rows.push(("rust-native", "status", time_ns(n, |i| { let _ = nat.status(T0 + i); })));
+        let (mut w, mut nat) = (wasm()?, native());
+        w.configure(&batched, T0)?.map_err(|e| anyhow::anyhow!(e))?;
+        nat.configure(batched.clone(), T0).map_err(|e| anyhow::anyhow!(e.message))?;
+        let mut got = (0, 0);
+        rows.push(("rust-wasm", "pending-batch-100", time_each(m, &mut w, |w, i| { let _ = w.record_writes(&keys100, T0 + i); }, |w, i| {
+            got.0 = w.pending_batch(T0 + i).map(|b| b.keys.len()).unwrap_or(0);
+        })));
+        rows.push(("rust-native", "pending-batch-100", time_each(m, &mut nat, |nat, i| { let _ = nat.record_writes(&keys100, T0 + i); }, |nat, i| {
+            got.1 = nat.pending_batch(T0 + i).keys.len();
+        })));
+        anyhow::ensure!(got == (100, 100), "pending-batch returned {got:?} keys, not 100");
     }
-    // The pending-batch rows include refilling the batch (record-writes of 100 keys): report
-    // the pair's cost, labelled so.
     for host in ["rust-wasm", "rust-native"] {
         for op in ["record-write", "status", "pending-batch-100"] {
             let v = median(rows.iter().filter(|r| r.0 == host && r.1 == op).map(|r| r.2).collect());
             println!("engine-call {host} {op} {v:.0}");
         }
     }
-    println!("# pending-batch-100 here = record-writes(100 keys) + pending-batch returning them");
     Ok(())
 }
 

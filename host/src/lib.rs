@@ -23,7 +23,9 @@ mod loss_detector;
 mod near_cache;
 pub mod policy;
 mod shared;
+pub mod plot;
 pub mod simulate;
+pub mod workload;
 mod wire;
 
 pub use bundled::{bundled_policy, bundled_policy_names};

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod workload;
 
 #[derive(Parser)]
 #[command(name = "aci", version, about = "Adaptive cache invalidation for Redis")]
@@ -36,11 +37,15 @@ enum Command {
         tick_ms: u64,
         #[command(flatten)]
         tuning: cli::Tuning,
+        /// Also draw the write rate and the strategy timeline as an SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Run several in-process instances on Redis through a write-rate ramp, live.
     Demo(cli::DemoArgs),
-    /// Measure the cache against raw Redis on the same server.
-    Bench(cli::BenchArgs),
+    /// Measure the cache against raw Redis on the same server (`bench workload`: a fleet
+    /// through a write-rate trace, once per policy).
+    Bench(workload::BenchCmd),
     /// One cache instance driven by line commands on stdin (docs/NODE.md).
     Node {
         /// --redis URL --namespace NS --role auto|controller|follower --strategy S --tick-ms N
@@ -82,7 +87,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { policy, trace, tick_ms, tuning } => {
+        Command::Simulate { policy, trace, tick_ms, tuning, svg } => {
             let module = match &policy {
                 Some(p) => PolicyModule::from_file(p, SandboxLimits::default()).with_context(|| format!("{}", p.display()))?,
                 None => PolicyModule::try_adaptive()?,
@@ -94,10 +99,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut rt = PolicyRuntime::new(module.clone(), cfg.clone(), 0)?;
             let sim = aci_cache::simulate::run(&mut rt, &writes, tick_ms, cfg.window_ms as u64 + cfg.hold_ms as u64);
             print!("{}", aci_cache::simulate::report(&sim, module.name(), module.version(), &cfg));
+            if let Some(path) = &svg {
+                let label = format!("{} {}", module.name(), module.version());
+                workload::simulate_svg(path, &writes, &sim, cfg.initial_strategy, &label)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => cli::demo(args),
-        Command::Bench(args) => cli::bench(args),
+        Command::Bench(b) => match b.sub {
+            Some(workload::BenchSub::Workload(w)) => workload::bench_workload(w),
+            None => cli::bench(b.args),
+        },
         Command::Node { args } => match cli::NodeArgs::parse(&args) {
             Ok(a) => cli::node(a),
             Err(why) => {

@@ -421,7 +421,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             c.shutdown().await?;
         }
         // What adaptive saved, measured on a short ramp against the two fixed answers.
-        print!("{}", crate::workload::demo_comparison(&target.url).await?);
+        print!("{}", crate::workload::demo_comparison(&target.url, a.speed).await?);
         if seen.len() < 3 {
             eprintln!("aci demo: only saw {:?}: the machine may be too loaded to reach the burst rate", seen);
         }

@@ -164,7 +164,8 @@ pub fn bench_workload(a: WorkloadArgs) -> Result<ExitCode> {
         contenders.retain(|c| a.only.contains(&c.label));
     }
     for p in &a.policy {
-        let label = p.file_stem().map_or("policy".into(), |s| s.to_string_lossy().into_owned());
+        // The file name, extension included, so a file never takes a built-in run's label.
+        let label = p.file_name().map_or("policy.wasm".into(), |s| s.to_string_lossy().into_owned());
         // Load it now: a bad file is an error before any run, naming the file.
         aci_cache::PolicyModule::from_file(p, aci_cache::SandboxLimits::default()).with_context(|| format!("{}", p.display()))?;
         contenders.push(Contender { label, source: PolicySource::File(p.clone()) });
@@ -229,7 +230,8 @@ const DEMO_RAMP: &str = "2/s for 1.5s\n25/s for 2s\n200/s for 1s\n25/s for 2s\n2
 /// The demo's last word: the same short ramp under all-ttl, all-eager and adaptive, measured.
 /// The three fleets run at once (separate namespaces) to keep the demo short, so messages are
 /// the instances' own counts (`sent`), not the server's, which sees all three.
-pub async fn demo_comparison(redis_url: &str) -> Result<String> {
+/// `speed` scales the ramp's time as the demo's `--speed` scales its phases.
+pub async fn demo_comparison(redis_url: &str, speed: f64) -> Result<String> {
     let trace = simulate::parse_trace(DEMO_RAMP)?;
     let w = Workload {
         instances: 3,
@@ -241,6 +243,7 @@ pub async fn demo_comparison(redis_url: &str) -> Result<String> {
         local_ttl: ms(3000),
         tick: ms(100),
         tail: ms(500),
+        time_scale: speed,
         ..Workload::default()
     };
     let c = Contender::standard();
@@ -255,8 +258,8 @@ pub async fn demo_comparison(redis_url: &str) -> Result<String> {
     let line = |r: &RunReport| format!("  {:<9} {:>5} messages   stale reads {:>5.2}%   staleness p99 {:>5.0} ms, max {:>5.0} ms",
         r.label, r.sent, 100.0 * r.stale_ratio(), r.staleness_ms(0.99), r.staleness_ms(1.0));
     Ok(format!(
-        "\nthe same 8 s ramp ({} writes, same reads) run by three fleets at once, measured:\n{}\n{}\n{}\nadaptive sent {:.0}% of all-eager's messages and had {:.0}% of all-ttl's stale reads\n",
-        ad.writes, line(&ttl), line(&eager), line(&ad),
+        "\nthe same {:.0} s ramp ({} writes, same reads) run by three fleets at once, measured:\n{}\n{}\n{}\nadaptive sent {:.0}% of all-eager's messages and had {:.0}% of all-ttl's stale reads\n",
+        8.0 * speed, ad.writes, line(&ttl), line(&eager), line(&ad),
         100.0 * ad.sent as f64 / eager.sent.max(1) as f64,
         100.0 * ad.stale_reads as f64 / ttl.stale_reads.max(1) as f64,
     ))

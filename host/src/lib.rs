@@ -23,6 +23,7 @@ mod loss_detector;
 mod near_cache;
 pub mod policy;
 mod shared;
+mod transport;
 pub mod simulate;
 mod wire;
 
@@ -31,3 +32,4 @@ pub use cache::{termination_signal, AciCache, Stats, SwitchEvent};
 pub use config::{CacheBuilder, PolicySource, Role, Settings};
 pub use error::{ConfigError, Error, PolicyError, Result};
 pub use policy::{PolicyModule, SandboxLimits, Strategy};
+pub use transport::ClusterPubSub;

@@ -1,0 +1,297 @@
+"""The cache on a real local Redis Cluster (6 nodes, 3 masters + 3 replicas; Valkey too when
+ACI_REDIS_SERVER points at valkey-server): sharded Pub/Sub, keys over every shard, the lease, loss
+detection on resubscribe, and a master killed under load with a history check."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from aci_cache import AdaptiveCache, AsyncAdaptiveCache
+from conftest import LocalCluster, wait_for
+
+
+@pytest.fixture
+def make_ccache(redis_cluster):
+    made: List[AdaptiveCache] = []
+    clients: List[Any] = []
+
+    def make(**cfg):
+        c = redis_cluster.client()
+        clients.append(c)
+        cache = AdaptiveCache(c, **cfg)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.stop()
+    for c in clients:
+        c.close()
+    ids = {c.instance_id for c in made}
+    left = [t.name for t in threading.enumerate() if any(i in t.name for i in ids)]
+    assert not left, f"threads left running: {left}"
+
+
+def keys_on_every_shard(cluster: LocalCluster, n: int = 30) -> List[str]:
+    keys = [f"k{i}" for i in range(n)]
+    c = cluster.client()
+    try:
+        shards = {c.get_node_from_key(f"aci:x:{k}").port for k in keys}
+    finally:
+        c.close()
+    assert len(shards) == 3
+    return keys
+
+
+def test_eager_invalidates_across_shards_over_sharded_pubsub(redis_cluster, make_ccache, ns):
+    a = make_ccache(namespace=ns, strategy="eager")
+    b = make_ccache(namespace=ns, strategy="eager")
+    keys = keys_on_every_shard(redis_cluster)
+    for k in keys:
+        a.set(k, "v1")
+    assert [b.get(k) for k in keys] == [b"v1"] * len(keys)
+    hits = b.stats["cache_hits"]
+    assert [b.get(k) for k in keys] == [b"v1"] * len(keys)
+    assert b.stats["cache_hits"] == hits + len(keys)
+    for k in keys:
+        a.set(k, "v2")
+    assert wait_for(lambda: b.stats["invalidations_applied"] >= len(keys))
+    assert [b.get(k) for k in keys] == [b"v2"] * len(keys)
+    assert b.stats["gaps"] == 0 and b.stats["topology_ok"]
+
+    # The channels are shard channels on one master (hash tag {aci:<ns>}); nothing on classic Pub/Sub.
+    chan = f"{{aci:{ns}}}:invalidation"
+    owner = redis_cluster.node_client(redis_cluster.master_of(chan))
+    try:
+        assert chan in owner.execute_command("PUBSUB", "SHARDCHANNELS", f"{{aci:{ns}}}*")
+        assert owner.execute_command("PUBSUB", "SHARDNUMSUB", chan)[1] == 2
+    finally:
+        owner.close()
+    for port in redis_cluster.ports:
+        n = redis_cluster.node_client(port)
+        try:
+            assert not [c for c in n.execute_command("PUBSUB", "CHANNELS", "*") if ns in c]
+        finally:
+            n.close()
+
+
+def test_batched_and_ttl_on_the_cluster(redis_cluster, make_ccache, ns):
+    a = make_ccache(namespace=ns, strategy="batched", batch_interval=0.3)
+    b = make_ccache(namespace=ns, strategy="batched", batch_interval=0.3)
+    keys = keys_on_every_shard(redis_cluster, 12)
+    for k in keys:
+        a.set(k, "v1")
+    assert [b.get(k) for k in keys] == [b"v1"] * len(keys)
+    for k in keys:
+        a.set(k, "v2")
+    assert wait_for(lambda: b.stats["invalidations_applied"] >= len(keys), timeout=3)
+    assert [b.get(k) for k in keys] == [b"v2"] * len(keys)
+
+    ns2 = ns + "t"
+    c = make_ccache(namespace=ns2, strategy="ttl", local_ttl=1.0)
+    d = make_ccache(namespace=ns2, strategy="ttl", local_ttl=1.0)
+    c.set("k", "v1")
+    assert d.get("k") == b"v1"
+    c.set("k", "v2")
+    time.sleep(0.1)
+    assert d.get("k") == b"v1"  # stale, bounded by local_ttl: ttl publishes nothing
+    assert d.stats["invalidations_applied"] == 0
+    assert wait_for(lambda: d.get("k") == b"v2", timeout=2)
+
+
+def test_flush_and_delete_reach_every_shard(redis_cluster, make_ccache, ns):
+    a = make_ccache(namespace=ns, strategy="ttl")
+    b = make_ccache(namespace=ns, strategy="ttl")
+    keys = keys_on_every_shard(redis_cluster, 12)
+    for k in keys:
+        a.set(k, "v")
+    assert [b.get(k) for k in keys] == [b"v"] * len(keys)
+    assert a.delete(keys[0]) == 1
+    assert wait_for(lambda: b.stats["invalidations_applied"] >= 1)
+    assert b.get(keys[0]) is None
+    a.flush()
+    raw = redis_cluster.client()
+    try:
+        assert [raw.get(f"aci:{ns}:{k}") for k in keys] == [None] * len(keys)
+    finally:
+        raw.close()
+    assert wait_for(lambda: all(b.get(k) is None for k in keys), timeout=2)
+
+
+def test_lease_election_on_the_cluster(make_ccache, ns):
+    caches = [make_ccache(namespace=ns, controller_interval=0.8) for _ in range(3)]
+    assert wait_for(lambda: sum(c.is_controller for c in caches) == 1, timeout=3)
+    leader = next(c for c in caches if c.is_controller)
+    rest = [c for c in caches if c is not leader]
+    leader.stop()
+    assert wait_for(lambda: sum(c.is_controller for c in rest) == 1, timeout=3)
+
+
+def test_resubscribe_after_a_killed_subscription_flushes(redis_cluster, make_ccache, ns):
+    a = make_ccache(namespace=ns, strategy="eager")
+    b = make_ccache(namespace=ns, strategy="eager")
+    a.set("k", "v1")
+    assert b.get("k") == b"v1"
+    owner = redis_cluster.node_client(redis_cluster.master_of(f"{{aci:{ns}}}:invalidation"))
+    try:
+        assert owner.client_kill_filter(_type="pubsub") >= 2
+    finally:
+        owner.close()
+    raw = redis_cluster.client()
+    try:
+        raw.set(f"aci:{ns}:k", "v2")  # a write no message announces
+    finally:
+        raw.close()
+    assert wait_for(lambda: b.stats["link_up"] and b.stats["resubscribes"] >= 1, timeout=5)
+    assert b.get("k") == b"v2"  # L1 was flushed on resubscribe
+    a.set("k", "v3")
+    assert wait_for(lambda: b.get("k") == b"v3", timeout=2)
+
+
+def test_asyncio_twin_on_the_cluster(redis_cluster, ns):
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+    async def main():
+        sync = AdaptiveCache(redis_cluster.client(), namespace=ns, strategy="eager")
+        client = AsyncCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+        try:
+            async with AsyncAdaptiveCache(client, namespace=ns, strategy="eager") as b:
+                keys = keys_on_every_shard(redis_cluster, 12)
+                for k in keys:
+                    sync.set(k, "v1")
+                assert [await b.get(k) for k in keys] == [b"v1"] * len(keys)
+                for k in keys:
+                    sync.set(k, "v2")
+                deadline = time.monotonic() + 3
+                while b.stats["invalidations_applied"] < len(keys) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                assert [await b.get(k) for k in keys] == [b"v2"] * len(keys)
+                await b.set("own", "x")
+                assert sync.get("own") == b"x"
+                assert b.stats["topology_ok"] and b.stats["link_up"]
+        finally:
+            sync.stop()
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_master_killed_under_load_serves_no_stale_or_lost_value(own_cluster, ns):
+    """Eager writer + readers over keys on every shard; the master holding the fleet channels
+    (and a third of the keys) is killed (SIGKILL), its replica promoted. History check:
+    - stale: a read that began more than BOUND after a write of a greater value was acknowledged
+      returned an older one (keys whose master died are judged only on writes made after the
+      failover: what their old master acknowledged may be gone);
+    - lost: once the cluster is healthy again + BOUND, with writes paused, a read returned a
+      value that is not what Redis holds (our L1 serving a write Redis lost)."""
+    BOUND = 1.0
+    cl = own_cluster
+    chan = f"{{aci:{ns}}}:invalidation"
+    victim = cl.master_of(chan)
+    cfg: Dict[str, Any] = dict(namespace=ns, strategy="eager", command_timeout=0.5, liveness_timeout=2.0)
+    a = AdaptiveCache(cl.client(), **cfg)
+    b = AdaptiveCache(cl.client(), **cfg)
+    keys = [f"k{i}" for i in range(24)]
+    on_victim = {k for k in keys if cl.master_of(f"aci:{ns}:{k}") == victim}
+    assert on_victim and len(on_victim) < len(keys)
+    acked: List[Tuple[float, str, int]] = []  # (ack time, key, value)
+    reads: List[Tuple[float, float, str, Any, str]] = []  # (start, end, key, value, reader)
+    stop = threading.Event()
+    pause = threading.Event()
+    seq = [0]
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            if pause.is_set():
+                time.sleep(0.01)
+                continue
+            k = keys[i % len(keys)]
+            i += 1
+            seq[0] += 1
+            v = seq[0]
+            try:
+                a.set(k, str(v))
+                acked.append((time.monotonic(), k, v))
+            except Exception:
+                time.sleep(0.02)
+
+    def reader(cache, name):
+        i = 0
+        while not stop.is_set():
+            k = keys[(i * 7) % len(keys)]
+            i += 1
+            t0 = time.monotonic()
+            try:
+                v = cache.get(k)
+            except Exception:
+                time.sleep(0.02)
+                continue
+            reads.append((t0, time.monotonic(), k, None if v is None else int(v), name))
+            time.sleep(0.0002)  # leave the GIL to the writer; thousands of reads a second are plenty
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader, args=(b, "b")),
+               threading.Thread(target=reader, args=(a, "a"))]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        killed_at = time.monotonic()
+        cl.kill(victim)
+        cl.wait_ok(timeout=30)
+        healthy_at = time.monotonic()
+        assert wait_for(lambda: a.stats["topology_ok"] and b.stats["link_up"] and b.stats["topology_ok"], timeout=10)
+        recovered_at = time.monotonic()
+        # phase "lost": writes paused; every read from BOUND on must return what Redis now holds
+        pause.set()
+        time.sleep(0.3)
+        quiet_from = time.monotonic() + BOUND
+        time.sleep(BOUND)
+        raw = cl.client()
+        try:
+            truth = {k: (lambda v: None if v is None else int(v))(raw.get(f"aci:{ns}:{k}")) for k in keys}
+        finally:
+            raw.close()
+        time.sleep(1.0)
+        quiet_to = time.monotonic()
+        pause.clear()
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        a.stop()
+        b.stop()
+
+    lost = [r for r in reads if quiet_from <= r[0] and r[1] <= quiet_to and r[3] != truth[r[2]]]
+    # per key: ack times and the running max of values acknowledged (all, and after the failover)
+    import bisect
+    hist: Dict[str, Tuple[List[float], List[int]]] = {}
+    for t, k, v in acked:
+        if k in on_victim and t <= healthy_at:
+            continue  # its old master may have lost it
+        ts, mx = hist.setdefault(k, ([], []))
+        ts.append(t)
+        mx.append(max(v, mx[-1]) if mx else v)
+    stale = []
+    for start, _end, k, v, who in reads:
+        ts, mx = hist.get(k, ([], []))
+        i = bisect.bisect_left(ts, start - BOUND)
+        if i and (v is None or v < mx[i - 1]):
+            stale.append((round(start - killed_at, 3), k, v, mx[i - 1], who))
+    print(f"\nmaster killed under eager load: {len(acked)} writes, {len(reads)} reads, stale beyond bound "
+          f"{len(stale)}, lost values served {len(lost)}, failover {healthy_at - killed_at:.2f} s, caches back "
+          f"{recovered_at - killed_at:.2f} s after the kill, topology suspensions a={a.stats['topology_suspensions']} "
+          f"b={b.stats['topology_suspensions']}")
+    assert len(acked) > 100 and len(reads) > 100
+    assert [r for r in reads if quiet_from <= r[0] and r[1] <= quiet_to], "no read in the quiet window"
+    assert stale == [], stale[:10]
+    assert lost == [], lost[:10]
+    assert b.stats["resubscribes"] >= 1  # its subscription was on the killed master

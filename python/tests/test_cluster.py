@@ -155,6 +155,53 @@ def test_resubscribe_after_a_killed_subscription_flushes(redis_cluster, make_cca
     assert wait_for(lambda: b.get("k") == b"v3", timeout=2)
 
 
+def _move_slot(cluster: LocalCluster, slot: int, src: int, dst: int) -> None:
+    """Moves an empty slot from master src to master dst (what `--cluster reshard` does for it)."""
+    s, d = cluster.node_client(src), cluster.node_client(dst)
+    try:
+        sid, did = s.execute_command("CLUSTER", "MYID"), d.execute_command("CLUSTER", "MYID")
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", sid)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", did)
+        assert s.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        d.execute_command("CLUSTER", "SETSLOT", slot, "NODE", did)
+        s.execute_command("CLUSTER", "SETSLOT", slot, "NODE", did)
+        for port in cluster.masters():
+            if port not in (src, dst):
+                m = cluster.node_client(port)
+                try:
+                    m.execute_command("CLUSTER", "SETSLOT", slot, "NODE", did)
+                finally:
+                    m.close()
+    finally:
+        s.close()
+        d.close()
+
+
+def test_channel_slot_migrated_resubscribes_and_flushes(redis_cluster, make_ccache, ns):
+    # Both servers end a shard subscription whose slot leaves the node (SUNSUBSCRIBE pushed to
+    # the subscriber); the cache resubscribes on the new owner and flushes L1 (new slot map).
+    a = make_ccache(namespace=ns, strategy="eager")
+    b = make_ccache(namespace=ns, strategy="eager")
+    a.set("k", "v1")
+    assert b.get("k") == b"v1"
+    chan = f"{{aci:{ns}}}:invalidation"
+    slot = key_slot(chan.encode())
+    src = redis_cluster.master_of(chan)
+    dst = next(p for p in redis_cluster.masters() if p != src)
+    resubs = b.stats["resubscribes"]
+    _move_slot(redis_cluster, slot, src, dst)
+    assert wait_for(lambda: b.stats["resubscribes"] > resubs and b.stats["link_up"], timeout=8)
+    assert wait_for(lambda: b.stats["topology_changes"] >= 1 and b.stats["topology_ok"], timeout=3)
+    owner = redis_cluster.node_client(dst)
+    try:
+        assert wait_for(lambda: owner.execute_command("PUBSUB", "SHARDNUMSUB", chan)[1] == 2, timeout=8)
+    finally:
+        owner.close()
+    a.set("k", "v2")
+    assert wait_for(lambda: b.get("k") == b"v2", timeout=2)
+    assert b.stats["invalidations_applied"] >= 1
+
+
 def test_asyncio_twin_on_the_cluster(redis_cluster, ns):
     from redis.asyncio.cluster import RedisCluster as AsyncCluster
 

@@ -571,6 +571,13 @@ class Core:
             yield ("cmds", [("PING",)])
         except Exception as e:
             raise ConnectionError(f"aci-cache: Redis does not answer PING ({type(e).__name__}: {e})") from e
+        if self.cluster:
+            # the slot map L1 starts under: any change from it flushes what was filled meanwhile
+            try:
+                healthy, fp = yield ("topology",)
+            except Exception:
+                healthy, fp = False, None
+            self.on_topology(healthy, fp)
         if self.configured_role == "auto":
             yield from self._lease()
 

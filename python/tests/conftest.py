@@ -258,6 +258,20 @@ class LocalCluster:
             return sorted(out)
         return []
 
+    def replicas_of(self, port: int) -> List[int]:
+        c = self.node_client(port)
+        try:
+            me = c.execute_command("CLUSTER", "MYID")
+            text = c.execute_command("CLUSTER", "NODES")
+        finally:
+            c.close()
+        out = []
+        for line in str(text).splitlines():
+            f = line.split()
+            if len(f) > 3 and f[3] == me:
+                out.append(int(f[1].split("@")[0].rsplit(":", 1)[1]))
+        return out
+
     def master_of(self, key: str) -> int:
         c = self.client()
         try:

@@ -223,6 +223,23 @@ def test_asyncio_twin_on_the_cluster(redis_cluster, ns):
                 await b.set("own", "x")
                 assert sync.get("own") == b"x"
                 assert b.stats["topology_ok"] and b.stats["link_up"]
+                # its subscription killed: it resubscribes (slot map refreshed) and flushes L1
+                assert await b.get(keys[0]) == b"v2" and b.stats["l1_entries"] > 0
+                owner = redis_cluster.node_client(redis_cluster.master_of(f"{{aci:{ns}}}:invalidation"))
+                try:
+                    assert owner.client_kill_filter(_type="pubsub") >= 2
+                finally:
+                    owner.close()
+                deadline = time.monotonic() + 5
+                while not (b.stats["resubscribes"] >= 1 and b.stats["link_up"]) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                assert b.stats["resubscribes"] >= 1 and b.stats["link_up"]
+                assert b.stats["l1_entries"] == 0
+                sync.set(keys[0], "v3")
+                deadline = time.monotonic() + 2
+                while await b.get(keys[0]) != b"v3" and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                assert await b.get(keys[0]) == b"v3"
         finally:
             sync.stop()
             await client.aclose()
@@ -371,3 +388,52 @@ def test_a_master_killed_under_load_serves_no_stale_or_lost_value(own_cluster, n
         assert b.stats["resubscribes"] >= 1  # its subscription was on the killed master
     assert b.stats["topology_suspensions"] >= 1 and a.stats["topology_suspensions"] >= 1
     assert lost_writes, "the kill lost no acknowledged write: the test did not exercise the failover hazard"
+
+
+# ----------------------------------------------------------------------------------------------
+# The pure parts: how command lists are cut per slot, and how CLUSTER NODES is read.
+
+def test_commands_are_grouped_by_slot_in_order():
+    from aci_cache import _cluster
+
+    ch = "{aci:shop}:invalidation"
+    cmds = [("SPUBLISH", ch, "flush"), ("SET", "aci:shop:a", "1", "EX", 10), ("SPUBLISH", ch, "inv"),
+            ("GET", "aci:shop:b"), ("PTTL", "aci:shop:b"), ("PING",), ("PING",)]
+    runs = _cluster.runs(cmds)
+    assert [len(r) for r in runs] == [1, 1, 1, 2, 1, 1]  # SET never shares a pipeline with SPUBLISH
+    assert [c for r in runs for c in r] == cmds  # order kept
+    assert _cluster.slot_of(("SPUBLISH", ch, "x")) == key_slot(b"aci:shop")
+    assert _cluster.slot_of(("EVAL", "script", 1, "aci::shop:controller", "id")) == key_slot(b"aci::shop:controller")
+
+
+NODES = """\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master - 0 1426238318243 3 connected 10923-16383 [10924->-e7d1]
+6ec2 127.0.0.1:30005@40005 slave 67ed 0 1426238316232 5 connected
+824f 127.0.0.1:30006@40006 slave 292f 0 1426238317741 6 connected
+e7d1 127.0.0.1:30001@40001,host-a myself,master - 0 0 1 connected 0-5460
+"""
+
+
+def test_topology_reads_failing_masters_and_new_epochs():
+    from aci_cache import _cluster
+
+    healthy, fp = _cluster.topology(NODES.encode())
+    assert healthy and [(s, i, e) for s, i, e in fp] == [
+        ("0-5460", "e7d1", "1"), ("10923-16383", "292f", "3"), ("5461-10922", "67ed", "2")]
+    # a master suspected (PFAIL) or failed, or its link down: not healthy
+    for flags, link in (("master,fail?", "connected"), ("master,fail", "connected"), ("master", "disconnected")):
+        text = NODES.replace("67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected",
+                             f"67ed 127.0.0.1:30002@40002 {flags} - 0 1426238316232 2 {link}")
+        assert _cluster.topology(text)[0] is False, (flags, link)
+    # a failed replica, or a failed master that owns no slot any more, does not matter
+    text = NODES.replace("6ec2 127.0.0.1:30005@40005 slave", "6ec2 127.0.0.1:30005@40005 slave,fail")
+    assert _cluster.topology(text) == (True, fp)
+    # failover: the replica owns the slots with a new epoch -> another fingerprint
+    text = (NODES.replace("67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922",
+                          "67ed 127.0.0.1:30002@40002 master,fail - 0 1426238316232 2 disconnected")
+            .replace("6ec2 127.0.0.1:30005@40005 slave 67ed 0 1426238316232 5 connected",
+                     "6ec2 127.0.0.1:30005@40005 master - 0 1426238316232 7 connected 5461-10922"))
+    healthy2, fp2 = _cluster.topology(text)
+    assert healthy2 and fp2 != fp

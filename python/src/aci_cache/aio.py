@@ -171,10 +171,9 @@ class AsyncAdaptiveCache(FrontEnd):
             import redis.asyncio as aredis
 
             c = self._client
+            await c.initialize()  # once; a no-op afterwards
             if self._ps_failed:
-                await c.initialize()  # the slot map may be stale after a failure
-            else:
-                await c.initialize()  # no-op once initialized
+                await c.nodes_manager.initialize()  # the slot map may be stale after a failure
             self._ps_failed = True
             node = c.nodes_manager.get_node_from_slot(_cluster.key_slot(self._core.ch_inval.encode()))
             self._ps_node = node

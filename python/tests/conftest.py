@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -182,6 +183,7 @@ class LocalCluster:
         self.workdir = tempfile.mkdtemp(prefix="aci-cluster-")
         self.procs: dict = {}
         self.ports: List[int] = []
+        atexit.register(self.close)  # no node outlives the test process, whatever fails
         try:
             for _ in range(n):
                 self.ports.append(self._spawn_new())

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod cluster_cmd;
 
 #[derive(Parser)]
 #[command(name = "aci", version, about = "Adaptive cache invalidation for Redis")]
@@ -38,12 +39,26 @@ enum Command {
         tuning: cli::Tuning,
     },
     /// Run several in-process instances on Redis through a write-rate ramp, live.
-    Demo(cli::DemoArgs),
+    Demo {
+        #[command(flatten)]
+        args: cli::DemoArgs,
+        /// Start a private local Redis Cluster (3 masters + 3 replicas) and show the three
+        /// strategies and a failover on it (no other flag needed).
+        #[arg(long, conflicts_with = "redis")]
+        cluster: bool,
+    },
     /// Measure the cache against raw Redis on the same server.
-    Bench(cli::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        args: cli::BenchArgs,
+        /// On a private local Redis Cluster: L1 hit vs cluster GET, set vs cluster SET per
+        /// strategy, eager A->B latency, Pub/Sub load per node sharded vs classic.
+        #[arg(long, conflicts_with = "redis")]
+        cluster: bool,
+    },
     /// One cache instance driven by line commands on stdin (docs/NODE.md).
     Node {
-        /// --redis URL --namespace NS --role auto|controller|follower --strategy S --tick-ms N
+        /// --redis URL | --cluster URL[,URL...] --namespace NS --role auto|controller|follower --strategy S --tick-ms N
         /// --instance-id ID --local-ttl-ms N
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -96,8 +111,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", aci_cache::simulate::report(&sim, module.name(), module.version(), &cfg));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo(args) => cli::demo(args),
-        Command::Bench(args) => cli::bench(args),
+        Command::Demo { cluster: true, .. } => cluster_cmd::demo(),
+        Command::Demo { args, .. } => cli::demo(args),
+        Command::Bench { cluster: true, args } => cluster_cmd::bench(args.scale),
+        Command::Bench { args, .. } => cli::bench(args),
         Command::Node { args } => match cli::NodeArgs::parse(&args) {
             Ok(a) => cli::node(a),
             Err(why) => {

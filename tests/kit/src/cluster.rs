@@ -8,7 +8,7 @@
 //! `valkey-server` and `valkey-cli` create clusters the same way), else `redis-server` /
 //! `redis-cli` on PATH.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -141,6 +141,7 @@ struct Node {
 pub struct RedisCluster {
     nodes: Vec<Node>,
     node_timeout_ms: u64,
+    replicas_per_master: usize,
     root: PathBuf,
 }
 
@@ -171,7 +172,7 @@ impl RedisCluster {
     pub fn start_with(masters: usize, replicas_per_master: usize, node_timeout_ms: u64) -> Result<RedisCluster, ClusterError> {
         let n = masters * (1 + replicas_per_master);
         let root = std::env::temp_dir().join(format!("aci-cluster-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand_ish()));
-        let mut c = RedisCluster { nodes: Vec::new(), node_timeout_ms, root };
+        let mut c = RedisCluster { nodes: Vec::new(), node_timeout_ms, replicas_per_master, root };
         let mut taken = Vec::new();
         for _ in 0..n {
             let port = free_pair(&taken).ok_or_else(|| ClusterError::NoStart { port: 0, detail: "no free port pair".into() })?;
@@ -242,7 +243,7 @@ impl RedisCluster {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
-            match self.check_ok() {
+            match self.check_ok(true) {
                 Ok(()) => return Ok(()),
                 Err(why) => last = why,
             }
@@ -251,12 +252,23 @@ impl RedisCluster {
         Err(ClusterError::NotReady(last))
     }
 
-    fn check_ok(&self) -> Result<(), String> {
+    /// With `replicas`, every master must also have its replicas attached.
+    fn check_ok(&self, replicas: bool) -> Result<(), String> {
         let mut views = Vec::new();
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             let info = command(n.port, &["CLUSTER", "INFO"]).map_err(|e| format!("{}: {e}", n.port))?.text();
             if info_field(&info, "cluster_state").as_deref() != Some("ok") || info_field(&info, "cluster_slots_ok").as_deref() != Some("16384") {
                 return Err(format!("{}: {}", n.port, info.lines().take(3).collect::<Vec<_>>().join(" ")));
+            }
+            let role = command(n.port, &["INFO", "replication"]).map_err(|e| format!("{}: {e}", n.port))?.text();
+            if !replicas {
+            } else if info_field(&role, "role").as_deref() == Some("master") {
+                let have: usize = info_field(&role, "connected_slaves").and_then(|v| v.parse().ok()).unwrap_or(0);
+                if have < self.replicas_per_master {
+                    return Err(format!("{}: {have} replicas connected", n.port));
+                }
+            } else if info_field(&role, "master_link_status").as_deref() != Some("up") {
+                return Err(format!("{}: replica link down", n.port));
             }
             // The node must also be serving (not loading) and agree with the others.
             views.push(self.slot_masters_seen_by(n.port).map_err(|e| e.to_string())?);
@@ -339,6 +351,42 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// The process id of a running node.
+    fn pid(&self, port: u16) -> Result<u32, ClusterError> {
+        let i = self.index(port)?;
+        self.nodes[i].child.as_ref().map(|c| c.id()).ok_or(ClusterError::Node { port, detail: "not running".into() })
+    }
+
+    fn signal(&self, port: u16, sig: &str) -> Result<(), ClusterError> {
+        let pid = self.pid(port)?;
+        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+        if ok { Ok(()) } else { Err(ClusterError::Node { port, detail: format!("kill {sig} {pid} failed") }) }
+    }
+
+    /// SIGSTOP: the node stops reading anything, replication included (a replica that falls
+    /// behind its master).
+    pub fn pause(&self, port: u16) -> Result<(), ClusterError> {
+        self.signal(port, "-STOP")
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self, port: u16) -> Result<(), ClusterError> {
+        self.signal(port, "-CONT")
+    }
+
+    /// The port of a replica of the master on `master` (from `CLUSTER NODES`).
+    pub fn replica_of(&self, master: u16) -> Result<u16, ClusterError> {
+        let err = |e: std::io::Error| ClusterError::Node { port: master, detail: e.to_string() };
+        let id = command(master, &["CLUSTER", "MYID"]).map_err(err)?.text();
+        let nodes = command(master, &["CLUSTER", "NODES"]).map_err(err)?.text();
+        nodes
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
+            .and_then(|f| f[1].split('@').next()?.rsplit(':').next()?.parse().ok())
+            .ok_or_else(|| ClusterError::NotReady(format!("no replica of {master}")))
+    }
+
     /// Starts a killed node again (same port, same nodes.conf: it rejoins with its old id,
     /// empty, as a replica if it was failed over meanwhile).
     pub fn restart(&mut self, port: u16) -> Result<(), ClusterError> {
@@ -354,7 +402,7 @@ impl RedisCluster {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(m) = self.master_of(key) {
-                if m != old && self.check_ok().is_ok() {
+                if m != old && self.check_ok(false).is_ok() {
                     return Ok(m);
                 }
             }

@@ -13,10 +13,13 @@
 //!   pipelines, each after the previous one was answered: an eager `SET` is acknowledged before
 //!   its `SPUBLISH` leaves, so no reader can hear the invalidation, re-read the old value and
 //!   cache it (the single-server pipeline gives the same order for free);
-//! - the subscription watches the topology: a changed slot map (failover, migration, a node
-//!   added or removed) or a dropped connection to any node ends it, which suspends and flushes
-//!   L1 until it is back: a promoted replica may lack writes its old master acknowledged, and
-//!   no L1 entry may keep serving a value Redis lost.
+//! - the subscription watches the topology: a node that becomes master (a promoted replica, a
+//!   new node) or a dropped connection to any node (a crash, a restart) ends it, which suspends
+//!   and flushes L1 until it is back: a promoted replica may lack writes its old master
+//!   acknowledged, a restarted master without persistence is empty, and no L1 entry may keep
+//!   serving a value Redis lost. Slots moving between existing masters (resharding) lose
+//!   nothing (MIGRATE moves each key whole) and flush nothing, unless the channels' own slot
+//!   moves (the server then ends the sharded subscription).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -377,11 +380,18 @@ impl ClusterStream {
                 }
                 _ = self.poll.tick() => {
                     if let Ok(now) = Topology::fetch(&mut self.data, self.channel_slot).await {
-                        if now != self.topology {
-                            tracing::warn!(before = ?self.topology.0.len(), after = ?now.0.len(), "cluster slot map changed");
-                            self.ended = Some("cluster topology changed");
+                        if now == self.topology {
+                            continue;
+                        }
+                        if let Some(id) = now.new_master_since(&self.topology) {
+                            tracing::warn!(node = %id, "cluster: a node became master (failover or a new node): writes its old master acknowledged may be gone");
+                            self.ended = Some("cluster topology changed: new master");
                             return None;
                         }
+                        // Slots moved between masters that were masters already (resharding):
+                        // MIGRATE moves each key whole, nothing is lost, L1 stays right.
+                        tracing::info!(ranges = now.0.len(), "cluster slot map changed between existing masters (migration)");
+                        self.topology = now;
                     }
                 }
             }
@@ -395,6 +405,12 @@ impl ClusterStream {
 pub(crate) struct Topology(Vec<(i64, i64, Arc<str>)>);
 
 impl Topology {
+    /// A master of this map that was not a master in `before`: a promoted replica (async
+    /// replication: it may lack acknowledged writes) or a new node.
+    fn new_master_since(&self, before: &Topology) -> Option<Arc<str>> {
+        self.0.iter().map(|(_, _, id)| id).find(|id| !before.0.iter().any(|(_, _, b)| b == *id)).cloned()
+    }
+
     /// Asked of the master of our channels' slot: one consistent observer, so nodes that learn
     /// of a change at different moments do not make the map flap.
     async fn fetch(data: &mut ClusterConn, channel_slot: u16) -> RedisResult<Topology> {
@@ -437,12 +453,16 @@ pub(crate) async fn subscribe(source: &PubSubSource, channels: &[&str]) -> Redis
             let mut data = data.clone();
             // The map before subscribing: a change while we subscribe is then caught at the
             // first poll rather than taken as the baseline.
+            let t = std::time::Instant::now();
             let topology = Topology::fetch(&mut data, channel_slot).await?;
+            let fetched = t.elapsed();
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let client = cluster_client(seeds, *timeout, Some(tx))?;
             let conn = client.get_async_connection().await?;
+            let connected = t.elapsed();
             let mut sink = SubSink::Cluster(conn, *pubsub);
             sink.subscribe(channels).await?;
+            tracing::debug!(?fetched, ?connected, subscribed = ?t.elapsed(), "cluster subscription open");
             let mut poll = tokio::time::interval(*poll);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             poll.reset();

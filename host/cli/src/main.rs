@@ -67,7 +67,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACI_LOG").unwrap_or_else(|_| "warn,redis=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

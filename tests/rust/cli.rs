@@ -176,3 +176,16 @@ fn two_nodes_on_a_cluster_see_each_others_writes() {
     assert_eq!(a.cmd("quit"), serde_json::json!({"bye": true}));
     assert_eq!(b.cmd("quit"), serde_json::json!({"bye": true}));
 }
+
+#[test]
+fn demo_cluster_starts_its_own_cluster_shows_the_strategies_and_a_failover_and_exits() {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_aci")).args(["demo", "--cluster"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("strategies seen: batched, eager, ttl"), "{stdout}\n{stderr}");
+    assert!(stdout.contains(">>> killed master"), "{stdout}");
+    assert!(stdout.contains("failover: replica"), "the failover completed: {stdout}");
+    assert!(t.elapsed() < Duration::from_secs(90), "ends by itself: {:?}", t.elapsed());
+}

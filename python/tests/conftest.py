@@ -176,6 +176,27 @@ def _ping(port: int) -> bool:
         return False
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def start_cluster() -> "LocalCluster":
+    """A cluster, retried: on a busy machine a node's port can be taken between probe and bind,
+    or the cluster can be slow to settle."""
+    err: BaseException = RuntimeError("no attempt")
+    for _ in range(3):
+        try:
+            return LocalCluster()
+        except RuntimeError as e:
+            err = e
+    raise err
+
+
 class LocalCluster:
     def __init__(self, n: int = 6, replicas: int = 1):
         self.exe = server_binary()
@@ -210,7 +231,7 @@ class LocalCluster:
     def _spawn_new(self) -> int:
         for _ in range(5):
             port = _free_port()
-            if port + 10000 > 65535:
+            if port + 10000 > 65535 or not _bindable(port + 10000):
                 continue  # the cluster bus listens on port + 10000
             if self._spawn(port):
                 return port
@@ -320,6 +341,13 @@ class LocalCluster:
         proc.kill()
         proc.wait()
 
+    def restart(self, port: int) -> None:
+        """Kill and start again on the same port and folder (nodes.conf kept, no data: the node
+        comes back empty, as a master without persistence does)."""
+        self.kill(port)
+        if not self._spawn(port):
+            raise RuntimeError(f"node {port} did not restart")
+
     def close(self) -> None:
         for proc in self.procs.values():
             proc.kill()
@@ -332,7 +360,7 @@ class LocalCluster:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[LocalCluster]:
     """One cluster for the tests that leave it as they found it."""
-    c = LocalCluster()
+    c = start_cluster()
     try:
         yield c
     finally:
@@ -342,7 +370,7 @@ def redis_cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 def own_cluster() -> Iterator[LocalCluster]:
     """A cluster of its own for a test that breaks it (kills a master)."""
-    c = LocalCluster()
+    c = start_cluster()
     try:
         yield c
     finally:

@@ -86,6 +86,18 @@ def own_cluster_client(client: Any, timeout: float, asyncio: bool) -> Any:
     return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 2), require_full_coverage=False, **kw)
 
 
+def watch_connection(node: Any, client: Any, timeout: float) -> Any:
+    """A plain connection to a node, no retry: its reset is the sign of a restart."""
+    from redis.backoff import NoBackoff
+    from redis.connection import Connection
+    from redis.retry import Retry
+
+    kw = conn_kwargs(client, timeout)
+    conn = Connection(host=node.host, port=node.port, retry=Retry(NoBackoff(), 0), **kw)
+    conn.connect()
+    return conn
+
+
 def hash_tag(p: str) -> str:
     return "{" + p + "}"
 

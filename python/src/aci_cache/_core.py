@@ -138,6 +138,7 @@ class Core:
         # cluster topology: L1 serves only while every master owning slots is up (see _cluster)
         self.topo_ok = True
         self.topo_fp: Any = None
+        self.resub_wanted = False  # the slot map changed: the subscription is over (WIRE.md 10.3)
         self.lease_key = n.lease
         self.enc = wire.Encoder(self.instance_id, self.epoch)
         self.lease_ms = max(1, int(round(cfg.controller_interval * 1000)))
@@ -926,6 +927,7 @@ class Core:
                 self._flush_l1()
                 if changed:
                     self.stats_c["topology_changes"] += 1
+                    self.resub_wanted = True
                 if not self.topo_ok:
                     log.warning("aci-cache %s: cluster topology healthy again%s: local cache back", self.instance_id,
                                 " (masters changed)" if changed else "")
@@ -982,6 +984,9 @@ class Core:
                 self.last_msg = time.monotonic()
                 up = False
                 while not self.stopping:
+                    if self.resub_wanted:
+                        self.resub_wanted = False
+                        raise ConnectionError("the cluster's slot map changed: resubscribing")
                     msg = yield ("ps_get", 0.1)
                     if msg is not None:
                         kind = msg.get("type")

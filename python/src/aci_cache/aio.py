@@ -29,6 +29,7 @@ class AsyncAdaptiveCache(FrontEnd):
         self._ps_node: Any = None
         self._ps_conn: Any = None
         self._ps_failed = False
+        self._watch: dict = {}
         if self._cluster:
             # redis.asyncio.cluster.RedisCluster: see AdaptiveCache and docs/WIRE.md "Redis Cluster"
             self._client = _cluster.own_cluster_client(redis_client, cfg.command_timeout, True)
@@ -101,6 +102,8 @@ class AsyncAdaptiveCache(FrontEnd):
                     out.append(r)
                     if isinstance(r, ResponseError):
                         err = err or r
+                    elif isinstance(r, Exception):
+                        raise r  # a connection or cluster error: nothing of this run is known
         except (OSError, RedisError) as e:
             if not isinstance(e, ResponseError):
                 self._core.on_topology(False, None)
@@ -118,7 +121,36 @@ class AsyncAdaptiveCache(FrontEnd):
         node = self._ps_node
         if node is None or c.get_node(node_name=node.name) is None:
             node = c.get_random_node()
-        return _cluster.topology(self._one(await c.execute_command("CLUSTER", "NODES", target_nodes=node)))
+        healthy, fp = _cluster.topology(self._one(await c.execute_command("CLUSTER", "NODES", target_nodes=node)))
+        # as AdaptiveCache._do_topology: a reset of our own connection to a master = a restart
+        from redis.asyncio.connection import Connection
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        watch = self._watch
+        primaries = {n.name: n for n in c.get_primaries()}
+        for name in list(watch):
+            if name not in primaries:
+                await watch.pop(name).disconnect()
+        for name, n in primaries.items():
+            conn = watch.get(name)
+            try:
+                if conn is None:
+                    conn = Connection(host=n.host, port=n.port, retry=Retry(NoBackoff(), 0),
+                                      **_cluster.conn_kwargs(c, self.config.command_timeout))
+                    watch[name] = conn
+                    await conn.connect()
+                await conn.send_command("PING")
+                await conn.read_response()
+            except Exception:
+                healthy = False
+                bad = watch.pop(name, None)
+                if bad is not None:
+                    try:
+                        await bad.disconnect()
+                    except Exception:
+                        pass
+        return healthy, fp
 
     async def _do_cluster_clear(self, pattern: Optional[str]) -> None:
         c = self._client
@@ -284,6 +316,12 @@ class AsyncAdaptiveCache(FrontEnd):
             await asyncio.wait_for(self._run(self._core.op_stop()), self.config.stop_timeout)
         except asyncio.TimeoutError:
             log.error("aci-cache %s: the final publish did not finish within stop_timeout", self.instance_id)
+        for conn in self._watch.values():
+            try:
+                await conn.disconnect()
+            except Exception:
+                pass
+        self._watch.clear()
         try:
             if self._cluster:
                 await self._client.aclose()

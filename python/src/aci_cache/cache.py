@@ -40,6 +40,7 @@ class AdaptiveCache(FrontEnd):
         self._cluster = _cluster.is_cluster(redis_client)
         self._ps_node: Any = None
         self._ps_failed = False
+        self._watch: dict = {}
         if self._cluster:
             self._client = _cluster.own_cluster_client(redis_client, cfg.command_timeout, False)
             self._own_pool = None
@@ -152,6 +153,8 @@ class AdaptiveCache(FrontEnd):
                     out.append(r)
                     if isinstance(r, ResponseError):
                         err = err or r
+                    elif isinstance(r, Exception):
+                        raise r  # a connection or cluster error: nothing of this run is known
         except (OSError, RedisError) as e:
             if not isinstance(e, ResponseError):
                 # A node unreachable or a slot moving: what L1 holds from it may be lost.
@@ -166,7 +169,27 @@ class AdaptiveCache(FrontEnd):
         c = self._client
         if node is None or c.get_node(node_name=node.name) is None:
             node = c.get_random_node()
-        return _cluster.topology(c.execute_command("CLUSTER", "NODES", target_nodes=node))
+        healthy, fp = _cluster.topology(c.execute_command("CLUSTER", "NODES", target_nodes=node))
+        # One connection of our own per master, PINGed each tick: a reset means the node crashed
+        # or restarted (maybe empty, within the node timeout, which no slot map shows).
+        watch = self._watch
+        primaries = {n.name: n for n in c.get_primaries()}
+        for name in list(watch):
+            if name not in primaries:
+                watch.pop(name).disconnect()
+        for name, n in primaries.items():
+            conn = watch.get(name)
+            try:
+                if conn is None:
+                    conn = watch[name] = _cluster.watch_connection(n, c, self.config.command_timeout)
+                conn.send_command("PING")
+                conn.read_response()
+            except Exception:
+                healthy = False
+                bad = watch.pop(name, None)
+                if bad is not None:
+                    bad.disconnect()
+        return healthy, fp
 
     def _do_cluster_clear(self, pattern: Optional[str]) -> None:
         c = self._client
@@ -335,6 +358,12 @@ class AdaptiveCache(FrontEnd):
             self._close_own()
 
     def _close_own(self) -> None:
+        for conn in self._watch.values():
+            try:
+                conn.disconnect()
+            except Exception:
+                pass
+        self._watch.clear()
         try:
             if self._cluster:
                 self._client.close()

@@ -22,6 +22,17 @@ if ! command -v redis-cli >/dev/null 2>&1; then  # --cluster create (Debian ship
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-tools >/dev/null
 fi
 
+# Headless Chromium renders the SVG/HTML of `aci bench workload` and `aci simulate --svg` in
+# tests/rust/plots.rs (Debian's package; the Debian name of the binary is `chromium`).
+if ! command -v chromium >/dev/null 2>&1; then
+    step "installing chromium (Debian package, for the plot rendering test)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+chromium --version
+
 step "rust wasm32 target"
 rustup target add wasm32-unknown-unknown
 

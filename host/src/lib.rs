@@ -24,7 +24,9 @@ mod near_cache;
 pub mod policy;
 mod shared;
 mod transport;
+pub mod plot;
 pub mod simulate;
+pub mod workload;
 mod wire;
 
 pub use bundled::{bundled_policy, bundled_policy_names};

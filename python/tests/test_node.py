@@ -84,6 +84,9 @@ def test_ready_commands_and_quit(pynode, ns, r):
     (["--instance-id", "a b"], "--instance-id"),
     (["--bogus"], "--bogus"),
     (["--strategy"], "--strategy"),
+    (["--policy-public-key", "00"], "--policy-public-key"),
+    (["--policy-allow-hashes", "ABC"], "--policy-allow-hashes"),
+    (["--policy-rollback-faults", "0"], "--policy-rollback-faults"),
 ])
 def test_bad_flag_is_one_line_and_exit_2(flags, word):
     p = subprocess.run([sys.executable, "-m", "aci_cache.node", *flags], capture_output=True, text=True, timeout=60)
@@ -123,3 +126,20 @@ def test_eof_shuts_down(pynode, ns, r):
     n.proc.stdin.close()
     assert n.proc.wait(10) == 0
     assert r.get(f"aci::{ns}:controller") is None
+
+
+def test_policy_flags_and_command(pynode, ns, r):
+    """The trust flags reach the cache: an allow-listed push is run, and `policy` reports it."""
+    from test_rollout import FIXED, Pusher, sha
+
+    h = sha(FIXED)
+    n = pynode("--namespace", ns, "--policy-allow-hashes", f"{'0' * 64},{h}", "--policy-rollback-faults", "2")
+    st = n.cmd("policy")
+    assert st["origin"] == "local" and st["name"] == "adaptive" and st["trust"] == "allow-list"
+    Pusher(r, ns).push(FIXED, signed=False)
+    assert wait_for(lambda: n.cmd("policy")["sha256"] == h, timeout=3)
+    st = n.cmd("policy")
+    assert st["origin"] == "pushed" and st["rollout"] == 1 and st["id"] == n.ready["instance_id"]
+    stats = n.cmd("stats")
+    assert stats["policy_hash"] == h and stats["policy_name"] == "fixed" and stats["policy_origin"] == "pushed"
+    assert stats["policy_faults"] == 0 and stats["policy_rollout"] == 1

@@ -14,6 +14,11 @@ fn demo_starts_its_own_redis_shows_all_three_strategies_and_exits() {
     assert!(stdout.contains("strategies seen: batched, eager, ttl"), "{stdout}\n{stderr}");
     assert!(!stdout.contains('\x1b'), "escape codes without a terminal");
     assert!(stdout.lines().filter(|l| l.starts_with("t=")).count() >= 10, "{stdout}");
+    // The measured ending: all-ttl, all-eager and adaptive on the same ramp.
+    for run in ["ttl", "eager", "adaptive"] {
+        assert!(stdout.lines().any(|l| l.trim_start().starts_with(run) && l.contains("messages") && l.contains("staleness p99")), "{stdout}");
+    }
+    assert!(stdout.contains("adaptive sent") && stdout.contains("of all-eager's messages"), "{stdout}");
 }
 
 

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod cluster_cmd;
+mod workload;
 
 #[derive(Parser)]
 #[command(name = "aci", version, about = "Adaptive cache invalidation for Redis")]
@@ -37,6 +38,9 @@ enum Command {
         tick_ms: u64,
         #[command(flatten)]
         tuning: cli::Tuning,
+        /// Also draw the write rate and the strategy timeline as an SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Run several in-process instances on Redis through a write-rate ramp, live.
     Demo {
@@ -47,8 +51,11 @@ enum Command {
         #[arg(long, conflicts_with = "redis")]
         cluster: bool,
     },
-    /// Measure the cache against raw Redis on the same server.
+    /// Measure the cache against raw Redis on the same server (`bench workload`: a fleet
+    /// through a write-rate trace, once per policy; `bench --cluster`: on a private cluster).
     Bench {
+        #[command(subcommand)]
+        sub: Option<workload::BenchSub>,
         #[command(flatten)]
         args: cli::BenchArgs,
         /// On a private local Redis Cluster: L1 hit vs cluster GET, set vs cluster SET per
@@ -97,7 +104,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { policy, trace, tick_ms, tuning } => {
+        Command::Simulate { policy, trace, tick_ms, tuning, svg } => {
             let module = match &policy {
                 Some(p) => PolicyModule::from_file(p, SandboxLimits::default()).with_context(|| format!("{}", p.display()))?,
                 None => PolicyModule::try_adaptive()?,
@@ -109,12 +116,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut rt = PolicyRuntime::new(module.clone(), cfg.clone(), 0)?;
             let sim = aci_cache::simulate::run(&mut rt, &writes, tick_ms, cfg.window_ms as u64 + cfg.hold_ms as u64);
             print!("{}", aci_cache::simulate::report(&sim, module.name(), module.version(), &cfg));
+            if let Some(path) = &svg {
+                let label = format!("{} {}", module.name(), module.version());
+                workload::simulate_svg(path, &writes, &sim, cfg.initial_strategy, &label)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { cluster: true, .. } => cluster_cmd::demo(),
         Command::Demo { args, .. } => cli::demo(args),
-        Command::Bench { cluster: true, args } => cluster_cmd::bench(args.scale),
-        Command::Bench { args, .. } => cli::bench(args),
+        Command::Bench { cluster: true, args, .. } => cluster_cmd::bench(args.scale),
+        Command::Bench { sub, args, .. } => {
+            let b = workload::BenchCmd { sub, args };
+            match b.sub {
+                Some(workload::BenchSub::Workload(w)) => workload::bench_workload(w),
+                None => cli::bench(b.args),
+            }
+        }
         Command::Node { args } => match cli::NodeArgs::parse(&args) {
             Ok(a) => cli::node(a),
             Err(why) => {

@@ -11,6 +11,7 @@ from .config import CacheConfig, ConfigValueError
 from .stats import CacheStats
 from .engine import ConfigError as EngineConfigError
 from .engine import Engine, EngineError, EngineFault, PolicyLoadError
+from ._core import RunningPolicy
 from .cache import AdaptiveCache
 
 try:  # redis.asyncio ships with redis-py >= 4.2
@@ -29,5 +30,6 @@ __all__ = [
     "EngineFault",
     "EngineConfigError",
     "PolicyLoadError",
+    "RunningPolicy",
     "__version__",
 ]

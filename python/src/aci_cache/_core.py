@@ -27,6 +27,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Generator, List, Optional, Tuple
 
 from . import wire
@@ -69,6 +70,35 @@ return 0
 """
 
 Program = Generator[Tuple[Any, ...], Any, Any]
+
+
+@dataclass(frozen=True)
+class RunningPolicy:
+    """The policy an instance runs: ``name``/``version`` from its ``describe``, ``sha256`` of the
+    component's bytes (lowercase hex; its identity in a fleet rollout)."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+class SwapRequest:
+    """A validated policy instance waiting for the tick to swap it in (``Core.prepare_swap``)."""
+
+    __slots__ = ("engine", "config", "done", "error", "info", "after")
+
+    def __init__(self, engine: Engine, config: Dict[str, Any]):
+        self.engine = engine
+        self.config = config
+        #: Called on the tick right after the swap (the rollout bookkeeping moves with it).
+        self.after: Optional[Callable[[], None]] = None
+        self.done = threading.Event()  # set once swapped in and the old one's keys are published
+        self.error: Optional[BaseException] = None
+        self.info = RunningPolicy(engine.name, engine.version, engine.sha256)
+
+
+def _channel(ch: Any) -> Any:
+    return ch.decode("utf-8", "replace") if isinstance(ch, (bytes, bytearray)) else ch
 
 
 def _is_int(v: Any) -> bool:
@@ -153,12 +183,20 @@ class Core:
 
         self.lock = threading.Lock()
         self._t0 = time.monotonic()
-        self.policy_source = cfg.policy if cfg.policy is not None else ("fixed" if cfg.strategy else "adaptive")
+        self.policy_source: Any = cfg.policy if cfg.policy is not None else ("fixed" if cfg.strategy else "adaptive")
+        self._local_source = self.policy_source  # what a rollout back to "local" runs
+        self._local_label: Optional[str] = None
+        self._local_strategy: Optional[str] = None
+        self.last_fault = ""
+        self.policy_label: Optional[str] = None
         self.engine: Optional[Engine] = None
         self.policy_config: Dict[str, Any] = {}
         self._make_engine()
         assert self.engine is not None
         self.policy_name = f"{self.engine.name} {self.engine.version}"
+        self.policy = RunningPolicy(self.engine.name, self.engine.version, self.engine.sha256)
+        # Swaps validated by prepare_swap, applied in order at the next tick (swap_in).
+        self._swaps: List[SwapRequest] = []
         self.window_ms = int(self.policy_config.get("window-ms") or 5000)
         snap = self.engine.status(self.now_ms())
         self.strategy: str = snap.strategy
@@ -231,9 +269,18 @@ class Core:
             lag_suspensions=0,
             topology_suspensions=0,
             topology_changes=0,
+            policy_swaps=0,
         )
         self.malformed = {k: 0 for k in wire.MALFORMED_KINDS}
         self._logged_kinds: set = set()
+        # policy rollouts (WIRE.md 9); None when this instance does not follow them
+        from .rollout import Follower
+
+        self.rollout: Optional[Follower] = Follower(self) if cfg.follow_rollouts else None
+        if self.rollout is not None and cluster:
+            # in the channels' slot like the others (WIRE.md 10.1), or SSUBSCRIBE fails CROSSSLOT
+            self.rollout.ch_policy = "{" + n.p + "}:policy"
+        self.ch_policy = self.rollout.ch_policy if self.rollout is not None else None
 
     # ------------------------------------------------------------------------------------------
     # the policy and its fault rule (WIRE.md 7)
@@ -242,7 +289,7 @@ class Core:
         return int((time.monotonic() - self._t0) * 1000)
 
     def _make_engine(self) -> None:
-        eng = Engine(self.policy_source)
+        eng = Engine(self.policy_source, label=self.policy_label)
         if not self.policy_config:
             pc = eng.default_config()
             pc.update(self.cfg.policy_overrides())
@@ -260,6 +307,7 @@ class Core:
         """The policy faulted: answer eager, drop the instance, retry after one window (backing
         off after FAULTS_BEFORE_BACKOFF faults in a row). Its buffered keys are lost: flush."""
         self.faults_in_row += 1
+        self.last_fault = why[:160]
         n = self.faults_in_row - FAULTS_BEFORE_BACKOFF + 1
         delay = self.window_ms * (2 ** min(n, 6) if n > 0 else 1)
         self.retry_engine_at = now + delay
@@ -287,6 +335,138 @@ class Core:
             raise
         except Exception as e:
             self._fault(f"re-creating: {type(e).__name__}: {e}", now)
+
+    # ------------------------------------------------------------------------------------------
+    # swapping the policy while serving
+
+    def local_source(self) -> Any:
+        return self._local_source
+
+    def local_label(self) -> Optional[str]:
+        return self._local_label
+
+    def local_strategy(self) -> Optional[str]:
+        return self._local_strategy
+
+    def local_swapped(self, req: SwapRequest, strategy: Optional[str]) -> None:
+        """A swap through the API: it becomes the local policy too (what a rollout back to
+        "local" returns to), as in the Rust host."""
+        self._local_source = req.engine.data
+        self._local_label = req.engine.source
+        self._local_strategy = strategy
+        if self.rollout is not None:
+            self.rollout.local_swapped()
+
+    def prepare_swap(self, source: Any, *, strategy: Optional[str] = None,
+                     config: Optional[Dict[str, Any]] = None, label: Optional[str] = None,
+                     wit_errors: bool = False) -> SwapRequest:
+        """Load, check and configure a new policy instance, off the tick (compiling takes a while).
+        Nothing changes for the running one. Raises ``PolicyLoadError`` (not a usable component,
+        or it faulted while being checked), ``ConfigValueError`` (its ``configure`` refused the
+        settings, naming the setting), ``ValueError`` (``strategy``)."""
+        if strategy is not None and strategy not in ("ttl", "batched", "eager"):
+            raise ConfigValueError("strategy", f"must be ttl, batched or eager, got {strategy!r}")
+        eng = Engine(source, label=label)
+        try:
+            pc = eng.default_config()
+            pc.update(self.cfg.policy_overrides())
+            if config:
+                pc.update(config)
+            if strategy is not None:
+                pc["initial-strategy"] = strategy
+            now = self.now_ms()
+            try:
+                eng.configure(pc, now)
+            except EngineConfigError as e:
+                if wit_errors:
+                    raise
+                name = WIT_TO_PY.get(e.field, e.field)
+                raise ConfigValueError(name, f"{e.message} (policy field {e.field}, refused by {eng.name})") from None
+            snap = eng.status(now)  # a policy that cannot even report is refused here, not at the tick
+            del snap
+        except EngineError as e:
+            if isinstance(e, (PolicyLoadError, EngineConfigError)):
+                raise
+            raise PolicyLoadError(f"{eng.source}: faulted while being checked: {e}") from e
+        return SwapRequest(eng, pc)
+
+    def swap_now(self, req: SwapRequest) -> None:
+        """Swap at once: only before the tick runs (at start), when nothing is buffered yet."""
+        chunks: List[Tuple[List[str], str]] = []
+        self._swap_in(req, self.now_ms(), chunks)
+        req.done.set()
+
+    def request_swap(self, req: SwapRequest) -> None:
+        """Queue a prepared swap for the next tick (the front end wakes the tick)."""
+        with self.lock:
+            if self.stopping:
+                raise RuntimeError("aci-cache: the cache is stopped; no policy swap")
+            self._swaps.append(req)
+
+    def _swap_in(self, req: SwapRequest, now: int, chunks: List[Tuple[List[str], str]]) -> None:
+        """At a tick: drain the old instance (its buffered keys are published with this tick's
+        messages, never dropped), hand the new one the mode, the strategy in force and the
+        measured rate, and make it the policy. Never raises."""
+        old = self.engine
+        keys: Dict[str, None] = {}
+        if old is not None:
+            try:
+                old.follow("eager", now)  # leaving batched makes the batch due
+                b = old.pending_batch(now)
+                if b.flush_all:
+                    self.need_flush = True
+                keys.update(dict.fromkeys(b.keys))
+            except (EngineError, ValueError, TypeError) as e:
+                log.warning("aci-cache %s: draining the old policy failed (%s); a flush covers its keys",
+                            self.instance_id, e)
+                self.need_flush = True
+        with self.lock:
+            # Our own record of batched keys not yet published covers what the policy held.
+            if self.unbatched_overflow:
+                self.need_flush = True
+            keys.update(self.unbatched)
+            self.unbatched.clear()
+            self.unbatched_overflow = False
+        if keys and not self.need_flush:
+            chunks.extend((c, "batched") for c in self.chunk_keys(list(keys)))
+        eng = req.engine
+        self.engine = eng
+        self.policy_source = eng.data
+        self.policy_label = eng.source
+        self.policy_config = req.config
+        self.window_ms = int(req.config.get("window-ms") or 5000)
+        self.policy_name = f"{eng.name} {eng.version}"
+        self.policy = req.info
+        self.faults_in_row = 0
+        self.retry_engine_at = 0
+        self.engine_born = now
+        with self.lock:
+            self.stats_c["policy_swaps"] += 1
+        try:
+            prime = int(round(self.write_rate * self.window_ms / 1000.0))
+            if prime > 0:
+                eng.record_remote_writes(min(prime, U32_MAX), now)
+            if self.is_controller:
+                eng.follow(self.strategy, now)  # from the strategy in force, then decide
+                eng.lead(now)
+                self.led = True
+                self.followed = None
+            else:
+                target = self.followed or "eager"
+                eng.follow(target, now)
+                self.followed = target
+            snap = eng.status(now)
+            self.strategy = snap.strategy
+            self.write_rate = snap.write_rate
+        except (EngineError, ValueError, TypeError) as e:
+            self._fault(f"{type(e).__name__}: {e}", now)
+        if req.after is not None:
+            try:
+                req.after()
+            except Exception:  # pragma: no cover - bookkeeping only
+                log.exception("aci-cache %s: after the policy swap", self.instance_id)
+        log.info("aci-cache %s: policy swapped to %s (sha256 %s)", self.instance_id, self.policy_name,
+                 eng.sha256[:12])
 
     # ------------------------------------------------------------------------------------------
     # keys and values
@@ -581,6 +761,8 @@ class Core:
             self.on_topology(healthy, fp)
         if self.configured_role == "auto":
             yield from self._lease()
+        if self.rollout is not None:
+            yield from self.rollout.start()
 
     def _lease(self) -> Program:
         try:
@@ -654,7 +836,9 @@ class Core:
                 self._lost("a sequence hole was not filled within the reorder allowance")
         chunks: List[Tuple[List[str], str]] = []
         old = self.strategy
-        if self.engine is None and now >= self.retry_engine_at:
+        with self.lock:
+            swaps, self._swaps = self._swaps, []
+        if self.engine is None and now >= self.retry_engine_at and not swaps:
             self._revive_engine(now)
         if self.engine is not None:
             try:
@@ -665,6 +849,8 @@ class Core:
                 self._fault(str(e), now)
             except (EngineError, ValueError, TypeError) as e:
                 self._fault(f"{type(e).__name__}: {e}", now)
+        for req in swaps:  # after the old instance took this tick's writes
+            self._swap_in(req, now, chunks)
         if self.engine is None:
             self.strategy = "eager"
             chunks = []  # the flush (need_flush) covers every key the instance held
@@ -702,6 +888,8 @@ class Core:
                 with self.lock:  # a heartbeat that was not sent is not late
                     if self.heartbeats_out and self.heartbeats_out[-1] == wall:
                         self.heartbeats_out.pop()
+        for req in swaps:  # swapped; the old keys are published (or a flush is owed)
+            req.done.set()
         if self.strategy != old:
             self._switched(old, self.strategy)
             cbs = [(cb, old, self.strategy) for cb in list(self.callbacks)]
@@ -809,6 +997,8 @@ class Core:
 
     def wanted_channels(self) -> List[str]:
         ch = [self.ch_inval, self.ch_strategy, self.ch_live]
+        if self.ch_policy is not None:
+            ch.append(self.ch_policy)
         if self.is_controller:
             ch.append(self.ch_reports)
         return ch
@@ -968,6 +1158,8 @@ class Core:
             self.heartbeats_out.clear()
             self.link_up = True
             self.last_msg = time.monotonic()
+        if self.rollout is not None:
+            self.rollout.on_resubscribed()
         self.subscribed.set()
 
     def sub_loop(self) -> Program:
@@ -1002,7 +1194,13 @@ class Core:
                             if ch in base:  # the server dropped us: the channel's slot moved
                                 raise ConnectionError(f"the server ended our subscription to {ch} (slot moved)")
                         if kind == "message":
-                            if self.on_message(msg.get("data")):
+                            if self.ch_policy is not None and _channel(msg.get("channel")) == self.ch_policy:
+                                self.last_msg = time.monotonic()
+                                with self.lock:
+                                    self.stats_c["pubsub_received"] += 1
+                                assert self.rollout is not None
+                                self.rollout.on_announcement(msg.get("data"))
+                            elif self.on_message(msg.get("data")):
                                 yield ("wake",)
                         elif kind == "own":
                             self.on_own(msg["count"], msg["data"])
@@ -1068,6 +1266,20 @@ class Core:
             d["configured_role"] = self.configured_role
             d["instance_id"] = self.instance_id
             d["policy"] = self.policy_name if self.engine is not None else f"{self.policy_name} (faulted)"
+            d["policy_name"] = self.policy.name
+            d["policy_version"] = self.policy.version
+            d["policy_hash"] = self.policy.sha256
+        ro = self.rollout
+        if ro is not None:
+            d["policy_origin"] = "local" if ro.running.target.local else "pushed"
+            d["policy_rollout"] = ro.acted
+            d["policy_rejected"] = ro.rejected
+            d["policy_trust"] = ro.trust.kind
+            d["policy_faults"] = self.stats_c["engine_faults"] - ro.fault_base
+        else:
+            d["policy_origin"] = "local"
+            d["policy_rollout"] = 0
+            d["policy_faults"] = self.stats_c["engine_faults"]
         return CacheStats(d)
 
 
@@ -1095,6 +1307,30 @@ class FrontEnd:
     @property
     def role(self) -> str:
         return "controller" if self._core.is_controller else "follower"
+
+    @property
+    def policy(self) -> RunningPolicy:
+        """The policy this instance runs (name, version, sha256 of the component)."""
+        return self._core.policy
+
+    def policy_status(self) -> Dict[str, Any]:
+        """This instance's policy status record (docs/WIRE.md 9.8): what it runs, from where,
+        the last rollout it acted on and the last one it refused."""
+        ro = self._core.rollout
+        if ro is not None:
+            return ro.status()
+        core = self._core
+        p = core.policy
+        return {"id": core.instance_id, "host": "python", "name": p.name, "version": p.version, "sha256": p.sha256,
+                "origin": "local", "rollout": 0, "strategy": core.strategy, "controller": core.is_controller,
+                "faults": core.stats_c["engine_faults"], "trust": "none", "rejected": None,
+                "timestamp": round(time.time(), 3)}
+
+    def _swap_wait_s(self) -> float:
+        """How long a swap may wait for its tick: the tick's own commands are bounded by
+        ``command_timeout`` (the lease, then the publish)."""
+        cfg = self._core.cfg
+        return 2 * cfg.command_timeout + 4 * cfg.tick_interval + 1.0
 
     @property
     def is_controller(self) -> bool:

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any, List, Optional
 
 from . import _cluster, _exit
-from ._core import Core, FrontEnd, Program, log, own_client
+from ._core import Core, FrontEnd, Program, RunningPolicy, log, own_client
 from .config import CacheConfig
 
 __all__ = ["AsyncAdaptiveCache"]
@@ -169,6 +169,14 @@ class AsyncAdaptiveCache(FrontEnd):
                     await c.execute_command("UNLINK", *ks)
                 if int(cursor) == 0:
                     break
+    async def _do_raw(self, cmd: Any) -> Any:
+        from redis.client import NEVER_DECODE
+
+        return await self._client.execute_command(*cmd, **{NEVER_DECODE: True})
+
+    async def _do_call(self, fn: Any, args: Any, kwargs: Any) -> Any:
+        # compiling a component takes a while: not on the event loop
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def _do_wait(self, seconds: float) -> None:
         assert self._wake is not None
@@ -289,6 +297,8 @@ class AsyncAdaptiveCache(FrontEnd):
             asyncio.create_task(self._run(core.sub_loop()), name=f"aci-pubsub-{iid}"),
             asyncio.create_task(self._run(core.tick_loop()), name=f"aci-tick-{iid}"),
         ]
+        if core.rollout is not None:
+            self._tasks.append(asyncio.create_task(self._run(core.rollout.loop()), name=f"aci-rollout-{iid}"))
         _exit.register(self)
         deadline = asyncio.get_running_loop().time() + self.config.connect_timeout
         while not core.subscribed.is_set() and asyncio.get_running_loop().time() < deadline:
@@ -405,6 +415,32 @@ class AsyncAdaptiveCache(FrontEnd):
             return await self._do_cmds(commands)
         except Exception as e:
             return e
+
+    async def swap_policy(self, policy: Any, *, strategy: Optional[str] = None) -> RunningPolicy:
+        """As :meth:`AdaptiveCache.swap_policy` (the component is compiled and checked in a
+        worker thread, so the event loop keeps serving meanwhile)."""
+        if not self._started:
+            await self.start()
+        if self._stopped:
+            raise RuntimeError("aci-cache: the cache is stopped; no policy swap")
+        core = self._core
+        req = await asyncio.to_thread(core.prepare_swap, policy, strategy=strategy)
+        req.after = lambda: core.local_swapped(req, strategy)
+        core.request_swap(req)
+        assert self._wake is not None
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._swap_wait_s()
+        while not req.done.is_set():
+            if self._stopped and all(t.done() for t in self._tasks):
+                raise RuntimeError("aci-cache: the cache stopped before the policy swap")
+            if loop.time() > deadline:
+                raise TimeoutError("aci-cache: the tick did not run within "
+                                   f"{self._swap_wait_s():.1f} s (Redis frozen?); the swap stays queued")
+            await asyncio.sleep(0.01)
+        if req.error is not None:
+            raise req.error
+        return req.info
 
     async def flush(self) -> None:
         """As :meth:`AdaptiveCache.flush`."""

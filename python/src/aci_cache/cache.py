@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, List, Optional
 
 from . import _cluster, _exit
-from ._core import Core, FrontEnd, Program, log, own_client
+from ._core import Core, FrontEnd, Program, RunningPolicy, log, own_client
 from redis.exceptions import RedisError, ResponseError
 
 from ._rawsub import RawSub
@@ -68,8 +69,12 @@ class AdaptiveCache(FrontEnd):
         self._ps_thread = threading.Thread(target=self._run, args=(core.sub_loop(),), name=f"aci-pubsub-{iid}",
                                            daemon=True)
         self._tick_thread = threading.Thread(target=self._tick_main, name=f"aci-tick-{iid}", daemon=True)
-        self._ps_thread.start()
-        self._tick_thread.start()
+        self._threads = [self._tick_thread, self._ps_thread]
+        if core.rollout is not None:  # fetching and compiling pushed policies: off the tick
+            self._threads.append(threading.Thread(target=self._run, args=(core.rollout.loop(),),
+                                                  name=f"aci-rollout-{iid}", daemon=True))
+        for t in self._threads:
+            t.start()
         _exit.register(self)
         if cfg.connect_timeout > 0:
             core.subscribed.wait(cfg.connect_timeout)
@@ -208,6 +213,14 @@ class AdaptiveCache(FrontEnd):
                     c.execute_command("UNLINK", *ks)
                 if int(cursor) == 0:
                     break
+    def _do_raw(self, cmd: Any) -> Any:
+        """One command whose reply comes back undecoded (a component's bytes)."""
+        from redis.client import NEVER_DECODE
+
+        return self._client.execute_command(*cmd, **{NEVER_DECODE: True})
+
+    def _do_call(self, fn: Any, args: Any, kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
 
     def _do_wait(self, seconds: float) -> None:
         self._wake.wait(seconds)
@@ -336,6 +349,34 @@ class AdaptiveCache(FrontEnd):
         self._run(self._core.op_flush())
 
 
+    def swap_policy(self, policy: Any, *, strategy: Optional[str] = None) -> RunningPolicy:
+        """Replace the policy while serving: ``policy`` is a path to a component, its bytes, or a
+        shipped name (``"adaptive"``, ``"fixed"``); ``strategy`` sets its ``initial-strategy``
+        (the one ``fixed`` keeps). The new component is compiled, checked and configured here,
+        within the sandbox; if anything is wrong the running policy is left as it is and
+        ``PolicyLoadError`` (bad component) or ``ConfigValueError`` (settings it refuses,
+        naming the setting) is raised. Otherwise it takes over at the next tick, with the mode
+        (leading or following), the strategy in force and the measured rate; the keys the old
+        instance buffered are published, never dropped. Returns once that is done, with the
+        new policy's name, version and sha256."""
+        core = self._core
+        if self._stopped:
+            raise RuntimeError("aci-cache: the cache is stopped; no policy swap")
+        req = core.prepare_swap(policy, strategy=strategy)
+        req.after = lambda: core.local_swapped(req, strategy)
+        core.request_swap(req)
+        self._wake.set()
+        deadline = time.monotonic() + self._swap_wait_s()
+        while not req.done.wait(0.05):
+            if not self._tick_thread.is_alive():
+                raise RuntimeError("aci-cache: the cache stopped before the policy swap")
+            if time.monotonic() > deadline:
+                raise TimeoutError("aci-cache: the tick did not run within "
+                                   f"{self._swap_wait_s():.1f} s (Redis frozen?); the swap stays queued")
+        if req.error is not None:
+            raise req.error
+        return req.info
+
     def stop(self) -> None:
         """Publish what is still batched, give up the controller lease, stop the threads.
         Idempotent; safe from an on_switch callback; waits at most ``stop_timeout``."""
@@ -348,7 +389,7 @@ class AdaptiveCache(FrontEnd):
         self._stop_evt.set()
         self._wake.set()
         me = threading.current_thread()
-        for t in (self._tick_thread, self._ps_thread):
+        for t in self._threads:
             if t is not me and t.is_alive():
                 t.join(timeout=self.config.stop_timeout)
                 if t.is_alive():

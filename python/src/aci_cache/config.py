@@ -6,7 +6,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from . import wire
 from .engine import STRATEGIES
@@ -97,6 +97,16 @@ class CacheConfig:
     command_timeout: float = 2.0
     #: How long stop() waits for the last publish (a frozen Redis cannot hold it longer).
     stop_timeout: float = 5.0
+    #: Follow policy rollouts (docs/WIRE.md 9): subscribe to ``P:policy``, publish a status
+    #: record, run pushed policies this instance trusts. False: none of it (local policy only).
+    follow_rollouts: bool = True
+    #: ed25519 public key (64 lowercase hex) whose signatures approve pushed policies.
+    policy_public_key: Optional[str] = None
+    #: sha256 hashes (64 lowercase hex) of components allowed to run without a signature (with
+    #: this instance's own config). Neither this nor a key: pushes are ignored (and reported).
+    policy_allow_hashes: Optional[Tuple[str, ...]] = None
+    #: Faults of a pushed policy after which this instance rolls the fleet back from it.
+    policy_rollback_faults: int = 3
 
     def __post_init__(self) -> None:
         self.validate()
@@ -194,6 +204,16 @@ class CacheConfig:
         number("max_lag", positive=True)
         number("command_timeout", positive=True)
         number("stop_timeout", positive=True)
+        if not isinstance(self.follow_rollouts, bool):
+            raise ConfigValueError("follow_rollouts", f"must be True or False, got {self.follow_rollouts!r}")
+        integer("policy_rollback_faults")
+        if self.policy_allow_hashes is not None:
+            if isinstance(self.policy_allow_hashes, (str, bytes)):
+                raise ConfigValueError("policy_allow_hashes", "must be a sequence of hashes, not one string")
+            object.__setattr__(self, "policy_allow_hashes", tuple(self.policy_allow_hashes))
+        from .rollout import Trust
+
+        Trust(self.policy_public_key, self.policy_allow_hashes)  # ConfigValueError naming the field
 
     # -- derived -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -42,6 +43,7 @@ __all__ = [
     "CONFIG_FIELDS",
     "policy_path",
     "packaged_policies",
+    "read_policy",
 ]
 
 #: The exported interface every policy component must have.
@@ -161,12 +163,32 @@ def policy_path(name: str = "adaptive") -> Path:
     return p
 
 
+def read_policy(source: Union[str, os.PathLike, bytes, bytearray, None]) -> "tuple[bytes, str]":
+    """(bytes, description) of a policy given as a path, its bytes, or a shipped name."""
+    if source is None:
+        source = "adaptive"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "policy bytes"
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"a policy is a path, bytes or a shipped name, got {type(source).__name__}")
+    p = Path(source)
+    if isinstance(source, str) and not p.suffix and os.sep not in source and not p.exists():
+        p = policy_path(source)
+    try:
+        return p.read_bytes(), str(p)
+    except OSError as e:
+        raise PolicyLoadError(f"{p}: cannot read: {e}") from e
+
+
 # --------------------------------------------------------------------------------------------
 # Compiling and checking components
 
 _WASM_ENGINE: Optional[wasmtime.Engine] = None
 _WASM_ENGINE_LOCK = threading.Lock()
-_COMPILED: Dict[str, "wc.Component"] = {}
+#: Compiled components by sha256, most recently used last. Bounded: a long-lived process that
+#: follows many pushed policies must not keep every one it ever ran.
+_COMPILED: "OrderedDict[str, wc.Component]" = OrderedDict()
+_COMPILED_MAX = 8
 
 
 def _wasm_engine() -> wasmtime.Engine:
@@ -183,7 +205,7 @@ def _wasm_engine() -> wasmtime.Engine:
         return _WASM_ENGINE
 
 
-def _compile(data: bytes, what: str) -> "wc.Component":
+def _compile(data: bytes, what: str, digest: Optional[str] = None) -> "wc.Component":
     if len(data) < 8 or data[:4] != b"\0asm":
         raise PolicyLoadError(f"{what}: not a WebAssembly file (no \\0asm header)")
     layer = data[4:8]
@@ -194,9 +216,12 @@ def _compile(data: bytes, what: str) -> "wc.Component":
         )
     if layer[2:4] != b"\x01\x00":
         raise PolicyLoadError(f"{what}: unknown WebAssembly binary layer/version {layer.hex()}")
-    digest = hashlib.sha256(data).hexdigest()
+    if digest is None:
+        digest = hashlib.sha256(data).hexdigest()
     with _WASM_ENGINE_LOCK:
         comp = _COMPILED.get(digest)
+        if comp is not None:
+            _COMPILED.move_to_end(digest)
     if comp is not None:
         return comp
     engine = _wasm_engine()
@@ -216,7 +241,19 @@ def _compile(data: bytes, what: str) -> "wc.Component":
         )
     with _WASM_ENGINE_LOCK:
         _COMPILED[digest] = comp
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
     return comp
+
+
+def _cause(e: BaseException) -> str:
+    """What a trap was (``wasm trap: all fuel consumed by WebAssembly``), without wasmtime's
+    backtrace of anonymous wasm functions, which says nothing to an operator reading a status."""
+    s = str(e)
+    if "Caused by:" in s:
+        tail = s.rsplit("Caused by:", 1)[1]
+        return " ".join(l.strip() for l in tail.splitlines() if l.strip())[:300]
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
@@ -573,25 +610,20 @@ class Engine:
         fast: bool = True,
         fuel: int = DEFAULT_FUEL,
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        label: Optional[str] = None,
     ):
-        if source is None:
-            source = "adaptive"
-        if isinstance(source, (bytes, bytearray)):
-            data, what = bytes(source), "policy bytes"
-        else:
-            p = Path(source)
-            if isinstance(source, str) and not p.suffix and os.sep not in source and not p.exists():
-                p = policy_path(source)
-            try:
-                data = p.read_bytes()
-            except OSError as e:
-                raise PolicyLoadError(f"{p}: cannot read: {e}") from e
-            what = str(p)
+        data, what = read_policy(source)
+        if label is not None:
+            what = label
         self.source = what
+        #: The component's bytes (a fresh instance after a fault is made from exactly these).
+        self.data = data
+        #: sha256 (lowercase hex) of the component's bytes: the policy's identity in a fleet.
+        self.sha256 = hashlib.sha256(data).hexdigest()
         self._fuel = int(fuel)
         self._lock = threading.Lock()
         self._dead: Optional[str] = None
-        comp = _compile(data, what)
+        comp = _compile(data, what, self.sha256)
         engine = _wasm_engine()
         store = wasmtime.Store(engine)
         if memory_bytes and memory_bytes > 0:
@@ -634,7 +666,7 @@ class Engine:
                 store.set_fuel(self._fuel)
                 return self._f[name](store, *args)
             except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
-                self._dead = f"{name} faulted: {_first_line(e)}"
+                self._dead = f"{name} faulted: {_cause(e)}"
                 raise EngineFault(self._dead) from e
 
     def _fault(self, why: str) -> EngineFault:

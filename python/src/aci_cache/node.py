@@ -2,11 +2,15 @@
 
     python -m aci_cache.node [--redis URL] [--namespace NS] [--role auto|controller|follower]
                              [--strategy ttl|batched|eager] [--tick-ms N] [--instance-id ID]
-                             [--local-ttl-ms N]
+                             [--local-ttl-ms N] [--policy-public-key HEX64]
+                             [--policy-allow-hashes H1,H2,...] [--policy-rollback-faults N]
 
 Prints {"ready":true,"instance_id":...,"host":"python","protocol":2} once started, then one JSON
-line per command: set K V [TTL_MS], get K, del K, strategy, stats, quit. End of input, SIGTERM and
-SIGINT shut down like quit (pending batch published, lease released) without the answer.
+line per command: set K V [TTL_MS], get K, del K, strategy, stats, policy, quit. End of input,
+SIGTERM and SIGINT shut down like quit (pending batch published, lease released) without the
+answer. The policy flags are the trust of docs/WIRE.md 9.5 (neither a key nor hashes: pushed
+policies are ignored and reported as refused); `policy` answers this instance's status record
+(WIRE.md 9.8).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, Dict, List, NoReturn, Optional
 from . import wire
 
 PROG = "aci_cache.node"
-FLAGS = ("--redis", "--namespace", "--role", "--strategy", "--tick-ms", "--instance-id", "--local-ttl-ms")
+FLAGS = ("--redis", "--namespace", "--role", "--strategy", "--tick-ms", "--instance-id", "--local-ttl-ms",
+         "--policy-public-key", "--policy-allow-hashes", "--policy-rollback-faults")
 
 
 def _usage_error(msg: str) -> NoReturn:
@@ -41,7 +46,8 @@ def _positive_int(flag: str, v: str) -> int:
 
 def parse_args(argv: List[str]) -> Dict[str, Any]:
     opts: Dict[str, Any] = {"redis": "redis://127.0.0.1:6379", "namespace": None, "role": "auto",
-                            "strategy": None, "tick_ms": 250, "instance_id": None, "local_ttl_ms": 5000}
+                            "strategy": None, "tick_ms": 250, "instance_id": None, "local_ttl_ms": 5000,
+                            "policy_public_key": None, "policy_allow_hashes": None, "policy_rollback_faults": 3}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -57,8 +63,10 @@ def parse_args(argv: List[str]) -> Dict[str, Any]:
             i += 1
             val = argv[i]
         key = flag[2:].replace("-", "_")
-        if key in ("tick_ms", "local_ttl_ms"):
+        if key in ("tick_ms", "local_ttl_ms", "policy_rollback_faults"):
             opts[key] = _positive_int(flag, val)
+        elif key == "policy_allow_hashes":
+            opts[key] = tuple(h for h in val.split(",") if h)
         elif key == "role" and val not in ("auto", "controller", "follower"):
             _usage_error(f"--role: must be auto, controller or follower, got {val!r}")
         elif key == "strategy" and val not in ("ttl", "batched", "eager"):
@@ -70,6 +78,13 @@ def parse_args(argv: List[str]) -> Dict[str, Any]:
         wire.Names("aci", opts["namespace"], opts["instance_id"] or "x")
     except wire.NameError_ as e:
         _usage_error(f"--{e.field.replace('_', '-')}: {e.message}")
+    from .config import ConfigValueError
+    from .rollout import Trust
+
+    try:
+        Trust(opts["policy_public_key"], opts["policy_allow_hashes"])
+    except ConfigValueError as e:
+        _usage_error(f"--{e.field.replace('_', '-')}: {str(e)[len(e.field) + 1:]}")
     if not opts["redis"].startswith(("redis://", "rediss://", "unix://")):
         _usage_error(f"--redis: not a redis:// URL: {opts['redis']!r}")
     return opts
@@ -92,6 +107,9 @@ def _stats(cache: Any) -> Dict[str, Any]:
         "gaps": s.gaps, "malformed": s.malformed, "is_controller": s.is_controller, "strategy": s.current_strategy,
         "write_rate": s.write_rate, "l1_entries": s.l1_entries, "link_up": s.link_up, "lagging": s.lagging,
         "resubscribes": s.resubscribes, "publish_errors": s.publish_errors, "engine_faults": s.engine_faults,
+        "policy_name": s.policy_name, "policy_version": s.policy_version, "policy_hash": s.policy_hash,
+        "policy_origin": s.policy_origin, "policy_rollout": s.policy_rollout, "policy_swaps": s.policy_swaps,
+        "policy_faults": s.policy_faults,
     }
 
 
@@ -120,10 +138,12 @@ def handle(cache: Any, line: str) -> Optional[Dict[str, Any]]:
         return {"strategy": cache.strategy}
     if cmd == "stats" and not args:
         return _stats(cache)
+    if cmd == "policy" and not args:
+        return cache.policy_status()
     if cmd == "quit" and not args:
         return None
     return {"error": f"unknown command or wrong arguments: {line[:80]!r} "
-                     "(set K V [TTL_MS], get K, del K, strategy, stats, quit)"}
+                     "(set K V [TTL_MS], get K, del K, strategy, stats, policy, quit)"}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -147,7 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cache = AdaptiveCache(
             client, namespace=opts["namespace"], role=opts["role"], strategy=opts["strategy"],
             tick_interval=opts["tick_ms"] / 1000.0, instance_id=opts["instance_id"],
-            local_ttl=opts["local_ttl_ms"] / 1000.0,
+            local_ttl=opts["local_ttl_ms"] / 1000.0, policy_public_key=opts["policy_public_key"],
+            policy_allow_hashes=opts["policy_allow_hashes"], policy_rollback_faults=opts["policy_rollback_faults"],
         )
         emit({"ready": True, "instance_id": cache.instance_id, "host": "python", "protocol": wire.PROTOCOL_VERSION})
         for raw in sys.stdin:

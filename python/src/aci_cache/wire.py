@@ -29,6 +29,7 @@ __all__ = [
     "Names",
     "LossDetector",
     "decode",
+    "decode_policy",
     "encode",
     "new_instance_id",
     "new_epoch",
@@ -425,3 +426,36 @@ class LossDetector:
     def resubscribed(self) -> None:
         self.sources.clear()
         self.holes = 0
+
+
+def decode_policy(payload: Union[bytes, bytearray, str]) -> Dict[str, Any]:
+    """A message on ``P:policy`` (docs/WIRE.md 9.3): the checks of 2.3 in order, then only the
+    ``policy`` action is known, with ``source`` and ``rollout`` required."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogatepass")
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise Malformed("too-large", f"{len(payload)} bytes")
+    try:
+        text = bytes(payload).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Malformed("not-json", f"not UTF-8: {e}") from None
+    if _nesting_exceeds(text, MAX_DEPTH):
+        raise Malformed("not-json", f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        m = _loads(text)
+    except (ValueError, RecursionError) as e:
+        raise Malformed("not-json", str(e)[:200]) from None
+    if type(m) is not dict:
+        raise Malformed("not-object", type(m).__name__)
+    action = m.get("action")
+    if type(action) is str and action != "policy":
+        raise Malformed("unknown-action", repr(action[:64]))
+    if type(action) is not str:
+        raise Malformed("bad-field", "action missing" if action is None else f"action {action!r}")
+    return {
+        "action": action,
+        "source": _ident(m, "source", True),
+        "epoch": _ident(m, "epoch", False),
+        "timestamp": _num(m, "timestamp", 0),
+        "rollout": _int(m, "rollout", 1, SEQ_MAX, True),
+    }

@@ -72,6 +72,8 @@ def test_eager_invalidates_across_shards_over_sharded_pubsub(redis_cluster, make
     try:
         assert chan in owner.execute_command("PUBSUB", "SHARDCHANNELS", f"{{aci:{ns}}}*")
         assert owner.execute_command("PUBSUB", "SHARDNUMSUB", chan)[1] == 2
+        # the rollout channel (WIRE.md 9) too, in the same slot
+        assert owner.execute_command("PUBSUB", "SHARDNUMSUB", f"{{aci:{ns}}}:policy")[1] == 2
     finally:
         owner.close()
     for port in redis_cluster.ports:

@@ -326,19 +326,6 @@ impl Sampler {
     }
 }
 
-/// Time from `from` until every instance has resubscribed since `before` was taken and serves
-/// L1 again.
-async fn l1_back(caches: &[AciCache], from: Instant, before: &[u64]) -> Duration {
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        if resubscribes(caches).iter().zip(before).all(|(n, b)| n > b) && caches.iter().all(|c| c.stats().l1_serving) {
-            return from.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("L1 did not come back within 20 s");
-}
-
 /// Judges `h` without the writes Redis lost: a reader that gets the older value Redis still
 /// holds after a failover is reading Redis faithfully (the loss is asynchronous replication's,
 /// and reading a lost value is counted apart, against its own bound).
@@ -407,7 +394,6 @@ async fn master_killed(strategy: Strategy, ns: &str, kill_channel_shard: bool) -
     let big = "j".repeat(16 << 20);
     aci_testkit::cluster::command(victim, &["SET", &junk, &big]).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let before = resubscribes(&caches);
     f.hold_writes.store(true, Ordering::Release);
     tokio::time::sleep(Duration::from_millis(20)).await; // a write in flight lands or fails
     let sampler = Sampler::start(&caches);
@@ -464,7 +450,6 @@ async fn a_master_restarted_empty_before_any_failover() {
     let caches = fleet(&c, ns, 2, Strategy::Eager).await;
     let f = Fleet::start(caches.clone(), Duration::from_millis(4));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let before = resubscribes(&caches);
     f.hold_writes.store(true, Ordering::Release);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let sampler = Sampler::start(&caches);

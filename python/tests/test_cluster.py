@@ -441,6 +441,33 @@ def test_a_master_restarted_empty_is_noticed_within_the_node_timeout(own_cluster
         b.stop()
 
 
+def test_python_and_rust_hosts_share_a_fleet_on_the_cluster(redis_cluster, make_ccache, ns):
+    """`aci node --cluster` (the Rust host) and this package in one namespace: the same shard
+    channels (WIRE.md 10.1), eager invalidations both ways, keys on every shard."""
+    from test_mixed_fleet import RustNode
+
+    py = make_ccache(namespace=ns, strategy="eager")
+    rust = RustNode(f"redis://127.0.0.1:{redis_cluster.ports[0]}", "--namespace", ns, "--strategy", "eager",
+                    flag="--cluster")
+    try:
+        keys = keys_on_every_shard(redis_cluster, 12)
+        for k in keys:
+            py.set(k, "p1")
+        assert [rust.get(k) for k in keys] == ["p1"] * len(keys)  # now in the Rust L1
+        for k in keys:
+            py.set(k, "p2")
+        assert wait_for(lambda: all(rust.get(k) == "p2" for k in keys), timeout=3)
+        for k in keys:
+            assert rust.cmd(f"set {k} r1").get("ok", True)
+        assert [py.get(k) for k in keys] == [b"r1"] * len(keys)
+        for k in keys:
+            rust.cmd(f"set {k} r2")
+        assert wait_for(lambda: all(py.get(k) == b"r2" for k in keys), timeout=3)
+        assert py.stats["gaps"] == 0
+    finally:
+        rust.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # The pure parts: how command lists are cut per slot, and how CLUSTER NODES is read.
 

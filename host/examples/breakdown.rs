@@ -20,8 +20,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "raw SET PX",
+    "ConnectionManager SET PX (the cache's)",
     "SET+PUBLISH, nobody subscribed",
     "SET+PUBLISH, 1 discarding subscriber",
     "SET+PUBLISH, 1 subscriber parsing JSON",
@@ -36,6 +37,8 @@ async fn main() {
     let srv = RedisServer::start(&[]).unwrap();
     let client = redis::Client::open(srv.url()).unwrap();
     let mut mx = client.get_multiplexed_async_connection().await.unwrap();
+    let cm_cfg = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(2)));
+    let cm = redis::aio::ConnectionManager::new_with_config(client.clone(), cm_cfg).await.unwrap();
     // Two subscribers on their own channels: one discards, one parses.
     for (chan, parse) in [("sub:discard", false), ("sub:parse", true)] {
         let ps = client.get_async_pubsub().await.unwrap();
@@ -72,7 +75,12 @@ async fn main() {
             for i in 0..per {
                 let key = format!("k{}", i % 100);
                 let set = || redis::cmd("SET").arg(&key).arg(&v).arg("PX").arg(10000).to_owned();
+                let side = [0, 7, 1, 2, 3, 4, 5, 6][side];
                 match side {
+                    7 => {
+                        let mut c = cm.clone();
+                        let _: () = set().query_async(&mut c).await.unwrap();
+                    }
                     0 | 6 => {
                         let _: () = set().query_async(&mut mx).await.unwrap();
                     }
@@ -99,5 +107,4 @@ async fn main() {
     println!("# eager cache: pubsub_received {} (its own messages), messages_sent {}", st.pubsub_received, st.messages_sent);
     ttl.shutdown().await.unwrap();
     eager.shutdown().await.unwrap();
-    let _ = Duration::ZERO;
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -146,17 +145,11 @@ impl AciCache {
 
     pub(crate) async fn from_builder(b: CacheBuilder) -> Result<AciCache> {
         let settings = b.settings()?;
-        let url = settings.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".to_string());
-        let client = redis::Client::open(url.as_str())?;
         let (module, pcfg) = load_policy(&settings.policy, &settings)?;
         let start = Instant::now();
         let policy = PolicyRuntime::new(module, pcfg, 0)?;
-        let cm_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.command_timeout))
-            .set_response_timeout(Some(settings.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), cm_config).await.map_err(auth_error)?;
+        // One server or a cluster (transport.rs): the rest of the cache is the same code.
+        let (conn, client) = crate::transport::connect(&settings).await?;
         // A server that requires a password accepts a connection without one and refuses
         // every command: ask once now, so a missing password fails here like a wrong one.
         let _: String = redis::cmd("PING").query_async(&mut conn.clone()).await.map_err(auth_error)?;
@@ -164,7 +157,10 @@ impl AciCache {
             source: settings.instance_id.clone().unwrap_or_else(|| random_hex(12)),
             epoch: random_hex(16),
         };
-        let names = Names::new(&settings.channel_prefix, settings.namespace.as_deref(), &sender.source);
+        let mut names = Names::new(&settings.channel_prefix, settings.namespace.as_deref(), &sender.source);
+        if settings.redis_cluster.is_some() {
+            crate::transport::cluster_channel_names(&mut names, &settings.channel_prefix, settings.namespace.as_deref());
+        }
         let initial = policy.last_strategy();
         let (strategy_tx, _) = watch::channel(initial);
         let (shutdown, _) = watch::channel(false);
@@ -473,7 +469,7 @@ impl AciCache {
 
 /// The error `build()` gives when Redis refuses us: authentication problems get one clear
 /// typed error, whatever the spelling of the server's refusal.
-fn auth_error(e: redis::RedisError) -> Error {
+pub(crate) fn auth_error(e: redis::RedisError) -> Error {
     let text = e.to_string();
     let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
         || ["NOAUTH", "WRONGPASS", "invalid password", "Authentication required", "invalid username-password"]

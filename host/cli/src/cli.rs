@@ -75,6 +75,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 #[derive(Debug)]
 pub struct NodeArgs {
     pub redis: String,
+    /// Seed URLs of a Redis Cluster (`--cluster URL[,URL...]`), instead of `--redis`.
+    pub cluster: Option<Vec<String>>,
     pub namespace: Option<String>,
     pub role: Role,
     pub strategy: Option<Strategy>,
@@ -87,6 +89,7 @@ impl NodeArgs {
     pub fn parse(args: &[String]) -> std::result::Result<NodeArgs, String> {
         let mut a = NodeArgs {
             redis: "redis://127.0.0.1:6379".into(),
+            cluster: None,
             namespace: None,
             role: Role::Auto,
             strategy: None,
@@ -100,7 +103,7 @@ impl NodeArgs {
                 Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
                 _ => (flag.as_str(), None),
             };
-            let known = ["--redis", "--namespace", "--role", "--strategy", "--tick-ms", "--instance-id", "--local-ttl-ms"];
+            let known = ["--redis", "--cluster", "--namespace", "--role", "--strategy", "--tick-ms", "--instance-id", "--local-ttl-ms"];
             if !known.contains(&name) {
                 return Err(format!("unknown flag `{name}` (flags: {})", known.join(" ")));
             }
@@ -111,6 +114,7 @@ impl NodeArgs {
             let positive = |v: &str| v.parse::<u64>().ok().filter(|n| *n > 0 && *n <= 86_400_000).ok_or_else(|| format!("{name}: `{v}` is not a whole number of milliseconds in 1..=86400000"));
             match name {
                 "--redis" => a.redis = value,
+                "--cluster" => a.cluster = Some(value.split(',').filter(|u| !u.is_empty()).map(str::to_string).collect()),
                 "--namespace" => a.namespace = Some(value),
                 "--role" => {
                     a.role = match value.as_str() {
@@ -144,8 +148,11 @@ fn node_stats(cache: &AciCache) -> serde_json::Value {
 /// line each (docs/NODE.md). SIGTERM/SIGINT and end of input shut down like `quit`.
 pub fn node(a: NodeArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
-        let mut b = AciCache::builder()
-            .redis_url(&a.redis)
+        let b = match &a.cluster {
+            Some(seeds) => AciCache::builder().redis_cluster(seeds.clone()),
+            None => AciCache::builder().redis_url(&a.redis),
+        };
+        let mut b = b
             .role(a.role)
             .tick(Duration::from_millis(a.tick_ms))
             .local_ttl(Duration::from_millis(a.local_ttl_ms));

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod cluster_cmd;
 mod workload;
 
 #[derive(Parser)]
@@ -42,13 +43,29 @@ enum Command {
         svg: Option<PathBuf>,
     },
     /// Run several in-process instances on Redis through a write-rate ramp, live.
-    Demo(cli::DemoArgs),
+    Demo {
+        #[command(flatten)]
+        args: cli::DemoArgs,
+        /// Start a private local Redis Cluster (3 masters + 3 replicas) and show the three
+        /// strategies and a failover on it (no other flag needed).
+        #[arg(long, conflicts_with = "redis")]
+        cluster: bool,
+    },
     /// Measure the cache against raw Redis on the same server (`bench workload`: a fleet
-    /// through a write-rate trace, once per policy).
-    Bench(workload::BenchCmd),
+    /// through a write-rate trace, once per policy; `bench --cluster`: on a private cluster).
+    Bench {
+        #[command(subcommand)]
+        sub: Option<workload::BenchSub>,
+        #[command(flatten)]
+        args: cli::BenchArgs,
+        /// On a private local Redis Cluster: L1 hit vs cluster GET, set vs cluster SET per
+        /// strategy, eager A->B latency, Pub/Sub load per node sharded vs classic.
+        #[arg(long, conflicts_with = "redis")]
+        cluster: bool,
+    },
     /// One cache instance driven by line commands on stdin (docs/NODE.md).
     Node {
-        /// --redis URL --namespace NS --role auto|controller|follower --strategy S --tick-ms N
+        /// --redis URL | --cluster URL[,URL...] --namespace NS --role auto|controller|follower --strategy S --tick-ms N
         /// --instance-id ID --local-ttl-ms N
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -57,7 +74,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACI_LOG").unwrap_or_else(|_| "warn,redis=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -105,11 +122,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo(args) => cli::demo(args),
-        Command::Bench(b) => match b.sub {
-            Some(workload::BenchSub::Workload(w)) => workload::bench_workload(w),
-            None => cli::bench(b.args),
-        },
+        Command::Demo { cluster: true, .. } => cluster_cmd::demo(),
+        Command::Demo { args, .. } => cli::demo(args),
+        Command::Bench { cluster: true, args, .. } => cluster_cmd::bench(args.scale),
+        Command::Bench { sub, args, .. } => {
+            let b = workload::BenchCmd { sub, args };
+            match b.sub {
+                Some(workload::BenchSub::Workload(w)) => workload::bench_workload(w),
+                None => cli::bench(b.args),
+            }
+        }
         Command::Node { args } => match cli::NodeArgs::parse(&args) {
             Ok(a) => cli::node(a),
             Err(why) => {

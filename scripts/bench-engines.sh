@@ -2,6 +2,14 @@
 # The cost of one engine call in every host, in one run, against the native Rust cost of the
 # same logic (aci-policy-core linked directly): the price of the component boundary per host.
 # A benchmark, not a test: numbers move with machine load; compare ratios within one run.
+# Every host times the same operations with the same untimed setup, on a fresh instance of the
+# adaptive policy per row, the policy clock starting at T0 = 1.7e12 ms:
+#   record-write       record-write("user:42"), the clock advancing 1 ms every 16 calls (eager)
+#   status             status() after one untimed record-remote-writes(100); clock +1 ms per call
+#   pending-batch-100  configured batched, batch-max-keys 100, thresholds 0 / 1e12; per call an
+#                      untimed record-writes of user:1000..user:1099, then the timed pending-batch
+#                      that drains and returns those 100 keys (guest work: draining the buffer and
+#                      building the list, plus lifting 100 strings and the post-return call)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -33,5 +41,5 @@ END {
         }
         printf "\n"
     }
-    print "note: rust-* pending-batch-100 includes refilling the batch (record-writes of 100 keys)"
+    print "rows: see the header of scripts/bench-engines.sh (same operations and setup in every host)"
 }' "$out"

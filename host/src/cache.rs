@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -15,7 +14,7 @@ use crate::config::{CacheBuilder, PolicySource, Settings};
 use crate::error::{Error, Result};
 use crate::fleet;
 use crate::loss_detector::LossDetector;
-use crate::near_cache::NearCache;
+use crate::near_cache::{clock, NearCache};
 use crate::policy::{sha256_hex, PolicyConfig, PolicyModule, PolicyRuntime, Strategy};
 use crate::rollout::{Installed, Rollout, Trust};
 pub use crate::shared::SwitchEvent;
@@ -151,8 +150,6 @@ impl AciCache {
 
     pub(crate) async fn from_builder(b: CacheBuilder) -> Result<AciCache> {
         let settings = b.settings()?;
-        let url = settings.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".to_string());
-        let client = redis::Client::open(url.as_str())?;
         let (module, pcfg, hash) = load_policy(&settings.policy, &settings)?;
         let start = Instant::now();
         let policy = PolicyRuntime::new(module.clone(), pcfg.clone(), 0)?;
@@ -160,12 +157,8 @@ impl AciCache {
             Trust::new(settings.policy_public_key.as_deref(), &settings.policy_allow_hashes),
             Installed::local(module, pcfg, hash),
         );
-        let cm_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.command_timeout))
-            .set_response_timeout(Some(settings.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), cm_config).await.map_err(auth_error)?;
+        // One server or a cluster (transport.rs): the rest of the cache is the same code.
+        let (conn, client) = crate::transport::connect(&settings).await?;
         // A server that requires a password accepts a connection without one and refuses
         // every command: ask once now, so a missing password fails here like a wrong one.
         let _: String = redis::cmd("PING").query_async(&mut conn.clone()).await.map_err(auth_error)?;
@@ -173,12 +166,17 @@ impl AciCache {
             source: settings.instance_id.clone().unwrap_or_else(|| random_hex(12)),
             epoch: random_hex(16),
         };
-        let names = Names::new(&settings.channel_prefix, settings.namespace.as_deref(), &sender.source);
+        let mut names = Names::new(&settings.channel_prefix, settings.namespace.as_deref(), &sender.source);
+        if settings.redis_cluster.is_some() {
+            crate::transport::cluster_channel_names(&mut names, &settings.channel_prefix, settings.namespace.as_deref());
+        }
         let initial = policy.last_strategy();
         let (strategy_tx, _) = watch::channel(initial);
         let (shutdown, _) = watch::channel(false);
+        // The Redis key of the empty user key is the namespace prefix: L1 holds user keys.
+        let key_prefix = names.redis_key("").unwrap_or_default();
         let shared = Arc::new(Shared {
-            l1: NearCache::new(settings.l1_max_entries, settings.l1_max_bytes),
+            l1: NearCache::new(settings.l1_max_entries, settings.l1_max_bytes).with_key_prefix(&key_prefix),
             settings,
             names,
             sender,
@@ -221,7 +219,9 @@ impl AciCache {
     /// at most `local_ttl` and never past the key's Redis TTL).
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let s = self.s();
-        if let Some(v) = s.names.with_redis_key(key, |k| s.l1.get(k))? {
+        // L1 is keyed by user key: a hit builds no Redis key. A key the namespace refuses is
+        // never cached (set and fills check it first), so checking it on a miss only is the same.
+        if let Some(v) = s.l1.get_local(key) {
             inc(&s.counters.l1_hits);
             return Ok(Some(v));
         }
@@ -257,6 +257,8 @@ impl AciCache {
         let value: Bytes = value.into();
         let ttl = ttl.unwrap_or(s.settings.default_ttl).max(Duration::from_millis(1));
         let rkey = s.names.redis_key(key)?;
+        // Before the SET goes out: the key's TTL in Redis starts later than this.
+        let started = clock::precise();
         // The policy call (~0.5 us, but it evicts enough CPU cache to cost ~10% of a loopback
         // SET when run inline) overlaps the round trip: the request is sent by the strategy in
         // force, then the write is counted while Redis works.
@@ -306,7 +308,7 @@ impl AciCache {
             s.counters.messages_sent.fetch_add(1 + flush_first as u64, Ordering::Relaxed);
         }
         inc(&s.counters.writes);
-        s.l1.put_own_write(&rkey, value, s.settings.local_ttl.min(ttl));
+        s.l1.put_own_write_since(&rkey, value, s.settings.local_ttl.min(ttl), started);
         Ok(())
     }
 
@@ -470,7 +472,7 @@ impl AciCache {
 
 /// The error `build()` gives when Redis refuses us: authentication problems get one clear
 /// typed error, whatever the spelling of the server's refusal.
-fn auth_error(e: redis::RedisError) -> Error {
+pub(crate) fn auth_error(e: redis::RedisError) -> Error {
     let text = e.to_string();
     let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
         || ["NOAUTH", "WRONGPASS", "invalid password", "Authentication required", "invalid username-password"]

@@ -35,6 +35,10 @@ pub enum PolicySource {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub redis_url: Option<String>,
+    /// Seed URLs of a Redis Cluster (docs/WIRE.md 10); exclusive with `redis_url`.
+    pub redis_cluster: Option<Vec<String>>,
+    /// How fleet messages travel on a cluster (default: sharded Pub/Sub).
+    pub cluster_pubsub: crate::transport::ClusterPubSub,
     pub namespace: Option<String>,
     pub channel_prefix: String,
     pub policy: PolicySource,
@@ -71,6 +75,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             redis_url: None,
+            redis_cluster: None,
+            cluster_pubsub: crate::transport::ClusterPubSub::Sharded,
             namespace: None,
             channel_prefix: "aci".into(),
             policy: PolicySource::Bundled,
@@ -110,6 +116,19 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         // docs/WIRE.md 1.1 and 1.4, checked byte for byte as every host does; never repaired.
         crate::wire::validate_names(&self.channel_prefix, self.namespace.as_deref(), self.instance_id.as_deref())?;
+        if let Some(seeds) = &self.redis_cluster {
+            if self.redis_url.is_some() {
+                return Err(ConfigError::new("redis_cluster", "give either redis_url (one server) or redis_cluster (seed URLs), not both"));
+            }
+            if seeds.is_empty() {
+                return Err(ConfigError::new("redis_cluster", "needs at least one seed URL"));
+            }
+            for url in seeds {
+                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                    return Err(ConfigError::new("redis_cluster", format!("`{url}` is not a Redis URL: {e}")));
+                }
+            }
+        }
         positive("default_ttl", self.default_ttl)?;
         positive("local_ttl", self.local_ttl)?;
         positive("tick", self.tick)?;
@@ -184,6 +203,24 @@ macro_rules! duration_setter {
 impl CacheBuilder {
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.settings.redis_url = Some(url.into());
+        self
+    }
+
+    /// Connects to a Redis Cluster through these seed URLs (any reachable node; the rest of the
+    /// cluster is discovered). Keys spread over the slots; fleet messages use sharded Pub/Sub
+    /// on one slot per namespace (docs/WIRE.md 10).
+    pub fn redis_cluster<I, S>(mut self, seed_urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.redis_cluster = Some(seed_urls.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// On a cluster: sharded (default) or classic Pub/Sub for the fleet's messages.
+    pub fn cluster_pubsub(mut self, mode: crate::transport::ClusterPubSub) -> Self {
+        self.settings.cluster_pubsub = mode;
         self
     }
 

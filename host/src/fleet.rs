@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use rand::Rng;
 use tokio::task::JoinHandle;
 
@@ -94,7 +93,7 @@ const RENEW_LUA: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return r
 const RELEASE_LUA: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 /// Takes or renews the controller lease; true if we hold it afterwards.
-async fn try_lease(s: &Shared, conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<bool> {
+async fn try_lease(s: &Shared, conn: &mut crate::transport::Conn) -> redis::RedisResult<bool> {
     let lease_ms = s.settings.controller_timeout.as_millis() as u64;
     if s.is_controller.load(Ordering::Acquire) {
         let renewed: i64 = redis::cmd("EVAL")
@@ -135,12 +134,9 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
         if *shutdown.borrow() {
             return;
         }
-        let attempt = async {
-            let ps = s.client.get_async_pubsub().await?;
-            let (mut sink, stream) = ps.split();
-            sink.subscribe(&[&s.names.invalidation, &s.names.strategy, &s.names.liveness, &s.names.policy]).await?;
-            redis::RedisResult::Ok((sink, stream))
-        };
+        // One server or a cluster (transport.rs): a fresh connection each time.
+        let channels = [s.names.invalidation.as_str(), s.names.strategy.as_str(), s.names.liveness.as_str(), s.names.policy.as_str()];
+        let attempt = crate::transport::subscribe(&s.client, &channels);
         match tokio::time::timeout(s.settings.command_timeout, attempt).await {
             Ok(Ok((mut sink, mut stream))) => {
                 backoff = Duration::from_millis(50);
@@ -160,19 +156,27 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                 want_reports.mark_changed();
                 let mut last_heard = s.now_ms();
                 let mut check = tokio::time::interval(Duration::from_millis(100));
+                let own = OwnSuffix::new(&s);
                 let reason = loop {
                     tokio::select! {
                         msg = stream.next() => match msg {
                             Some(m) => {
                                 last_heard = s.now_ms();
-                                if m.get_channel_name() == s.names.policy {
+                                let payload = m.bytes();
+                                if m.channel() == Some(s.names.policy.as_str()) {
                                     inc(&s.counters.pubsub_received);
-                                    crate::rollout::on_announcement(&s, m.get_payload_bytes());
-                                } else {
-                                    handle(&s, m.get_payload_bytes(), last_heard);
+                                    crate::rollout::on_announcement(&s, payload);
+                                    continue;
+                                }
+                                match own.timestamp(payload) {
+                                    Some(ts) => {
+                                        inc(&s.counters.pubsub_received);
+                                        check_lag(&s, wire::unix_now() - ts);
+                                    }
+                                    None => handle(&s, payload, last_heard),
                                 }
                             }
-                            None => break "connection closed",
+                            None => break stream.end_reason().unwrap_or("connection closed"),
                         },
                         _ = check.tick() => {
                             if s.now_ms().saturating_sub(last_heard) > liveness_ms {
@@ -185,7 +189,7 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                             }
                             let want = *want_reports.borrow_and_update();
                             if want != reports {
-                                let done = if want { sink.subscribe(&s.names.reports).await } else { sink.unsubscribe(&s.names.reports).await };
+                                let done = if want { sink.subscribe(&[&s.names.reports]).await } else { sink.unsubscribe(&s.names.reports).await };
                                 match done {
                                     Ok(()) => reports = want,
                                     Err(_) => break "cannot change the reports subscription",
@@ -206,6 +210,52 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
             _ = shutdown.changed() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Recognises this instance's own messages without decoding them. Under eager every write
+/// comes back to its writer through the subscription; decoding it as JSON (a map, a string per
+/// member) only to learn that it is ours and read its timestamp was the one part of that round
+/// trip that is our own cost. What we send always ends, in this order (`wire::Out`), with
+/// `,"timestamp":T,"source":"<id>","epoch":"<epoch>"`, then `,"seq":N` or `,"inval_seq":N` or
+/// nothing, then `,"v":2}`: a payload that ends so is ours (or impersonates our source and
+/// epoch, which `handle` would ignore too, apart from the lag check), and anything else goes
+/// through the full decode.
+struct OwnSuffix {
+    /// `,"source":"<id>","epoch":"<epoch>"`
+    origin: Vec<u8>,
+}
+
+impl OwnSuffix {
+    fn new(s: &Shared) -> Self {
+        Self::of(&s.sender)
+    }
+
+    fn of(sender: &wire::Sender) -> Self {
+        OwnSuffix { origin: format!(r#","source":"{}","epoch":"{}""#, sender.source, sender.epoch).into_bytes() }
+    }
+
+    /// The timestamp of our own message, `None` for anything else.
+    fn timestamp(&self, payload: &[u8]) -> Option<f64> {
+        let rest = payload.strip_suffix(br#","v":2}"#)?;
+        // Drop an optional `,"seq":N` / `,"inval_seq":N`.
+        let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let before = &rest[..rest.len() - digits];
+        let rest = match digits {
+            1..=20 => before.strip_suffix(br#","seq":"#).or_else(|| before.strip_suffix(br#","inval_seq":"#)).unwrap_or(rest),
+            _ => rest,
+        };
+        let rest = rest.strip_suffix(self.origin.as_slice())?;
+        const TS: &[u8] = br#","timestamp":"#;
+        let start = rest.len().saturating_sub(48);
+        let at = rest[start..].windows(TS.len()).rposition(|w| w == TS)? + start + TS.len();
+        let num = &rest[at..];
+        // JSON's grammar, not Rust's (which also takes `+1`, `inf`, `NaN`).
+        if !num.first().is_some_and(|b| *b == b'-' || b.is_ascii_digit()) || !num.iter().all(|b| b"0123456789.eE+-".contains(b)) {
+            return None;
+        }
+        let ts: f64 = std::str::from_utf8(num).ok()?.parse().ok()?;
+        ts.is_finite().then_some(ts)
     }
 }
 
@@ -548,4 +598,50 @@ pub(crate) async fn final_drain(s: &Shared) -> Result<()> {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Sender;
+
+    #[test]
+    fn own_messages_are_recognised_without_decoding_and_nothing_else_is() {
+        // An epoch ending in digits, like a seq.
+        let me = Sender { source: "3f2a9c1b0d4e".into(), epoch: "9c1b0d4e3f2a9c19".into() };
+        let own = OwnSuffix::of(&me);
+        let keys = vec!["aci:shop:user:1".to_string(), "k\",\"source\":\"x".to_string()];
+        let ours = [
+            me.invalidate(&keys, Strategy::Eager, 17),
+            me.flush(Strategy::Batched, 18),
+            me.mark(18),
+            me.strategy_update(Strategy::Batched, 23.5, 18),
+            me.write_report(12, 4),
+            me.heartbeat(),
+        ];
+        for m in &ours {
+            let decoded = wire::decode(m.as_bytes()).unwrap().origin().timestamp;
+            // serde_json's default float parsing may round the last bit differently.
+            let fast = own.timestamp(m.as_bytes()).unwrap_or_else(|| panic!("not recognised: {m}"));
+            assert!((fast - decoded).abs() < 1e-6, "{m}: {fast} vs {decoded}");
+        }
+        // Another instance, another epoch of ours (a restart), other shapes: the full decode.
+        let other = Sender { source: "77aa00bb11cc".into(), epoch: me.epoch.clone() };
+        let old_me = Sender { source: me.source.clone(), epoch: "0011223344556677".into() };
+        for m in [other.invalidate(&keys, Strategy::Eager, 1), old_me.mark(3), other.heartbeat()] {
+            assert_eq!(own.timestamp(m.as_bytes()), None, "{m}");
+        }
+        let tail = r#","source":"3f2a9c1b0d4e","epoch":"9c1b0d4e3f2a9c19","seq":1,"v":2}"#;
+        for m in [
+            format!(r#"{{"action":"invalidate","keys":["a"],"timestamp":"x"{tail}"#),
+            format!(r#"{{"action":"invalidate","keys":["a"],"timestamp":NaN{tail}"#),
+            format!(r#"{{"action":"invalidate","keys":["a"],"timestamp":+5{tail}"#),
+            format!(r#"{{"action":"invalidate","keys":["a"]{tail}"#),
+            format!(r#"{{"keys":["a"],"source":"77aa00bb11cc","epoch":"9c1b0d4e3f2a9c19","seq":1,"v":2}}"#),
+            tail.to_string(),
+            String::new(),
+        ] {
+            assert_eq!(own.timestamp(m.as_bytes()), None, "{m}");
+        }
+    }
 }

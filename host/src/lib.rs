@@ -24,7 +24,10 @@ mod near_cache;
 pub mod policy;
 pub mod rollout;
 mod shared;
+mod transport;
+pub mod plot;
 pub mod simulate;
+pub mod workload;
 mod wire;
 
 pub use bundled::{bundled_policy, bundled_policy_names};
@@ -32,3 +35,4 @@ pub use cache::{termination_signal, AciCache, Stats, SwitchEvent};
 pub use config::{CacheBuilder, PolicySource, Role, Settings};
 pub use error::{ConfigError, Error, PolicyError, Result};
 pub use policy::{PolicyModule, SandboxLimits, Strategy};
+pub use transport::ClusterPubSub;

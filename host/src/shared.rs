@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use crate::config::Settings;
@@ -62,8 +61,8 @@ pub(crate) struct Shared {
     pub sender: Sender,
     pub l1: NearCache,
     pub policy: Mutex<PolicyRuntime>,
-    pub conn: ConnectionManager,
-    pub client: redis::Client,
+    pub conn: crate::transport::Conn,
+    pub client: crate::transport::PubSubSource,
     pub counters: Counters,
     /// Seq of the last invalidation message we published.
     pub inval_seq: AtomicU64,

@@ -39,11 +39,11 @@ def _unavailable(why: str) -> None:
 
 
 class RustNode:
-    def __init__(self, url: str, *args: str):
+    def __init__(self, url: str, *args: str, flag: str = "--redis"):
         if not ACI_BIN.is_file():
             _unavailable(f"{ACI_BIN} not found")
         self.proc = subprocess.Popen(
-            [str(ACI_BIN), "node", "--redis", url, *args],
+            [str(ACI_BIN), "node", flag, url, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1,
         )

@@ -14,6 +14,11 @@ fn demo_starts_its_own_redis_shows_all_three_strategies_and_exits() {
     assert!(stdout.contains("strategies seen: batched, eager, ttl"), "{stdout}\n{stderr}");
     assert!(!stdout.contains('\x1b'), "escape codes without a terminal");
     assert!(stdout.lines().filter(|l| l.starts_with("t=")).count() >= 10, "{stdout}");
+    // The measured ending: all-ttl, all-eager and adaptive on the same ramp.
+    for run in ["ttl", "eager", "adaptive"] {
+        assert!(stdout.lines().any(|l| l.trim_start().starts_with(run) && l.contains("messages") && l.contains("staleness p99")), "{stdout}");
+    }
+    assert!(stdout.contains("adaptive sent") && stdout.contains("of all-eager's messages"), "{stdout}");
 }
 
 
@@ -147,4 +152,45 @@ fn sigterm_publishes_the_pending_batch() {
     }
     eprintln!("reader saw the value {:?} after the write (SIGTERM at ~100 ms)", written.elapsed());
     rt.block_on(reader.shutdown()).unwrap();
+}
+
+#[test]
+fn two_nodes_on_a_cluster_see_each_others_writes() {
+    let c = aci_testkit::RedisCluster::start().expect("redis-server and redis-cli for the cluster");
+    // Two seeds are enough: the rest of the cluster is discovered.
+    let seeds = c.urls()[..2].join(",");
+    let args = |id: &str| -> Vec<String> {
+        ["--cluster", &seeds, "--namespace", "drvc", "--strategy", "eager", "--tick-ms", "100", "--instance-id", id]
+            .iter().map(|s| s.to_string()).collect()
+    };
+    let a_args = args("node-a");
+    let b_args = args("node-b");
+    let mut a = Node::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut b = Node::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    for k in 0..10 {
+        assert_eq!(a.cmd(&format!("set k{k} v1")), serde_json::json!({"ok": true}));
+        assert_eq!(b.cmd(&format!("get k{k}")), serde_json::json!({"value": "v1"}));
+        assert_eq!(a.cmd(&format!("set k{k} v2")), serde_json::json!({"ok": true}));
+        let end = Instant::now() + Duration::from_secs(1);
+        while b.cmd(&format!("get k{k}")) != serde_json::json!({"value": "v2"}) {
+            assert!(Instant::now() < end, "node-b never saw k{k}=v2");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(b.cmd("stats")["invalidations_applied"].as_u64().unwrap() >= 10);
+    assert_eq!(a.cmd("quit"), serde_json::json!({"bye": true}));
+    assert_eq!(b.cmd("quit"), serde_json::json!({"bye": true}));
+}
+
+#[test]
+fn demo_cluster_starts_its_own_cluster_shows_the_strategies_and_a_failover_and_exits() {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_aci")).args(["demo", "--cluster"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("strategies seen: batched, eager, ttl"), "{stdout}\n{stderr}");
+    assert!(stdout.contains(">>> killed master"), "{stdout}");
+    assert!(stdout.contains("failover: replica"), "the failover completed: {stdout}");
+    assert!(t.elapsed() < Duration::from_secs(90), "ends by itself: {:?}", t.elapsed());
 }

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod policy_cmd;
+mod cluster_cmd;
+mod workload;
 
 #[derive(Parser)]
 #[command(name = "aci", version, about = "Adaptive cache invalidation for Redis")]
@@ -37,18 +39,38 @@ enum Command {
         tick_ms: u64,
         #[command(flatten)]
         tuning: cli::Tuning,
+        /// Also draw the write rate and the strategy timeline as an SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Run several in-process instances on Redis through a write-rate ramp, live.
-    Demo(cli::DemoArgs),
-    /// Measure the cache against raw Redis on the same server.
-    Bench(cli::BenchArgs),
+    Demo {
+        #[command(flatten)]
+        args: cli::DemoArgs,
+        /// Start a private local Redis Cluster (3 masters + 3 replicas) and show the three
+        /// strategies and a failover on it (no other flag needed).
+        #[arg(long, conflicts_with = "redis")]
+        cluster: bool,
+    },
+    /// Measure the cache against raw Redis on the same server (`bench workload`: a fleet
+    /// through a write-rate trace, once per policy; `bench --cluster`: on a private cluster).
+    Bench {
+        #[command(subcommand)]
+        sub: Option<workload::BenchSub>,
+        #[command(flatten)]
+        args: cli::BenchArgs,
+        /// On a private local Redis Cluster: L1 hit vs cluster GET, set vs cluster SET per
+        /// strategy, eager A->B latency, Pub/Sub load per node sharded vs classic.
+        #[arg(long, conflicts_with = "redis")]
+        cluster: bool,
+    },
     /// Roll a policy out to a running fleet: push, status, rollback, promote, keygen
     /// (docs/WIRE.md section 9).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
     /// One cache instance driven by line commands on stdin (docs/NODE.md).
     Node {
-        /// --redis URL --namespace NS --role auto|controller|follower --strategy S --tick-ms N
+        /// --redis URL | --cluster URL[,URL...] --namespace NS --role auto|controller|follower --strategy S --tick-ms N
         /// --instance-id ID --local-ttl-ms N --policy-public-key HEX --policy-allow-hashes H,H
         /// --policy-rollback-faults N
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -58,7 +80,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACI_LOG").unwrap_or_else(|_| "warn,redis=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -88,7 +110,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { policy, trace, tick_ms, tuning } => {
+        Command::Simulate { policy, trace, tick_ms, tuning, svg } => {
             let module = match &policy {
                 Some(p) => PolicyModule::from_file(p, SandboxLimits::default()).with_context(|| format!("{}", p.display()))?,
                 None => PolicyModule::try_adaptive()?,
@@ -100,11 +122,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut rt = PolicyRuntime::new(module.clone(), cfg.clone(), 0)?;
             let sim = aci_cache::simulate::run(&mut rt, &writes, tick_ms, cfg.window_ms as u64 + cfg.hold_ms as u64);
             print!("{}", aci_cache::simulate::report(&sim, module.name(), module.version(), &cfg));
+            if let Some(path) = &svg {
+                let label = format!("{} {}", module.name(), module.version());
+                workload::simulate_svg(path, &writes, &sim, cfg.initial_strategy, &label)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(cmd) => policy_cmd::run(cmd),
-        Command::Demo(args) => cli::demo(args),
-        Command::Bench(args) => cli::bench(args),
+        Command::Demo { cluster: true, .. } => cluster_cmd::demo(),
+        Command::Demo { args, .. } => cli::demo(args),
+        Command::Bench { cluster: true, args, .. } => cluster_cmd::bench(args.scale),
+        Command::Bench { sub, args, .. } => {
+            let b = workload::BenchCmd { sub, args };
+            match b.sub {
+                Some(workload::BenchSub::Workload(w)) => workload::bench_workload(w),
+                None => cli::bench(b.args),
+            }
+        }
         Command::Node { args } => match cli::NodeArgs::parse(&args) {
             Ok(a) => cli::node(a),
             Err(why) => {

@@ -146,8 +146,11 @@ def own_client(client: Any, timeout: float, retry: Any) -> Tuple[Any, Any]:
 
 
 class Core:
-    def __init__(self, cfg: CacheConfig, encoder: Any, decode_responses: bool):
+    def __init__(self, cfg: CacheConfig, encoder: Any, decode_responses: bool, cluster: bool = False):
         self.cfg = cfg
+        #: On a Redis Cluster (docs/WIRE.md "Redis Cluster"): sharded Pub/Sub on hash-tagged
+        #: channels, and the topology watched every tick.
+        self.cluster = cluster
         self.encoder = encoder
         self.decode_responses = decode_responses
         self._encoding = getattr(encoder, "encoding", "utf-8")
@@ -158,6 +161,14 @@ class Core:
         self.names = n = wire.Names(cfg.channel_prefix, cfg.namespace, self.instance_id)
         self.key_prefix = n.key_prefix
         self.ch_inval, self.ch_strategy, self.ch_reports, self.ch_live = n.invalidation, n.strategy, n.reports, n.liveness
+        self.pub = "PUBLISH"
+        if cluster:
+            self.ch_inval, self.ch_strategy, self.ch_reports, self.ch_live = n.cluster_channels()
+            self.pub = "SPUBLISH"
+        # cluster topology: L1 serves only while every master owning slots is up (see _cluster)
+        self.topo_ok = True
+        self.topo_fp: Any = None
+        self.resub_wanted = False  # the slot map changed: the subscription is over (WIRE.md 10.3)
         self.lease_key = n.lease
         self.enc = wire.Encoder(self.instance_id, self.epoch)
         self.lease_ms = max(1, int(round(cfg.controller_interval * 1000)))
@@ -256,6 +267,8 @@ class Core:
             callback_errors=0,
             resubscribes=0,
             lag_suspensions=0,
+            topology_suspensions=0,
+            topology_changes=0,
             policy_swaps=0,
         )
         self.malformed = {k: 0 for k in wire.MALFORMED_KINDS}
@@ -264,6 +277,9 @@ class Core:
         from .rollout import Follower
 
         self.rollout: Optional[Follower] = Follower(self) if cfg.follow_rollouts else None
+        if self.rollout is not None and cluster:
+            # in the channels' slot like the others (WIRE.md 10.1), or SSUBSCRIBE fails CROSSSLOT
+            self.rollout.ch_policy = "{" + n.p + "}:policy"
         self.ch_policy = self.rollout.ch_policy if self.rollout is not None else None
 
     # ------------------------------------------------------------------------------------------
@@ -512,7 +528,7 @@ class Core:
         """L1 read. Returns (hit, value, fill token); the token is None when L1 is bypassed."""
         with self.lock:
             self.n_reads += 1
-            if not self.link_up or self.lagging:
+            if not self.link_up or self.lagging or not self.topo_ok:
                 return False, None, None
             e = self.l1.get(rk)
             if e is not None:
@@ -536,7 +552,7 @@ class Core:
             return
         i = hash(rk) % _STRIPES
         with self.lock:
-            if not self.link_up or self.lagging or i in self.writing or token != (self.stripes[i], self.flush_gen):
+            if not self.link_up or self.lagging or not self.topo_ok or i in self.writing or token != (self.stripes[i], self.flush_gen):
                 return
             self._install(rk, value, time.monotonic() + ttl)
 
@@ -565,7 +581,7 @@ class Core:
             alone = w == 0 and self.stripes[i] == gen
             # GETs that started during the write may have read the old value: void them
             self.stripes[i] += 1
-            if ok and alone and self.link_up and not self.lagging:
+            if ok and alone and self.link_up and not self.lagging and self.topo_ok:
                 self._install(rk, value, time.monotonic() + (ttl if ttl < self.local_ttl else self.local_ttl))
             else:
                 self._drop(rk)
@@ -596,10 +612,10 @@ class Core:
         enc, ch = self.enc, self.ch_inval
         if flush or self.need_flush:
             self.seq += 1
-            cmds.append(("PUBLISH", ch, enc.encode("flush", now, strategy="batched", seq=self.seq)))
+            cmds.append((self.pub, ch, enc.encode("flush", now, strategy="batched", seq=self.seq)))
         for keys, strategy in chunks:
             self.seq += 1
-            cmds.append(("PUBLISH", ch, enc.encode("invalidate", now, keys=keys, strategy=strategy, seq=self.seq)))
+            cmds.append((self.pub, ch, enc.encode("invalidate", now, keys=keys, strategy=strategy, seq=self.seq)))
         return cmds
 
     def _published(self, n: int, inval: bool) -> None:
@@ -653,7 +669,7 @@ class Core:
             cmds = self._flush_owed()
             cmds.append(cmd)
             self.seq += 1
-            cmds.append(("PUBLISH", self.ch_inval, self.enc.invalidate_one(rk, "eager", self.seq, time.time())))
+            cmds.append((self.pub, self.ch_inval, self.enc.invalidate_one(rk, "eager", self.seq, time.time())))
         else:
             cmds = [cmd]
         return cmds, rk, norm, t, self.begin_write(rk), eager
@@ -677,7 +693,7 @@ class Core:
         cmds = self._flush_owed()
         cmds.append(("DEL", rk))
         self.seq += 1
-        cmds.append(("PUBLISH", self.ch_inval, self.enc.invalidate_one(rk, "eager", self.seq, time.time())))
+        cmds.append((self.pub, self.ch_inval, self.enc.invalidate_one(rk, "eager", self.seq, time.time())))
         return cmds, rk, None, 0.0, self.begin_write(rk), True
 
     def delete_done(self, plan: Tuple[Any, ...], res: Any) -> int:
@@ -696,7 +712,7 @@ class Core:
         if not self.need_flush:
             return []
         self.seq += 1
-        return [("PUBLISH", self.ch_inval, self.enc.encode("flush", time.time(), strategy="batched", seq=self.seq))]
+        return [(self.pub, self.ch_inval, self.enc.encode("flush", time.time(), strategy="batched", seq=self.seq))]
 
     def op_flush(self) -> Program:
         """Delete the data (the namespace's keys; without a namespace, the database, as the
@@ -707,7 +723,10 @@ class Core:
             self.unbatched_overflow = False
             self._flush_l1()
             self.flush_gen += 1
-        if self.key_prefix:
+        if self.cluster:
+            # every master's keys: the front end scans each (FLUSHDB goes to every master)
+            yield ("cluster_clear", self.key_prefix + "*" if self.key_prefix else None)
+        elif self.key_prefix:
             cursor: Any = 0
             pattern = self.key_prefix + "*"  # names are [A-Za-z0-9._-]: no glob character to escape
             while True:
@@ -733,6 +752,13 @@ class Core:
             yield ("cmds", [("PING",)])
         except Exception as e:
             raise ConnectionError(f"aci-cache: Redis does not answer PING ({type(e).__name__}: {e})") from e
+        if self.cluster:
+            # the slot map L1 starts under: any change from it flushes what was filled meanwhile
+            try:
+                healthy, fp = yield ("topology",)
+            except Exception:
+                healthy, fp = False, None
+            self.on_topology(healthy, fp)
         if self.configured_role == "auto":
             yield from self._lease()
         if self.rollout is not None:
@@ -788,6 +814,13 @@ class Core:
                 self.ctrl_heard = -math.inf
 
     def _tick(self, final: bool = False) -> Program:
+        if not final and self.cluster:
+            try:
+                healthy, fp = yield ("topology",)
+            except Exception as e:
+                healthy, fp = False, None
+                log.debug("aci-cache %s: CLUSTER NODES: %s", self.instance_id, e)
+            self.on_topology(healthy, fp)
         if not final and self.configured_role == "auto":
             yield from self._lease()
         mono = time.monotonic()
@@ -825,7 +858,7 @@ class Core:
         cmds = self._inval_cmds(chunks, False) if (chunks or self.need_flush) else []
         n_inval = len(cmds)
         if self.seq == self.seq_at_tick and self.seq > self.marked and not n_inval:
-            cmds.append(("PUBLISH", self.ch_inval, self.enc.encode("mark", time.time(), inval_seq=self.seq)))
+            cmds.append((self.pub, self.ch_inval, self.enc.encode("mark", time.time(), inval_seq=self.seq)))
             self.marked = self.seq
             n_inval += 1
         self.seq_at_tick = self.seq
@@ -833,16 +866,16 @@ class Core:
         if not final:
             if self.is_controller:
                 if self.strategy != self.announced_strategy or mono - self.last_strategy_update >= HEARTBEAT:
-                    cmds.append(("PUBLISH", self.ch_strategy, self.enc.encode(
+                    cmds.append((self.pub, self.ch_strategy, self.enc.encode(
                         "strategy_update", wall, strategy=self.strategy, write_rate=self.write_rate,
                         inval_seq=self.seq)))
                     self.announced_strategy = self.strategy
                     self.last_strategy_update = mono
             elif reports:
-                cmds.append(("PUBLISH", self.ch_reports, self.enc.encode(
+                cmds.append((self.pub, self.ch_reports, self.enc.encode(
                     "write_report", wall, count=min(reports, U32_MAX), inval_seq=self.seq)))
             if mono - self.last_heartbeat >= HEARTBEAT:
-                cmds.append(("PUBLISH", self.ch_live, self.enc.encode("heartbeat", wall)))
+                cmds.append((self.pub, self.ch_live, self.enc.encode("heartbeat", wall)))
                 self.last_heartbeat = mono
                 self.heartbeats_out.append(wall)
             self._check_lag(wall)
@@ -1065,6 +1098,31 @@ class Core:
                     self.remote_count = min(self.remote_count + m["count"], 1 << 64)
             return False
 
+    def on_topology(self, healthy: bool, fp: Any) -> None:
+        """The tick's reading of the cluster topology (or healthy=False if it could not be read,
+        or a command failed on a connection): flush and stop serving L1 while a master is down,
+        flush again when the masters changed (see _cluster)."""
+        with self.lock:
+            if not healthy:
+                if self.topo_ok:
+                    self.topo_ok = False
+                    self.stats_c["topology_suspensions"] += 1
+                    log.warning("aci-cache %s: a cluster master is failing or unreachable: local cache flushed "
+                                "and suspended", self.instance_id)
+                self._flush_l1()
+                return
+            changed = self.topo_fp is not None and fp != self.topo_fp
+            self.topo_fp = fp
+            if changed or not self.topo_ok:
+                self._flush_l1()
+                if changed:
+                    self.stats_c["topology_changes"] += 1
+                    self.resub_wanted = True
+                if not self.topo_ok:
+                    log.warning("aci-cache %s: cluster topology healthy again%s: local cache back", self.instance_id,
+                                " (masters changed)" if changed else "")
+                self.topo_ok = True
+
     def _lost(self, why: str) -> None:
         """A loss (caller holds the lock): flush L1."""
         self.stats_c["gaps"] += 1
@@ -1118,9 +1176,23 @@ class Core:
                 self.last_msg = time.monotonic()
                 up = False
                 while not self.stopping:
+                    if self.resub_wanted:
+                        self.resub_wanted = False
+                        raise ConnectionError("the cluster's slot map changed: resubscribing")
                     msg = yield ("ps_get", 0.1)
                     if msg is not None:
                         kind = msg.get("type")
+                        if isinstance(kind, bytes):
+                            kind = kind.decode()
+                        if kind == "smessage":
+                            kind = "message"
+                        elif kind == "ssubscribe":
+                            kind = "subscribe"
+                        elif kind == "sunsubscribe":
+                            ch = msg.get("channel")
+                            ch = ch.decode("utf-8", "replace") if isinstance(ch, bytes) else ch
+                            if ch in base:  # the server dropped us: the channel's slot moved
+                                raise ConnectionError(f"the server ended our subscription to {ch} (slot moved)")
                         if kind == "message":
                             if self.ch_policy is not None and _channel(msg.get("channel")) == self.ch_policy:
                                 self.last_msg = time.monotonic()
@@ -1188,6 +1260,7 @@ class Core:
             d["l1_bytes"] = self.l1_bytes
             d["link_up"] = self.link_up
             d["lagging"] = self.lagging
+            d["topology_ok"] = self.topo_ok
             d["role"] = "controller" if self.is_controller else "follower"
             d["is_controller"] = self.is_controller
             d["configured_role"] = self.configured_role

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List, Optional
 
-from . import _exit
+from . import _cluster, _exit
 from ._core import Core, FrontEnd, Program, RunningPolicy, log, own_client
 from .config import CacheConfig
 
@@ -17,7 +17,7 @@ class AsyncAdaptiveCache(FrontEnd):
     """The asyncio twin of :class:`~aci_cache.AdaptiveCache`: the same settings and behaviour,
     with coroutine methods. Start it with ``async with`` or ``await cache.start()`` (the first
     operation starts it too); stop it with ``await cache.stop()``. ``on_switch`` callbacks may be
-    coroutine functions."""
+    coroutine functions. ``redis_client`` may be a ``redis.asyncio.cluster.RedisCluster``."""
 
     def __init__(self, redis_client: Any, pubsub_client: Any = None, **config: Any):
         cfg = CacheConfig.from_kwargs(**config)
@@ -25,9 +25,19 @@ class AsyncAdaptiveCache(FrontEnd):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        self._client, self._own_pool = own_client(redis_client, cfg.command_timeout, Retry(NoBackoff(), 0))
+        self._cluster = _cluster.is_cluster(redis_client)
+        self._ps_node: Any = None
+        self._ps_conn: Any = None
+        self._ps_failed = False
+        self._watch: dict = {}
+        if self._cluster:
+            # redis.asyncio.cluster.RedisCluster: see AdaptiveCache and docs/WIRE.md "Redis Cluster"
+            self._client = _cluster.own_cluster_client(redis_client, cfg.command_timeout, True)
+            self._own_pool = None
+        else:
+            self._client, self._own_pool = own_client(redis_client, cfg.command_timeout, Retry(NoBackoff(), 0))
         enc = redis_client.get_encoder()
-        self._core = Core(cfg, enc, bool(getattr(enc, "decode_responses", False)))
+        self._core = Core(cfg, enc, bool(getattr(enc, "decode_responses", False)), self._cluster)
         self._pubsub_src = pubsub_client
         self._ps: Any = None
         self._tasks: List["asyncio.Task[Any]"] = []
@@ -56,6 +66,8 @@ class AsyncAdaptiveCache(FrontEnd):
 
     async def _do_cmds(self, cmds: List[Any]) -> List[Any]:
         c = self._client
+        if self._cluster:
+            return await self._cluster_cmds(cmds)
         if len(cmds) == 1:
             return [await c.execute_command(*cmds[0])]
         pipe = c.pipeline(transaction=False)
@@ -63,6 +75,100 @@ class AsyncAdaptiveCache(FrontEnd):
             pipe.execute_command(*cmd)
         return await pipe.execute()
 
+    async def _cluster_cmds(self, cmds: List[Any]) -> List[Any]:
+        """As AdaptiveCache._cluster_cmds: runs of one slot, in order."""
+        from redis.exceptions import RedisError, ResponseError
+
+        c = self._client
+        out: List[Any] = []
+        err: Optional[Exception] = None
+        try:
+            for run in _cluster.runs(cmds):
+                if len(run) == 1:
+                    try:
+                        if tuple(run[0]) == ("PING",):
+                            await c.initialize()
+                            out.append(await c.execute_command("PING", target_nodes=c.get_default_node()))
+                        else:
+                            out.append(await c.execute_command(*run[0]))
+                    except ResponseError as e:
+                        out.append(e)
+                        err = err or e
+                    continue
+                pipe = c.pipeline(transaction=False)
+                for cmd in run:
+                    pipe.execute_command(*cmd)
+                for r in await pipe.execute(raise_on_error=False):
+                    out.append(r)
+                    if isinstance(r, ResponseError):
+                        err = err or r
+                    elif isinstance(r, Exception):
+                        raise r  # a connection or cluster error: nothing of this run is known
+        except (OSError, RedisError) as e:
+            if not isinstance(e, ResponseError):
+                self._core.on_topology(False, None)
+            raise
+        if err is not None:
+            raise err
+        return out
+
+    @staticmethod
+    def _one(res: Any) -> Any:
+        return next(iter(res.values())) if isinstance(res, dict) else res
+
+    async def _do_topology(self) -> Any:
+        c = self._client
+        node = self._ps_node
+        if node is None or c.get_node(node_name=node.name) is None:
+            node = c.get_random_node()
+        healthy, fp = _cluster.topology(self._one(await c.execute_command("CLUSTER", "NODES", target_nodes=node)))
+        # as AdaptiveCache._do_topology: a reset of our own connection to a master = a restart
+        from redis.asyncio.connection import Connection
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        watch = self._watch
+        primaries = {n.name: n for n in c.get_primaries()}
+        for name in list(watch):
+            if name not in primaries:
+                await watch.pop(name).disconnect()
+        for name, n in primaries.items():
+            conn = watch.get(name)
+            try:
+                if conn is None:
+                    conn = Connection(host=n.host, port=n.port, retry=Retry(NoBackoff(), 0),
+                                      **_cluster.conn_kwargs(c, self.config.command_timeout))
+                    watch[name] = conn
+                    await conn.connect()
+                await conn.send_command("PING")
+                await conn.read_response()
+            except Exception:
+                healthy = False
+                bad = watch.pop(name, None)
+                if bad is not None:
+                    try:
+                        await bad.disconnect()
+                    except Exception:
+                        pass
+        return healthy, fp
+
+    async def _do_cluster_clear(self, pattern: Optional[str]) -> None:
+        c = self._client
+        if pattern is None:
+            await c.execute_command("FLUSHDB", target_nodes=c.get_primaries())
+            return
+        for node in c.get_primaries():
+            cursor: Any = 0
+            while True:
+                cursor, keys = self._one(await c.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000,
+                                                                 target_nodes=node))
+                by_slot: dict = {}
+                for k in keys:
+                    by_slot.setdefault(_cluster.key_slot(k if isinstance(k, bytes) else k.encode()), []).append(k)
+                for ks in by_slot.values():
+                    await c.execute_command("UNLINK", *ks)
+                if int(cursor) == 0:
+                    break
     async def _do_raw(self, cmd: Any) -> Any:
         from redis.client import NEVER_DECODE
 
@@ -101,6 +207,21 @@ class AsyncAdaptiveCache(FrontEnd):
                 self._core.callback_failed()
 
     async def _do_ps_open(self) -> None:
+        if self._cluster:
+            import redis.asyncio as aredis
+
+            c = self._client
+            await c.initialize()  # once; a no-op afterwards
+            if self._ps_failed:
+                await c.nodes_manager.initialize()  # the slot map may be stale after a failure
+            self._ps_failed = True
+            node = c.nodes_manager.get_node_from_slot(_cluster.key_slot(self._core.ch_inval.encode()))
+            self._ps_node = node
+            kw = _cluster.conn_kwargs(c, self.config.command_timeout)
+            await self._close_ps_conn()
+            self._ps_conn = aredis.Redis(host=node.host, port=node.port, **kw)
+            self._ps = self._ps_conn.pubsub()
+            return
         src = self._pubsub_src
         if src is None:
             self._ps = self._client.pubsub()
@@ -111,7 +232,10 @@ class AsyncAdaptiveCache(FrontEnd):
             self._ps = src.pubsub()
 
     async def _do_ps_sub(self, channels: List[str]) -> None:
-        await self._ps.subscribe(*channels)
+        if self._cluster:
+            await self._ps.ssubscribe(*channels)
+        else:
+            await self._ps.subscribe(*channels)
         # A dead link must surface here rather than be retried inside redis-py while messages are
         # lost; the original retry goes back with the connection when it is released.
         conn = getattr(self._ps, "connection", None)
@@ -123,10 +247,24 @@ class AsyncAdaptiveCache(FrontEnd):
             conn.retry = Retry(NoBackoff(), 0)
 
     async def _do_ps_unsub(self, channels: List[str]) -> None:
-        await self._ps.unsubscribe(*channels)
+        if self._cluster:
+            await self._ps.sunsubscribe(*channels)
+        else:
+            await self._ps.unsubscribe(*channels)
 
     async def _do_ps_get(self, timeout: float) -> Any:
-        return await self._ps.get_message(timeout=timeout)
+        msg = await self._ps.get_message(timeout=timeout)
+        if msg is not None and self._cluster and msg.get("type") in ("ssubscribe", b"ssubscribe"):
+            self._ps_failed = False
+        return msg
+
+    async def _close_ps_conn(self) -> None:
+        conn, self._ps_conn = self._ps_conn, None
+        if conn is not None:
+            try:
+                await conn.aclose()
+            except Exception:
+                pass
 
     async def _do_ps_close(self) -> None:
         ps, self._ps = self._ps, None
@@ -139,6 +277,7 @@ class AsyncAdaptiveCache(FrontEnd):
             await (ps.aclose() if hasattr(ps, "aclose") else ps.reset())
         except Exception:
             pass
+        await self._close_ps_conn()
 
     # ------------------------------------------------------------------------------------------
     # lifecycle
@@ -187,11 +326,19 @@ class AsyncAdaptiveCache(FrontEnd):
             await asyncio.wait_for(self._run(self._core.op_stop()), self.config.stop_timeout)
         except asyncio.TimeoutError:
             log.error("aci-cache %s: the final publish did not finish within stop_timeout", self.instance_id)
-        if self._own_pool is not None:
+        for conn in self._watch.values():
             try:
-                await self._own_pool.disconnect()
+                await conn.disconnect()
             except Exception:
                 pass
+        self._watch.clear()
+        try:
+            if self._cluster:
+                await self._client.aclose()
+            elif self._own_pool is not None:
+                await self._own_pool.disconnect()
+        except Exception:
+            pass
 
     aclose = stop
 
@@ -203,6 +350,8 @@ class AsyncAdaptiveCache(FrontEnd):
             return
         self._stopped = True
         self._core.stopping = True
+        if self._cluster:
+            return  # no event loop to route over the cluster: batched keys age out by local_ttl
         pool = getattr(self._client, "connection_pool", None)
         cls = getattr(pool, "connection_class", None)
         if cls is None or cls.__module__ != "redis.asyncio.connection":

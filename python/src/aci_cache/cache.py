@@ -7,9 +7,9 @@ import threading
 import time
 from typing import Any, List, Optional
 
-from . import _exit
+from . import _cluster, _exit
 from ._core import Core, FrontEnd, Program, RunningPolicy, log, own_client
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ._rawsub import RawSub
 from .config import CacheConfig
@@ -22,6 +22,9 @@ class AdaptiveCache(FrontEnd):
     ``AdaptiveCache(redis_client, pubsub_client=None, **config)``: ``redis_client`` is a
     ``redis.Redis`` (or ``fakeredis.FakeRedis``); the Pub/Sub connection is taken from
     ``pubsub_client`` when given (a client or a ``PubSub``), else from ``redis_client.pubsub()``.
+    ``redis_client`` may also be a ``redis.cluster.RedisCluster``: the cache then uses sharded
+    Pub/Sub on the shard of its namespace's channels (``pubsub_client`` is not used) and
+    watches the cluster's topology (see docs/WIRE.md, "Redis Cluster").
     Settings: see :class:`CacheConfig` (invalid ones raise ``ValueError`` naming the setting).
     The constructor fails at once (``ConnectionError``) if Redis does not answer.
 
@@ -35,11 +38,21 @@ class AdaptiveCache(FrontEnd):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self._client, self._own_pool = own_client(redis_client, cfg.command_timeout, Retry(NoBackoff(), 0))
-        cls = getattr(self._own_pool, "connection_class", None)
-        self._fast_pool = self._own_pool if cls is not None and cls.__module__ == "redis.connection" else None
-        enc = redis_client.get_encoder()
-        self._core = core = Core(cfg, enc, bool(getattr(enc, "decode_responses", False)))
+        self._cluster = _cluster.is_cluster(redis_client)
+        self._ps_node: Any = None
+        self._ps_failed = False
+        self._watch: dict = {}
+        if self._cluster:
+            self._client = _cluster.own_cluster_client(redis_client, cfg.command_timeout, False)
+            self._own_pool = None
+            self._fast_pool = None
+            enc = redis_client.get_encoder()
+        else:
+            self._client, self._own_pool = own_client(redis_client, cfg.command_timeout, Retry(NoBackoff(), 0))
+            cls = getattr(self._own_pool, "connection_class", None)
+            self._fast_pool = self._own_pool if cls is not None and cls.__module__ == "redis.connection" else None
+            enc = redis_client.get_encoder()
+        self._core = core = Core(cfg, enc, bool(getattr(enc, "decode_responses", False)), self._cluster)
         self._pubsub_src = pubsub_client
         self._ps: Any = None
         self._raw: Optional[RawSub] = None
@@ -50,8 +63,7 @@ class AdaptiveCache(FrontEnd):
         try:
             self._run(core.op_start())
         except BaseException:
-            if self._own_pool is not None:
-                self._own_pool.disconnect()
+            self._close_own()
             raise
         iid = core.instance_id
         self._ps_thread = threading.Thread(target=self._run, args=(core.sub_loop(),), name=f"aci-pubsub-{iid}",
@@ -112,6 +124,8 @@ class AdaptiveCache(FrontEnd):
                 raise err
             return out
         c = self._client
+        if self._cluster:
+            return self._cluster_cmds(cmds)
         if len(cmds) == 1:
             return [c.execute_command(*cmds[0])]
         pipe = c.pipeline(transaction=False)
@@ -119,6 +133,86 @@ class AdaptiveCache(FrontEnd):
             pipe.execute_command(*cmd)
         return pipe.execute()
 
+    def _cluster_cmds(self, cmds: List[Any]) -> List[Any]:
+        """Runs of commands on one slot, one pipeline each, in order: a SET is acknowledged
+        before the SPUBLISH of its invalidation (on another shard) is sent."""
+        c = self._client
+        out: List[Any] = []
+        err: Optional[Exception] = None
+        try:
+            for run in _cluster.runs(cmds):
+                if len(run) == 1:
+                    try:
+                        if run[0] == ("PING",):  # one node answering is enough to start
+                            out.append(c.execute_command("PING", target_nodes=c.get_default_node()))
+                        else:
+                            out.append(c.execute_command(*run[0]))
+                    except ResponseError as e:
+                        out.append(e)
+                        err = err or e
+                    continue
+                pipe = c.pipeline(transaction=False)
+                for cmd in run:
+                    pipe.execute_command(*cmd)
+                for r in pipe.execute(raise_on_error=False):
+                    out.append(r)
+                    if isinstance(r, ResponseError):
+                        err = err or r
+                    elif isinstance(r, Exception):
+                        raise r  # a connection or cluster error: nothing of this run is known
+        except (OSError, RedisError) as e:
+            if not isinstance(e, ResponseError):
+                # A node unreachable or a slot moving: what L1 holds from it may be lost.
+                self._core.on_topology(False, None)
+            raise
+        if err is not None:
+            raise err
+        return out
+
+    def _do_topology(self) -> Any:
+        node = self._ps_node
+        c = self._client
+        if node is None or c.get_node(node_name=node.name) is None:
+            node = c.get_random_node()
+        healthy, fp = _cluster.topology(c.execute_command("CLUSTER", "NODES", target_nodes=node))
+        # One connection of our own per master, PINGed each tick: a reset means the node crashed
+        # or restarted (maybe empty, within the node timeout, which no slot map shows).
+        watch = self._watch
+        primaries = {n.name: n for n in c.get_primaries()}
+        for name in list(watch):
+            if name not in primaries:
+                watch.pop(name).disconnect()
+        for name, n in primaries.items():
+            conn = watch.get(name)
+            try:
+                if conn is None:
+                    conn = watch[name] = _cluster.watch_connection(n, c, self.config.command_timeout)
+                conn.send_command("PING")
+                conn.read_response()
+            except Exception:
+                healthy = False
+                bad = watch.pop(name, None)
+                if bad is not None:
+                    bad.disconnect()
+        return healthy, fp
+
+    def _do_cluster_clear(self, pattern: Optional[str]) -> None:
+        c = self._client
+        if pattern is None:
+            c.execute_command("FLUSHDB", target_nodes=c.get_primaries())
+            return
+        for node in c.get_primaries():
+            r = c.get_redis_connection(node)
+            cursor: Any = 0
+            while True:
+                cursor, keys = r.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                by_slot: dict = {}
+                for k in keys:
+                    by_slot.setdefault(_cluster.key_slot(k if isinstance(k, bytes) else k.encode()), []).append(k)
+                for ks in by_slot.values():
+                    c.execute_command("UNLINK", *ks)
+                if int(cursor) == 0:
+                    break
     def _do_raw(self, cmd: Any) -> Any:
         """One command whose reply comes back undecoded (a component's bytes)."""
         from redis.client import NEVER_DECODE
@@ -146,6 +240,16 @@ class AdaptiveCache(FrontEnd):
                 self._core.callback_failed()
 
     def _do_ps_open(self) -> None:
+        if self._cluster:
+            # the master of our channels' slot; after a failure the slot map may be stale
+            c = self._client
+            if self._ps_failed:
+                c.nodes_manager.initialize()
+            self._ps_failed = True
+            node = c.nodes_manager.get_node_from_slot(_cluster.key_slot(self._core.ch_inval.encode()))
+            self._ps_node = node
+            self._ps = c.get_redis_connection(node).pubsub()
+            return
         src = self._pubsub_src
         if src is None:
             ps = self._client.pubsub()
@@ -157,8 +261,11 @@ class AdaptiveCache(FrontEnd):
         self._ps = ps
 
     def _do_ps_sub(self, channels: List[str]) -> None:
-        self._ps.subscribe(*channels)
-        if self._raw is None:
+        if self._cluster:
+            self._ps.ssubscribe(*channels)
+        else:
+            self._ps.subscribe(*channels)
+        if self._raw is None and not self._cluster:
             sock = RawSub.usable(self._ps)
             if sock is not None:
                 self._raw = RawSub(sock, self._core.enc.own_prefix_b)
@@ -173,12 +280,18 @@ class AdaptiveCache(FrontEnd):
             conn.retry = Retry(NoBackoff(), 0)
 
     def _do_ps_unsub(self, channels: List[str]) -> None:
-        self._ps.unsubscribe(*channels)
+        if self._cluster:
+            self._ps.sunsubscribe(*channels)
+        else:
+            self._ps.unsubscribe(*channels)
 
     def _do_ps_get(self, timeout: float) -> Any:
         if self._raw is not None:
             return self._raw.get(timeout)
-        return self._ps.get_message(timeout=timeout)
+        msg = self._ps.get_message(timeout=timeout)
+        if msg is not None and self._cluster and msg.get("type") == "ssubscribe":
+            self._ps_failed = False
+        return msg
 
     def _do_ps_close(self) -> None:
         ps, self._ps = self._ps, None
@@ -282,11 +395,23 @@ class AdaptiveCache(FrontEnd):
                 if t.is_alive():
                     log.error("aci-cache %s: %s did not finish within stop_timeout (Redis frozen?)",
                               self.instance_id, t.name)
-        if self._own_pool is not None and not self._tick_thread.is_alive() and me is not self._tick_thread:
+        if not self._tick_thread.is_alive() and me is not self._tick_thread:
+            self._close_own()
+
+    def _close_own(self) -> None:
+        for conn in self._watch.values():
             try:
-                self._own_pool.disconnect()
+                conn.disconnect()
             except Exception:
                 pass
+        self._watch.clear()
+        try:
+            if self._cluster:
+                self._client.close()
+            elif self._own_pool is not None:
+                self._own_pool.disconnect()
+        except Exception:
+            pass
 
     close = stop
     _exit_stop = stop

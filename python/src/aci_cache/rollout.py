@@ -551,11 +551,18 @@ class Follower:
             "reason": f"auto-rollback: {core.instance_id}: {why}"[:200],
             "at": f"{time.time():.3f}",
         }
-        args: List[Any] = [str(rec.rollout), self.ch_policy,
-                           core.enc.encode("policy", time.time(), rollout=new_rollout)]
+        ann = core.enc.encode("policy", time.time(), rollout=new_rollout)
+        args: List[Any] = [str(rec.rollout), self.ch_policy, ann]
         for k, v in fields.items():
             args += [k, v]
         done = (yield ("cmds", [("EVAL", CAS_LUA, 1, self.k_current, *args)]))[0]
+        if int(done or 0) == 1 and getattr(core, "cluster", False):
+            # On a cluster the script's PUBLISH is classic (the record's slot is not the
+            # channel's): sharded subscribers hear the announcement only from an SPUBLISH.
+            try:
+                yield ("cmds", [("SPUBLISH", self.ch_policy, ann)])
+            except Exception as e:
+                log.warning("aci-cache %s: announcing rollout %d: %s", core.instance_id, new_rollout, e)
         if int(done or 0) == 1:
             with core.lock:
                 core.stats_c["messages_sent"] += 1

@@ -109,6 +109,12 @@ class Names:
         self.liveness = f"{p}:liveness:{instance_id}"
         self.lease = self.protocol_key("controller")
 
+    def cluster_channels(self) -> Tuple[str, str, str, str]:
+        """The channels on a Redis Cluster (docs/WIRE.md "Redis Cluster"): the same names under
+        one hash tag ``{P}``, so all of them live in one slot (sharded Pub/Sub)."""
+        t = "{" + self.p + "}"
+        return (f"{t}:invalidation", f"{t}:strategy", f"{t}:reports", f"{t}:liveness:{self.instance_id}")
+
     def protocol_key(self, name: str) -> str:
         if self.namespace is None:
             return f"{self.prefix}::{name}"

@@ -24,8 +24,14 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The server binary: `ACI_REDIS_SERVER` when set (e.g. Valkey's `valkey-server`), else
+/// `redis-server` on PATH.
+pub fn server_binary() -> String {
+    std::env::var("ACI_REDIS_SERVER").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "redis-server".to_string())
+}
+
 fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Result<Child, RedisServerError> {
-    Command::new("redis-server")
+    Command::new(server_binary())
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)

@@ -234,7 +234,7 @@ func TestVectors(t *testing.T) {
 // replay runs a vector's steps on a fresh engine and stops at the first mismatch: later steps
 // start from a state that already differs, so their failures would only be noise.
 func replay(t *testing.T, v vector) {
-	if v.Policy != "adaptive" && v.Policy != "fixed" {
+	if v.Policy != "adaptive" && v.Policy != "fixed" && v.Policy != "budget" {
 		t.Fatalf("vector %s: unknown policy %q", v.Name, v.Policy)
 	}
 	if len(v.Steps) == 0 {

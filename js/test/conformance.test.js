@@ -112,7 +112,7 @@ describe('trace vectors', () => {
     const names = VECTORS.map((v) => v.name);
     assert.equal(new Set(names).size, names.length, 'duplicate vector names');
     for (const v of VECTORS) {
-      assert.ok(['adaptive', 'fixed'].includes(v.policy), `${v.file}: unknown policy ${v.policy}`);
+      assert.ok(['adaptive', 'fixed', 'budget'].includes(v.policy), `${v.file}: unknown policy ${v.policy}`);
       assert.ok(Array.isArray(v.steps) && v.steps.length > 0, `${v.file}: no steps`);
     }
   });

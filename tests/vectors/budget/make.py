@@ -54,7 +54,7 @@ VECTORS = [
 
 if __name__ == "__main__":
     for v in VECTORS:
-        with open(os.path.join(HERE, v["name"] + ".json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(os.path.dirname(HERE), v["name"] + ".json"), "w", encoding="utf-8") as f:
             json.dump(v, f, ensure_ascii=False, indent=1)
             f.write("\n")
     print(f"wrote {len(VECTORS)} vectors")

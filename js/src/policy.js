@@ -32,6 +32,8 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { coreInterface } from './component.js';
 import { meterModule } from './meter.js';
 import { readStamp, sha256 } from './transpile.js';
 
@@ -415,7 +417,11 @@ async function resolveGlue(spec, opts) {
     if (opts.transpile === false) {
       throw new Error(`js/gen has no up-to-date copy of ${component}: run \`npm run build\` in js/`);
     }
-    const { transpileInto } = await import('./transpile.js');
+    const { transpileInto, jcoVersion } = await import('./transpile.js');
+    if (jcoVersion() === null) {
+      // A production install (no jco): the glue of a bundled policy of the same layout.
+      return { generic: true, bytes, name, component, sha256: digest };
+    }
     genDir = path.join(GEN_DIR, '.cache', digest.slice(0, 16));
     await transpileInto(bytes, genDir, { name, source: component });
   }
@@ -458,6 +464,49 @@ async function factory(glue, meter) {
   return f;
 }
 
+/** A compiled policy component: every instantiate() makes a fresh, independent instance. */
+export class PolicyModule {
+  #f;
+
+  /** @internal use policyModule() or loadComponent(). */
+  constructor(f) {
+    this.#f = f;
+    /** { name, component, sha256, genDir, metered, generic } */
+    this.source = f.source;
+  }
+
+  /** @returns {Promise<Policy>} */
+  async instantiate() {
+    const { instantiate, getCoreModule, source } = this.#f;
+    let root;
+    try {
+      root = await instantiate(getCoreModule, {});
+    } catch (err) {
+      if (err instanceof WebAssembly.RuntimeError || err instanceof RangeError) {
+        throw new PolicyTrap(`policy ${source.name} trapped while loading: ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
+    const exports = root.policy ?? root['aci:cache/policy@0.1.0'];
+    if (!exports) throw new Error(`${source.component ?? source.genDir} does not export aci:cache/policy`);
+    return new Policy(exports, source);
+  }
+}
+
+/**
+ * The compiled module of a policy (see loadPolicy for `spec` and `opts`): instantiate it as often
+ * as needed without resolving or compiling again.
+ * @returns {Promise<PolicyModule>}
+ */
+export async function policyModule(spec, opts = {}) {
+  const glue = await resolveGlue(spec, opts);
+  // Metering is on unless turned off explicitly (opts.meter === false, or ACI_POLICY_METER=0 to
+  // measure its cost).
+  const meter = opts.meter ?? process.env.ACI_POLICY_METER !== '0';
+  if (glue.generic) return loadComponent(glue.bytes, { meter, name: glue.name, component: glue.component });
+  return new PolicyModule(await factory(glue, meter));
+}
+
 /**
  * A fresh instance of a policy.
  * @param {string} spec a policy name (`adaptive`, `fixed`: `<policyDir>/<name>.wasm`) or a path
@@ -467,21 +516,139 @@ async function factory(glue, meter) {
  * @returns {Promise<Policy>}
  */
 export async function loadPolicy(spec, opts = {}) {
-  const glue = await resolveGlue(spec, opts);
-  // Metering is on unless turned off explicitly (opts.meter === false, or ACI_POLICY_METER=0 to
-  // measure its cost).
-  const meter = opts.meter ?? process.env.ACI_POLICY_METER !== '0';
-  const { instantiate, getCoreModule, source } = await factory(glue, meter);
-  let root;
-  try {
-    root = await instantiate(getCoreModule, {});
-  } catch (err) {
-    if (err instanceof WebAssembly.RuntimeError || err instanceof RangeError) {
-      throw new PolicyTrap(`policy ${source.name} trapped while loading: ${err.message}`, { cause: err });
-    }
-    throw err;
+  return (await policyModule(spec, opts)).instantiate();
+}
+
+// ---- components without jco (src/component.js) ------------------------------------------------
+
+/** The component's bytes do not have the SHA-256 they were expected to have. */
+export class HashMismatch extends Error {
+  constructor(expected, got) {
+    super(`hash mismatch: expected ${expected}, the bytes have ${got}`);
+    this.name = 'HashMismatch';
   }
-  const exports = root.policy ?? root['aci:cache/policy@0.1.0'];
-  if (!exports) throw new Error(`${source.component ?? source.genDir} does not export aci:cache/policy`);
-  return new Policy(exports, source);
+}
+
+/** A component that cannot run here (layout, interface, metering, compile error). */
+export class InvalidComponent extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'InvalidComponent';
+  }
+}
+
+let glues = null; // [{ shape, genDir, name, exports: [[name, kind]] }] of the shipped js/gen copies
+
+function bundledGlues() {
+  if (glues) return glues;
+  const out = [];
+  let dirs = [];
+  try {
+    dirs = readdirSync(GEN_DIR).filter((d) => !d.startsWith('.')).sort();
+  } catch {
+    // no js/gen
+  }
+  for (const d of dirs) {
+    const genDir = path.join(GEN_DIR, d);
+    const stamp = readStamp(genDir);
+    if (!stamp?.shape || !stamp.name || out.some((g) => g.shape === stamp.shape)) continue;
+    try {
+      const ref = readFileSync(path.join(genDir, `${stamp.name}.core.wasm`));
+      const js = path.join(genDir, `${stamp.name}.js`);
+      if (!existsSync(js)) continue;
+      out.push({ shape: stamp.shape, genDir, name: stamp.name, stampSha: stamp.sha256, exports: [...coreInterface(ref).exports] });
+    } catch {
+      // an unreadable copy is no reference
+    }
+  }
+  glues = out;
+  return out;
+}
+
+// Compiled components by SHA-256, most recently used last; bounded (a module is ~the size of
+// its component, kept so a revert needs no fetch and two caches of a process share one).
+const MAX_COMPILED = 8;
+const compiled = new Map();
+const WORKER_URL = new URL('./compile-worker.js', import.meta.url);
+const COMPILE_TIMEOUT_MS = 60_000;
+
+/** The compiled module of a component of this SHA-256 when this process has it, else undefined. */
+export function compiledComponent(sha256, meter = process.env.ACI_POLICY_METER !== '0') {
+  const key = `${sha256}:${meter}`;
+  const m = compiled.get(key);
+  if (m) {
+    compiled.delete(key);
+    compiled.set(key, m);
+  }
+  return m;
+}
+
+function compileOffThread(bytes, refs, meter, expect) {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(WORKER_URL, {
+      workerData: { bytes, refs: refs.map((r) => ({ shape: r.shape, exports: r.exports })), meter, expect },
+      resourceLimits: { maxOldGenerationSizeMb: 256 },
+      stdout: true,
+      stderr: true,
+    });
+    let done = false;
+    const timer = setTimeout(() => finish(new InvalidComponent(`compiling took over ${COMPILE_TIMEOUT_MS / 1000} s`)), COMPILE_TIMEOUT_MS);
+    function finish(err, value) {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      w.terminate().catch(() => {});
+      if (err) reject(err);
+      else resolve(value);
+    }
+    w.once('message', (m) => finish(null, m));
+    w.once('error', (err) => finish(new InvalidComponent(`compiler: ${err?.message ?? err}`)));
+    w.once('exit', (code) => finish(new InvalidComponent(`compiler exited (${code})`)));
+  });
+}
+
+/**
+ * Compiles a policy component from its bytes without jco (see src/component.js), off the event
+ * loop, metered (unless opts.meter is false). Throws HashMismatch when `expectSha256` is given
+ * and differs, InvalidComponent when it cannot run here.
+ * @param {Uint8Array} bytes
+ * @param {{ meter?: boolean, expectSha256?: string, name?: string, component?: string }} [opts]
+ * @returns {Promise<PolicyModule>}
+ */
+export async function loadComponent(bytes, opts = {}) {
+  if (!(bytes instanceof Uint8Array)) throw new TypeError('a component must be a Buffer or Uint8Array');
+  const meter = opts.meter ?? process.env.ACI_POLICY_METER !== '0';
+  if (opts.expectSha256) {
+    const known = compiledComponent(opts.expectSha256, meter);
+    if (known) return known;
+  }
+  const refs = bundledGlues();
+  if (refs.length === 0) throw new InvalidComponent('no bundled policy glue (js/gen) to run it with: run `npm run build` in js/');
+  const r = await compileOffThread(bytes, refs, meter, opts.expectSha256);
+  if (r.mismatch) throw new HashMismatch(opts.expectSha256, r.sha256);
+  if (r.error !== undefined) throw new InvalidComponent(r.error);
+  const ref = refs[r.ref];
+  const jsUrl = pathToFileURL(path.join(ref.genDir, `${ref.name}.js`));
+  jsUrl.search = `?sha256=${ref.stampSha ?? ''}`;
+  const { instantiate } = await import(jsUrl.href);
+  const want = `${ref.name}.core.wasm`;
+  const module = r.module;
+  const getCoreModule = (file) => {
+    if (file !== want) throw new InvalidComponent(`the glue asked for ${file}`);
+    return Promise.resolve(module);
+  };
+  const source = Object.freeze({
+    name: opts.name ?? `sha256:${r.sha256.slice(0, 12)}`,
+    component: opts.component ?? null,
+    sha256: r.sha256,
+    genDir: ref.genDir,
+    metered: meter,
+    generic: true,
+  });
+  const pm = new PolicyModule({ instantiate, getCoreModule, source });
+  const key = `${r.sha256}:${meter}`;
+  compiled.delete(key);
+  compiled.set(key, pm);
+  while (compiled.size > MAX_COMPILED) compiled.delete(compiled.keys().next().value);
+  return pm;
 }

@@ -10,6 +10,7 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { componentShape } from './component.js';
 
 export const STAMP = 'source.json';
 
@@ -84,7 +85,8 @@ export async function transpileInto(bytes, outDir, { name, source }) {
       await mkdir(path.dirname(dest), { recursive: true });
       await writeFile(dest, contents);
     }
-    const stamp = { component: source, sha256: sha256(bytes), jco: jcoVersion(), name };
+    // shape: what lets src/policy.js run other components of the same layout with this glue.
+    const stamp = { component: source, sha256: sha256(bytes), jco: jcoVersion(), name, shape: componentShape(bytes).shape };
     await writeFile(path.join(tmp, STAMP), JSON.stringify(stamp, null, 1) + '\n');
     await swapInto(tmp, outDir);
   } finally {
@@ -120,6 +122,11 @@ export async function transpileFile(componentPath, outDir, { name, force = false
   const stamp = readStamp(outDir);
   const version = jcoVersion();
   if (!force && stamp && stamp.sha256 === sha256(bytes) && stamp.jco === version && stamp.name === name) {
+    if (!stamp.shape) {
+      // A copy made before stamps carried the shape: the glue is the same, the stamp gains it.
+      stamp.shape = componentShape(bytes).shape;
+      await writeFile(path.join(outDir, STAMP), JSON.stringify(stamp, null, 1) + '\n');
+    }
     return { outDir, fresh: false };
   }
   await transpileInto(bytes, outDir, { name, source: componentPath });

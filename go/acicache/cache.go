@@ -3,10 +3,12 @@ package acicache
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -56,6 +58,15 @@ type Stats struct {
 	ControllerLost  uint64        `json:"controller_lost"`
 	LagSuspensions  uint64        `json:"lag_suspensions"`
 	PublishFailures uint64        `json:"publish_failures"`
+	// The running policy (docs/WIRE.md 9.8): its name and version (describe), the SHA-256 of
+	// its component, "local" or "pushed", the last rollout acted on, swaps since New.
+	// PolicyFaults counts the running policy's faults since it was loaded.
+	Policy          string        `json:"policy"`
+	PolicyVersion   string        `json:"policy_version"`
+	PolicySHA256    string        `json:"policy_sha256"`
+	PolicyOrigin    string        `json:"policy_origin"`
+	PolicyRollout   uint64        `json:"policy_rollout"`
+	PolicySwaps     uint64        `json:"policy_swaps"`
 	L1Serving       bool          `json:"l1_serving"`
 	L1Entries       int           `json:"l1_entries"`
 	Switches        []SwitchEvent `json:"-"`
@@ -64,7 +75,7 @@ type Stats struct {
 type counters struct {
 	l1Hits, l1Misses, writes, deletes, messagesSent, pubsubReceived, messagesReceived,
 	invalidationsApplied, flushes, gaps, malformed, resubscribes, controllerLost,
-	lagSuspensions, publishFailures atomic.Uint64
+	lagSuspensions, publishFailures, policySwaps atomic.Uint64
 }
 
 // Cache is a near cache over a go-redis client with fleet-wide adaptive invalidation
@@ -76,7 +87,10 @@ type Cache struct {
 	snd   sender
 	l1    *l1
 	pol   *policyRuntime
+	ro    *rollout      // docs/WIRE.md 9
 	start time.Time
+	// baseCfg is the host's policy config, on which a pushed policy's overrides apply.
+	baseCfg policy.Config
 	c     counters
 
 	ownTag   string // `,"source":"<id>"`, as our own messages carry it
@@ -149,21 +163,29 @@ func New(ctx context.Context, client redis.UniversalClient, opts ...Option) (*Ca
 	if err != nil {
 		return nil, err
 	}
-	module, cfg, err := loadPolicy(&s)
+	lp, err := loadPolicy(&s)
 	if err != nil {
 		return nil, err
 	}
 	c := &Cache{rdb: client, s: s, n: n, snd: sender{source: id, epoch: randomHex(16)}, ownTag: `,"source":"` + id + `"`,
 		l1: newL1(s.l1MaxEntries, s.l1MaxBytes), start: time.Now(), loss: newLossDetector(),
 		malformedSeen: map[Malformed]bool{}, ready: make(chan struct{})}
-	pol, err := newPolicyRuntime(module, cfg, 0)
+	pol, err := newPolicyRuntime(lp.module, lp.cfg, 0)
 	if err != nil {
 		return nil, fmt.Errorf("acicache: policy: %w", err)
 	}
 	pol.onFault = func(err error) {
 		s.logger.Warn("acicache: policy fault, eager for one window", "instance", id, "err", err)
+		if c.ro != nil && c.ro.follow {
+			c.ro.poke() // the automatic rollback (docs/WIRE.md 9.7) need not wait for a tick
+		}
 	}
 	c.pol = pol
+	c.baseCfg = lp.base
+	if c.ro, err = newRollout(c, lp); err != nil {
+		pol.close()
+		return nil, err
+	}
 	c.strategy.Store(uint32(pol.status(0).Strategy))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
@@ -190,60 +212,90 @@ func New(ctx context.Context, client redis.UniversalClient, opts ...Option) (*Ca
 	default:
 		c.demote(ctx, now)
 	}
+	if c.ro.follow {
+		// Before serving: a late joiner runs the fleet's current policy (docs/WIRE.md 9.3).
+		c.ro.start(ctx)
+		c.wg.Add(1)
+		go c.ro.loop()
+	}
 	c.wg.Add(1)
 	go c.tickLoop()
 	return c, nil
 }
 
-func loadPolicy(s *settings) (*policy.Module, policy.Config, error) {
-	var opts []policy.Option
+// localPolicy is the configured policy: what an empty rollout target runs (docs/WIRE.md 9).
+type localPolicy struct {
+	module *policy.Module
+	cfg    policy.Config // the config it runs with (WithFixedStrategy's strategy included)
+	base   policy.Config // the host's config, on which a pushed policy's overrides apply
+	hash   string        // SHA-256 of the component's bytes
+	info   policy.PolicyInfo
+}
+
+func (s *settings) policyOptions() []policy.Option {
 	if s.callTimeout > 0 {
-		opts = append(opts, policy.WithCallTimeout(s.callTimeout))
+		return []policy.Option{policy.WithCallTimeout(s.callTimeout)}
 	}
+	return nil
+}
+
+func loadPolicy(s *settings) (*localPolicy, error) {
+	opts := s.policyOptions()
 	var m *policy.Module
+	var wasm []byte
 	var err error
+	name := "adaptive"
+	if s.fixed != nil {
+		name = "fixed"
+	}
 	switch {
 	case s.policyWasm != nil:
-		m, err = policy.Compile(s.policyWasm, opts...)
+		wasm = s.policyWasm
+		m, err = policy.Compile(wasm, opts...)
 	case s.policyPath != "":
-		m, err = policy.CompileFile(s.policyPath, opts...)
-	case s.fixed != nil && s.callTimeout == 0:
-		m, err = bundledModule("fixed")
-	case s.callTimeout == 0:
-		m, err = bundledModule("adaptive")
-	default:
-		name := "adaptive"
-		if s.fixed != nil {
-			name = "fixed"
+		if wasm, err = os.ReadFile(s.policyPath); err != nil {
+			err = fmt.Errorf("policy: %w", err)
+		} else if m, err = policy.Compile(wasm, opts...); err != nil {
+			err = fmt.Errorf("policy: %s: %w", s.policyPath, errors.Unwrap(err))
 		}
-		var wasm []byte
+	case s.callTimeout == 0:
+		if wasm, err = BundledPolicy(name); err == nil {
+			m, err = bundledModule(name)
+		}
+	default:
 		if wasm, err = BundledPolicy(name); err == nil {
 			m, err = policy.Compile(wasm, opts...)
 		}
 	}
 	if err != nil {
-		return nil, policy.Config{}, fmt.Errorf("acicache: %w", err)
+		return nil, fmt.Errorf("acicache: %w", err)
 	}
 	e, err := m.Instantiate()
 	if err != nil {
-		return nil, policy.Config{}, fmt.Errorf("acicache: policy: %w", err)
+		return nil, fmt.Errorf("acicache: policy: %w", err)
 	}
 	cfg := e.DefaultConfig()
+	info := e.Describe()
 	err = e.Err()
 	_ = e.Close()
 	if err != nil {
-		return nil, policy.Config{}, fmt.Errorf("acicache: policy: %w", err)
+		return nil, fmt.Errorf("acicache: policy: %w", err)
 	}
+	sum := sha256.Sum256(wasm)
+	lp := &localPolicy{module: m, cfg: cfg, base: cfg, hash: hex.EncodeToString(sum[:]), info: info}
 	if s.fixed != nil {
-		cfg.InitialStrategy = *s.fixed
+		lp.cfg.InitialStrategy = *s.fixed
 	}
-	return m, cfg, nil
+	return lp, nil
 }
 
 // InstanceID is this instance's id on the wire.
 func (c *Cache) InstanceID() string { return c.snd.source }
 
 func (c *Cache) nowMs() uint64 { return uint64(time.Since(c.start).Milliseconds()) }
+
+// currentRate is the fleet write rate the policy measured at the last tick.
+func (c *Cache) currentRate() float64 { return math.Float64frombits(c.writeRate.Load()) }
 
 // Strategy is the strategy in force here.
 func (c *Cache) Strategy() Strategy { return Strategy(c.strategy.Load()) }
@@ -526,7 +578,10 @@ func (c *Cache) Stats() Stats {
 	c.switchMu.Lock()
 	sw := append([]SwitchEvent(nil), c.switches...)
 	c.switchMu.Unlock()
+	info, hash, origin, rollout := c.policyInfo()
 	return Stats{
+		Policy: info.Name, PolicyVersion: info.Version, PolicySHA256: hash, PolicyOrigin: origin,
+		PolicyRollout: rollout, PolicySwaps: c.c.policySwaps.Load(),
 		InstanceID: c.snd.source, IsController: c.isController.Load(), Strategy: c.Strategy(),
 		WriteRate: math.Float64frombits(c.writeRate.Load()),
 		Reads:     hits + misses, L1Hits: hits, L1Misses: misses,
@@ -557,12 +612,19 @@ func (c *Cache) Close(ctx context.Context) error {
 	c.psMu.Unlock()
 	c.wg.Wait()
 	var errs []error
+	if c.ro.follow {
+		// A stopped instance leaves the status listing at once, not after the record's TTL.
+		dctx, dcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		_ = c.rdb.Del(dctx, c.ro.kStatus).Err()
+		dcancel()
+	}
 	errs = append(errs, c.publishBatch(ctx, c.pol.drain(c.nowMs(), true)))
 	if c.isController.Load() && c.s.role == RoleAuto {
 		errs = append(errs, releaseScript.Run(ctx, c.rdb, []string{c.n.lease}, c.snd.source).Err())
 	}
 	c.l1.suspend()
 	c.pol.close()
+	c.ro.close()
 	return errors.Join(errs...)
 }
 

@@ -47,6 +47,9 @@ func (c *Cache) setServing(subscribed, lagging *bool) {
 
 func (c *Cache) channels() []string {
 	ch := []string{c.n.invalidation, c.n.strategy, c.n.liveness}
+	if c.ro.follow {
+		ch = append(ch, c.n.policy)
+	}
 	if c.isController.Load() {
 		ch = append(ch, c.n.reports)
 	}
@@ -69,7 +72,7 @@ func (c *Cache) receive() {
 		c.psMu.Lock()
 		chans := c.channels()
 		ps := c.rdb.Subscribe(c.ctx, chans...)
-		c.ps, c.reportsSubscribed = ps, len(chans) == 4
+		c.ps, c.reportsSubscribed = ps, chans[len(chans)-1] == c.n.reports
 		c.psMu.Unlock()
 		if err := c.awaitSubscribed(ps, len(chans)); err != nil {
 			c.dropSubscription(ps)
@@ -90,6 +93,9 @@ func (c *Cache) receive() {
 		c.lossMu.Lock()
 		c.loss.resubscribed()
 		c.lossMu.Unlock()
+		if c.ro.follow && c.c.resubscribes.Load() > 0 {
+			c.ro.resubscribed() // an announcement may have been lost while not listening
+		}
 		up := true
 		c.setServing(&up, nil)
 		c.readyOne.Do(func() { close(c.ready) })
@@ -141,6 +147,10 @@ func (c *Cache) awaitSubscribed(ps *redis.PubSub, n int) error {
 // handle applies one delivered message (docs/WIRE.md 2, 4, 5).
 func (c *Cache) handle(channel, payload string) {
 	c.c.pubsubReceived.Add(1)
+	if channel == c.n.policy && c.ro.follow {
+		c.ro.onAnnouncement(payload) // our own (an automatic rollback) included
+		return
+	}
 	// Our own messages (one per eager write comes back to us) only tell the lag: read their
 	// timestamp without decoding the rest. The exact bytes `,"source":"<id>"` cannot occur
 	// inside a JSON string (its quotes would be escaped), only as a member.
@@ -150,15 +160,7 @@ func (c *Cache) handle(channel, payload string) {
 	}
 	m, bad := decode([]byte(payload))
 	if bad != "" {
-		c.c.malformed.Add(1)
-		c.malformedMu.Lock()
-		seen := c.malformedSeen[bad]
-		c.malformedSeen[bad] = true
-		c.malformedMu.Unlock()
-		if !seen {
-			c.s.logger.Warn("acicache: malformed message ignored (logged once per kind)", "instance", c.snd.source,
-				"kind", string(bad), "channel", channel, "bytes", len(payload))
-		}
+		c.malformedMessage(bad, channel, len(payload))
 		return
 	}
 	if m.source == c.snd.source {
@@ -216,6 +218,19 @@ func (c *Cache) handle(channel, payload string) {
 				}
 			}
 		}
+	}
+}
+
+// malformedMessage counts a refused message and logs the first of each kind (docs/WIRE.md 2.3).
+func (c *Cache) malformedMessage(bad Malformed, channel string, size int) {
+	c.c.malformed.Add(1)
+	c.malformedMu.Lock()
+	seen := c.malformedSeen[bad]
+	c.malformedSeen[bad] = true
+	c.malformedMu.Unlock()
+	if !seen {
+		c.s.logger.Warn("acicache: malformed message ignored (logged once per kind)", "instance", c.snd.source,
+			"kind", string(bad), "channel", channel, "bytes", size)
 	}
 }
 

@@ -17,6 +17,8 @@ type names struct {
 	reports           string
 	liveness          string
 	lease             string
+	policy            string // channel P:policy (docs/WIRE.md 9)
+	k                 string // K of docs/WIRE.md 9: "<prefix>::<namespace>:" or "<prefix>::"
 }
 
 // nameOK is ^[A-Za-z0-9._-]{1,64}$ (dot allowed: prefix and namespace) or
@@ -48,12 +50,14 @@ func newNames(prefix, namespace string, hasNamespace bool, id string) (*names, e
 		return nil, &ConfigError{Field: "instance_id", Value: id, Reason: "must be 1-64 of [A-Za-z0-9_-]"}
 	}
 	n := &names{prefix: prefix, namespace: namespace, p: prefix, protocolPrefix: prefix + "::"}
-	n.lease = prefix + "::controller"
+	n.k = prefix + "::"
 	if hasNamespace {
 		n.p = prefix + ":" + namespace
 		n.keyPrefix = n.p + ":"
-		n.lease = prefix + "::" + namespace + ":controller"
+		n.k = prefix + "::" + namespace + ":"
 	}
+	n.lease = n.k + "controller"
+	n.policy = n.p + ":policy"
 	n.invalidation = n.p + ":invalidation"
 	n.strategy = n.p + ":strategy"
 	n.reports = n.p + ":reports"

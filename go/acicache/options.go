@@ -53,6 +53,13 @@ type settings struct {
 	l1MaxBytes        int64
 	callTimeout       time.Duration
 	logger            *slog.Logger
+
+	// docs/WIRE.md 9: policy rollouts.
+	noRollouts     bool
+	publicKey      string
+	hasPublicKey   bool
+	allowHashes    []string
+	rollbackFaults int
 }
 
 func defaults() settings {
@@ -68,6 +75,7 @@ func defaults() settings {
 		l1MaxEntries:      100_000,
 		l1MaxBytes:        64 << 20,
 		logger:            slog.Default(),
+		rollbackFaults:    3,
 	}
 }
 
@@ -127,6 +135,28 @@ func WithPolicyCallTimeout(d time.Duration) Option { return func(s *settings) { 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.logger = l } }
 
+// WithPolicyPublicKey makes the cache run pushed policies (docs/WIRE.md 9) whose rollout
+// record is signed by this ed25519 key: 64 lowercase hex characters, the 32-byte public key of
+// RFC 8032 (as `aci policy keygen` writes it to FILE.pub).
+func WithPolicyPublicKey(hexKey string) Option {
+	return func(s *settings) { s.publicKey, s.hasPublicKey = hexKey, true }
+}
+
+// WithPolicyAllowHashes makes the cache run pushed policies with these component hashes
+// (SHA-256, 64 lowercase hex each) without a signature, with the cache's own config.
+func WithPolicyAllowHashes(hashes ...string) Option {
+	return func(s *settings) { s.allowHashes = append(s.allowHashes, hashes...) }
+}
+
+// WithPolicyRollbackFaults sets how many faults of a pushed policy (since it was swapped in)
+// make this instance revert and roll the fleet back from it (default 3; docs/WIRE.md 9.7).
+func WithPolicyRollbackFaults(n int) Option { return func(s *settings) { s.rollbackFaults = n } }
+
+// WithoutPolicyRollouts opts out of docs/WIRE.md section 9: no subscription to P:policy, no
+// status record, the local policy always. By default a cache follows rollouts, and without
+// WithPolicyPublicKey or WithPolicyAllowHashes refuses every pushed policy (reporting it).
+func WithoutPolicyRollouts() Option { return func(s *settings) { s.noRollouts = true } }
+
 func (s *settings) validate() error {
 	pos := func(field string, d time.Duration) error {
 		if d <= 0 {
@@ -157,6 +187,9 @@ func (s *settings) validate() error {
 	}
 	if s.fixed != nil && s.fixed.String()[0] == 'S' {
 		return &ConfigError{Field: "strategy", Value: s.fixed.String(), Reason: "must be ttl, batched or eager"}
+	}
+	if s.rollbackFaults < 1 {
+		return &ConfigError{Field: "policy_rollback_faults", Value: itoa(int64(s.rollbackFaults)), Reason: "must be at least 1"}
 	}
 	if s.logger == nil {
 		s.logger = slog.Default()

@@ -1,6 +1,8 @@
 package acicache
 
 import (
+	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,7 +24,7 @@ type policyRuntime struct {
 	following bool
 	followed  policy.Strategy
 
-	faults       uint64 // total
+	faults       uint64 // since the running policy was loaded (New or the last swap)
 	inARow       int
 	retryAtMs    uint64 // no instance before this
 	healthySince uint64
@@ -188,6 +190,79 @@ func (r *policyRuntime) faultCount() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.faults
+}
+
+// faultInfo is the faults since the running policy was loaded and the last one, on one line.
+func (r *policyRuntime) faultInfo() (uint64, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	last := "fault"
+	if r.lastErr != nil {
+		last = strings.Join(strings.Fields(r.lastErr.Error()), " ")
+	}
+	return r.faults, last
+}
+
+// swapIn makes fresh (an instance of m, configured with cfg) the policy, atomically with
+// respect to every other call: each write is recorded by exactly one of the two instances
+// (docs/WIRE.md 9.6). The fresh instance takes over the mode (following and the strategy
+// followed, or leading from the strategy in force) and is primed with the measured rate, as a
+// new controller is; fallbackRate stands in when the old instance is faulted. The old instance
+// is drained and closed: the returned batch holds every key it buffered (FlushAll when they
+// cannot be listed), for the caller to publish at once. Fault counts restart: they are the new
+// policy's.
+func (r *policyRuntime) swapIn(m *policy.Module, fresh *policy.Engine, cfg policy.Config, fallbackRate float64, nowMs uint64) policy.Batch {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.engine
+	rate, strategy := fallbackRate, policy.StrategyEager
+	var batch policy.Batch
+	if old != nil && old.Err() == nil {
+		snap := old.Status(nowMs)
+		if old.Err() == nil {
+			rate, strategy = snap.WriteRate, snap.Strategy
+		}
+		batch = drainAll(old, nowMs)
+	}
+	if old != nil {
+		_ = old.Close()
+	}
+	if r.flushOwed {
+		batch = policy.Batch{FlushAll: true}
+	}
+	if n := math.Round(rate * float64(max(cfg.WindowMs, 0)) / 1000); n >= 1 {
+		fresh.RecordRemoteWrites(uint32(min(n, maxReportSize)), nowMs)
+	}
+	if r.following {
+		fresh.Follow(r.followed, nowMs)
+	} else {
+		fresh.Follow(strategy, nowMs) // from the strategy in force, then decide
+		fresh.Lead(nowMs)
+	}
+	r.module, r.engine, r.cfg = m, fresh, cfg
+	r.faults, r.inARow, r.retryAtMs, r.healthySince, r.flushOwed, r.lastErr = 0, 0, 0, nowMs, false, nil
+	return batch
+}
+
+// drainAll takes every key a discarded instance buffered: leaving batched makes its batch due
+// (WIT pending-batch), and a batch holds at most batch-max-keys, so it may take a few calls.
+func drainAll(e *policy.Engine, nowMs uint64) policy.Batch {
+	e.Follow(policy.StrategyEager, nowMs)
+	var keys []string
+	for range 1000 {
+		b := e.PendingBatch(nowMs)
+		if b.FlushAll || e.Err() != nil {
+			return policy.Batch{FlushAll: true}
+		}
+		if len(b.Keys) == 0 {
+			return policy.Batch{Keys: keys}
+		}
+		keys = append(keys, b.Keys...)
+		if len(keys) > maxKeys {
+			break
+		}
+	}
+	return policy.Batch{FlushAll: true}
 }
 
 func (r *policyRuntime) close() {

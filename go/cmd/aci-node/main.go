@@ -44,6 +44,9 @@ func run(args []string, stdin io.Reader, stdout io.Writer) int {
 	tickMs := fs.Int("tick-ms", 250, "tick in ms")
 	instanceID := fs.String("instance-id", "", "instance id")
 	localTTLMs := fs.Int("local-ttl-ms", 5000, "longest L1 entry life in ms")
+	publicKey := fs.String("policy-public-key", "", "follow policy pushes signed by this ed25519 key (64 hex)")
+	allowHashes := fs.String("policy-allow-hashes", "", "follow pushes of these component hashes (H1,H2)")
+	rollbackFaults := fs.Int("policy-rollback-faults", 3, "faults of a pushed policy before rolling the fleet back")
 	if err := fs.Parse(args); err != nil {
 		return usageError("%v", err)
 	}
@@ -83,6 +86,22 @@ func run(args []string, stdin io.Reader, stdout io.Writer) int {
 		}
 		opts = append(opts, acicache.WithFixedStrategy(s))
 	}
+	if flagSet["policy-public-key"] {
+		opts = append(opts, acicache.WithPolicyPublicKey(*publicKey))
+	}
+	if flagSet["policy-allow-hashes"] {
+		var hashes []string
+		for _, h := range strings.Split(*allowHashes, ",") {
+			if h != "" {
+				hashes = append(hashes, h)
+			}
+		}
+		opts = append(opts, acicache.WithPolicyAllowHashes(hashes...))
+	}
+	if *rollbackFaults <= 0 {
+		return usageError("--policy-rollback-faults %d: must be greater than zero", *rollbackFaults)
+	}
+	opts = append(opts, acicache.WithPolicyRollbackFaults(*rollbackFaults))
 	if *tickMs <= 0 {
 		return usageError("--tick-ms %d: must be greater than zero", *tickMs)
 	}
@@ -186,6 +205,8 @@ func command(c *acicache.Cache, line string) any {
 		return map[string]string{"strategy": c.Strategy().String()}
 	case w[0] == "stats" && len(w) == 1:
 		return c.Stats()
+	case w[0] == "policy" && len(w) == 1:
+		return c.PolicyStatus() // an extra: this instance's status record (docs/WIRE.md 9.8)
 	}
-	return map[string]string{"error": fmt.Sprintf("unknown command %q (set K V [TTL_MS], get K, del K, strategy, stats, quit)", line)}
+	return map[string]string{"error": fmt.Sprintf("unknown command %q (set K V [TTL_MS], get K, del K, strategy, stats, policy, quit)", line)}
 }

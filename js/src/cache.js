@@ -16,7 +16,9 @@ import { performance } from 'node:perf_hooks';
 import { CacheConfigError, Names, policyOverrides, randomEpoch, randomId, resolveOptions } from './config.js';
 import { PolicyRuntime } from './engine.js';
 import { NearCache } from './near-cache.js';
-import { KEYS_PER_MESSAGE, LOST, LossDetector, MAX_U32, Sender, decode } from './wire.js';
+import { loadComponent, policyModule } from './policy.js';
+import { Follower, Trust } from './rollout.js';
+import { KEYS_PER_MESSAGE, LOST, LossDetector, MAX_U32, Sender, decode, decodePolicy } from './wire.js';
 
 const HEARTBEAT_MS = 1000;
 const TIMESTAMP = Buffer.from('"timestamp":');
@@ -92,6 +94,12 @@ export class AdaptiveCache {
   #orphanFlush = false;
   #ownTail;
   #defaultTtlMs;
+  // policy rollout (docs/WIRE.md 9)
+  #trust;
+  #follower = null;
+  #policyChan;
+  #localModule = null;
+  #localOverrides = null;
   // counters
   #c = {
     hits: 0, misses: 0, l1Hits: 0, l1Misses: 0, writes: 0, deletes: 0, messagesSent: 0,
@@ -115,6 +123,8 @@ export class AdaptiveCache {
     this.#log = o.logger ?? console;
     this.#localTtlMs = o.localTtl * 1000;
     this.#defaultTtlMs = Math.max(1, Math.round(o.defaultTtl * 1000));
+    this.#trust = new Trust(o.policyPublicKey, o.policyAllowHashes); // a bad key: CacheConfigError
+    this.#policyChan = Buffer.from(this.#names.policy);
   }
 
   // ---- properties ------------------------------------------------------------------------------
@@ -182,6 +192,9 @@ export class AdaptiveCache {
       publishFailures: c.publishFailures,
       policyFaults: this.#rt?.faults ?? 0,
       policy: this.#rt?.describe ?? null,
+      policySha256: this.#rt?.source?.sha256 ?? null,
+      policyOrigin: this.#follower?.running.target.sha256 ? 'pushed' : 'local',
+      policyRollout: this.#follower?.acted ?? 0,
       l1Serving: this.#l1.serving,
       l1Entries: this.#l1.size,
       l1Bytes: this.#l1.bytes,
@@ -215,9 +228,9 @@ export class AdaptiveCache {
     const o = this.#o;
     try {
       const spec = o.policy ?? (o.strategy !== undefined ? 'fixed' : 'adaptive');
-      this.#rt = await PolicyRuntime.create(spec, policyOverrides(o), {
-        onFault: (err) => this.#log.warn(`aci-cache ${this.id}: ${err.message}; answering eager`),
-      });
+      this.#localOverrides = policyOverrides(o);
+      this.#rt = await PolicyRuntime.create(spec, this.#localOverrides, { onFault: this.#onPolicyFault });
+      this.#localModule = this.#rt.module;
     } catch (err) {
       this.#state = 'new';
       if (err?.name === 'ConfigError') throw new CacheConfigError(err.field, err.message);
@@ -248,6 +261,13 @@ export class AdaptiveCache {
     await Promise.race([subscribed, sleep(o.connectTimeout * 1000)]);
     if (!this.#subscribed) {
       this.#log.warn(`aci-cache ${this.id}: not subscribed yet; reads go to Redis until it is`);
+    }
+    // Before serving: a late joiner runs the fleet's current policy (docs/WIRE.md 9.3).
+    this.#follower = this.#makeFollower();
+    try {
+      await withTimeout(this.#follower.start(), Math.max(2000, 2 * o.connectTimeout * 1000), 'reading the rollout record');
+    } catch (err) {
+      this.#log.warn(`aci-cache ${this.id}: ${err.message}; running the local policy for now`);
     }
 
     const t = Math.floor(mono());
@@ -288,6 +308,8 @@ export class AdaptiveCache {
     clearInterval(this.#tickTimer);
     clearTimeout(this.#subTimer);
     if (this.#ticking) await this.#ticking.catch(() => {});
+    // No swap after the last drain below; the status record goes.
+    await this.#follower?.stop(this.#o.connectTimeout * 1000);
     this.#l1.suspend();
     this.#subscribed = false;
     try {
@@ -332,6 +354,122 @@ export class AdaptiveCache {
     if (this.#state !== 'running' && this.#state !== 'starting') {
       throw new CacheStateError(`${what}: the cache is ${this.#state === 'new' ? 'not started (await start() first)' : 'stopped'}`);
     }
+  }
+
+  // ---- policy rollout (docs/WIRE.md 9) --------------------------------------------------------------
+
+  /** This instance's policy status record (docs/WIRE.md 9.8), as written to Redis. */
+  policyStatus() {
+    if (!this.#follower) throw new CacheStateError('policyStatus(): the cache is not started');
+    return this.#follower.status();
+  }
+
+  /**
+   * Replaces the policy while serving: `policy` is a component's bytes, a path to a component
+   * (.wasm) or a bundled policy name; `strategy` sets its initial-strategy (the one `fixed`
+   * keeps). It is compiled, checked and configured first (the running policy is untouched if
+   * that fails: InvalidComponent, or CacheConfigError naming the field it refuses), then swapped
+   * in at once: it takes over the mode, the strategy in force and the measured rate, and the
+   * keys the old instance buffered are published at the next tick. It becomes this instance's
+   * local policy (what a rollout back to "local" returns to).
+   * @returns {Promise<{name: string, version: string, sha256: string|null}>}
+   */
+  async swapPolicy(policy, { strategy } = {}) {
+    if (this.#state !== 'running') throw new CacheStateError(`swapPolicy(): the cache is ${this.#state === 'new' ? 'not started' : this.#state}`);
+    if (strategy !== undefined && !['ttl', 'batched', 'eager'].includes(strategy)) {
+      throw new CacheConfigError('strategy', `must be one of ttl, batched, eager, got ${JSON.stringify(strategy)}`);
+    }
+    let module;
+    if (policy instanceof Uint8Array) module = await loadComponent(policy);
+    else if (typeof policy === 'string' && policy !== '') module = await policyModule(policy);
+    else throw new TypeError('swapPolicy: policy must be a component (Buffer / Uint8Array), a path or a bundled policy name');
+    const overrides = { ...policyOverrides(this.#o) };
+    if (strategy !== undefined) overrides.initialStrategy = strategy;
+    return this.#follower.run(async () => {
+      let rt;
+      try {
+        rt = await PolicyRuntime.create(module, overrides, { onFault: this.#onPolicyFault });
+        await rt.ready();
+      } catch (err) {
+        if (err?.name === 'ConfigError') throw new CacheConfigError(err.field, err.message);
+        throw err;
+      }
+      if (this.#state !== 'running') throw new CacheStateError('swapPolicy(): the cache stopped');
+      this.#localModule = module;
+      this.#localOverrides = overrides;
+      this.#swapRuntime(rt);
+      this.#follower.localSwapped();
+      return { ...rt.describe, sha256: rt.source?.sha256 ?? null };
+    });
+  }
+
+  #onPolicyFault = (err) => {
+    this.#log.warn(`aci-cache ${this.id}: ${err.message}; answering eager`);
+    this.#follower?.faulted();
+  };
+
+  #makeFollower() {
+    const names = this.#names;
+    const host = {
+      id: this.id,
+      prefix: names.prefix,
+      namespace: names.namespace,
+      keys: names.protocolKeys,
+      channel: names.policy,
+      tickMs: this.#o.tickInterval * 1000,
+      redis: this.#redis,
+      log: this.#log,
+      sender: this.#sender,
+      now: mono,
+      runtime: () => this.#rt,
+      strategy: () => this.#strategy,
+      isController: () => this.#isController,
+      alive: () => this.#state === 'running' || this.#state === 'starting',
+      sent: () => {
+        this.#c.messagesSent++;
+      },
+      makeRuntime: async (running) => {
+        // A pushed policy runs with the host's config plus the record's overrides (WIRE.md
+        // 9.4); the local one with the host's own.
+        const rt = running.module === null
+          ? await PolicyRuntime.create(this.#localModule, this.#localOverrides, { onFault: this.#onPolicyFault })
+          : await PolicyRuntime.create(running.module, { ...policyOverrides(this.#o), ...running.overrides }, { onFault: this.#onPolicyFault });
+        await rt.ready();
+        return rt;
+      },
+      swap: (rt) => this.#swapRuntime(rt),
+    };
+    return new Follower(host, this.#trust, this.#o.policyRollbackFaults);
+  }
+
+  // Puts `rt` in place of the running policy, in one synchronous step (docs/WIRE.md 9.6 step 5):
+  // every write buffered so far goes to the old instance, every later one to the new; the keys
+  // the old one buffered are published at the next tick (or a flush if it lost them); the new one
+  // takes over the mode and the strategy in force, primed with the measured rate.
+  #swapRuntime(rt) {
+    const now = Math.floor(mono());
+    this.#drainWrites(now);
+    const old = this.#rt;
+    const following = old.following;
+    const rate = this.#isController ? old.status(now).writeRate : this.#writeRate;
+    const b = old.drainAll(now);
+    if (b.flushAll) this.#orphanFlush = true;
+    else if (b.keys.length) {
+      if (this.#orphans.length + b.keys.length > MAX_ORPHANS) this.#orphanFlush = true;
+      else for (const k of b.keys) this.#orphans.push(k);
+    }
+    if (this.#state === 'running') {
+      const primed = Math.round((Number.isFinite(rate) ? rate : 0) * (rt.windowMs / 1000));
+      if (primed >= 1) rt.recordRemoteWrites(Math.min(primed, MAX_U32), now);
+      if (this.#isController) {
+        rt.follow(this.#strategy, now); // from the strategy in force, then it decides
+        rt.lead(now);
+      } else {
+        rt.follow(following ?? this.#strategy, now);
+      }
+    }
+    this.#rt = rt;
+    this.#noteStrategy(rt.currentStrategy(now));
   }
 
   // ---- reads -----------------------------------------------------------------------------------
@@ -706,7 +844,7 @@ export class AdaptiveCache {
   // ---- subscription ----------------------------------------------------------------------------
 
   #channels() {
-    return [this.#names.invalidation, this.#names.strategy, this.#names.liveness];
+    return [this.#names.invalidation, this.#names.strategy, this.#names.liveness, this.#names.policy];
   }
 
   // (Re)subscribes; on success the detector forgets every sender and L1 serves again, empty.
@@ -728,7 +866,10 @@ export class AdaptiveCache {
     this.#subInFlight = false;
     if (attempt !== this.#subAttempt || this.#state === 'stopped') return;
     if (this.#subscribed) return;
-    if (this.#c.flushes > 0 || this.#lastHeard > 0) this.#c.resubscribes++;
+    if (this.#c.flushes > 0 || this.#lastHeard > 0) {
+      this.#c.resubscribes++;
+      this.#follower?.resubscribed(); // an announcement may have been lost meanwhile
+    }
     this.#subBackoff = 50;
     this.#detector.resubscribed();
     this.#lagging = false;
@@ -787,11 +928,16 @@ export class AdaptiveCache {
     }
   };
 
-  #handle(_channel, payload) {
+  #handle(channel, payload) {
     const c = this.#c;
     c.pubsubReceived++;
     const now = mono();
     this.#lastHeard = now;
+    const pc = this.#policyChan;
+    if (channel.length === pc.length && channel.equals(pc)) {
+      this.#onAnnouncement(payload);
+      return;
+    }
     // Our own messages (every eager write comes back to us) end with our constant tail: only
     // their timestamp matters (lag), so they skip the full decode.
     const tail = this.#ownTail;
@@ -805,11 +951,7 @@ export class AdaptiveCache {
     }
     const m = decode(payload);
     if (m.malformed !== undefined) {
-      c.malformed++;
-      if (!this.#malformedSeen.has(m.malformed)) {
-        this.#malformedSeen.add(m.malformed);
-        this.#log.warn(`aci-cache ${this.id}: malformed message ignored (${m.malformed}, ${payload.length} bytes; logged once per kind)`);
-      }
+      this.#malformed(m.malformed, payload.length);
       return;
     }
     if (m.source === this.id) {
@@ -854,6 +996,25 @@ export class AdaptiveCache {
         break;
       default: // heartbeat: another instance's, on our liveness channel? Nothing to do.
     }
+  }
+
+  #malformed(kind, bytes) {
+    this.#c.malformed++;
+    if (!this.#malformedSeen.has(kind)) {
+      this.#malformedSeen.add(kind);
+      this.#log.warn(`aci-cache ${this.id}: malformed message ignored (${kind}, ${bytes} bytes; logged once per kind)`);
+    }
+  }
+
+  // P:policy: only a hint to read the record (docs/WIRE.md 9.3).
+  #onAnnouncement(payload) {
+    const m = decodePolicy(payload);
+    if (m.malformed !== undefined) {
+      this.#malformed(m.malformed, payload.length);
+      return;
+    }
+    if (m.source !== this.id) this.#c.messagesReceived++;
+    this.#follower?.announcement(m.rollout);
   }
 
   #lost(why) {
@@ -901,6 +1062,7 @@ export class AdaptiveCache {
     } catch (err) {
       this.#log.warn(`aci-cache ${this.id}: tick checks failed: ${err?.stack ?? err}`);
     }
+    this.#follower?.kick();
     if (this.#ticking) return;
     this.#ticking = this.#tick()
       .catch((err) => {

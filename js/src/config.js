@@ -19,6 +19,7 @@ export class CacheConfigError extends Error {
 // docs/WIRE.md 1.1 / 1.4: checked byte for byte, never repaired.
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const HEX64_RE = /^[0-9a-f]{64}$/;
 export const STRATEGIES = Object.freeze(['ttl', 'batched', 'eager']);
 const ROLES = ['auto', 'controller', 'follower'];
 
@@ -46,6 +47,9 @@ export const DEFAULTS = Object.freeze({
   batchMaxBytes: undefined,
   instanceId: undefined,
   connectTimeout: 2,
+  policyPublicKey: undefined,
+  policyAllowHashes: undefined,
+  policyRollbackFaults: 3,
 });
 
 const KNOWN = new Set([...Object.keys(DEFAULTS), 'redis', 'pubsubRedis', 'logger']);
@@ -142,6 +146,25 @@ export function resolveOptions(opts) {
   if (o.instanceId !== undefined && (typeof o.instanceId !== 'string' || !ID_RE.test(o.instanceId))) {
     throw new CacheConfigError('instanceId', `must match ^[A-Za-z0-9_-]{1,64}$, got ${show(o.instanceId)}`);
   }
+  // docs/WIRE.md 9.5: the trust for pushed policies (all hex lowercase: upper case is refused).
+  if (o.policyPublicKey !== undefined && o.policyPublicKey !== null &&
+    (typeof o.policyPublicKey !== 'string' || !HEX64_RE.test(o.policyPublicKey))) {
+    throw new CacheConfigError('policyPublicKey', `must be 64 lowercase hex characters (an ed25519 public key), got ${show(o.policyPublicKey)}`);
+  }
+  if (o.policyPublicKey === null) o.policyPublicKey = undefined;
+  if (o.policyAllowHashes !== undefined && o.policyAllowHashes !== null) {
+    if (!Array.isArray(o.policyAllowHashes)) {
+      throw new CacheConfigError('policyAllowHashes', `must be an array of SHA-256 hashes (64 lowercase hex characters each), got ${show(o.policyAllowHashes)}`);
+    }
+    for (const h of o.policyAllowHashes) {
+      if (typeof h !== 'string' || !HEX64_RE.test(h)) {
+        throw new CacheConfigError('policyAllowHashes', `must hold SHA-256 hashes (64 lowercase hex characters), got ${show(h)}`);
+      }
+    }
+    o.policyAllowHashes = Object.freeze([...o.policyAllowHashes]);
+  }
+  if (o.policyAllowHashes === null) o.policyAllowHashes = undefined;
+  integer(o, 'policyRollbackFaults', { min: 1 });
   if (o.logger !== undefined && (o.logger === null || typeof o.logger.warn !== 'function')) {
     throw new CacheConfigError('logger', 'must have warn() (console, pino, ...)');
   }
@@ -200,6 +223,11 @@ export class Names {
     this.reports = `${P}:reports`;
     this.liveness = `${P}:liveness:${id}`;
     this.lease = namespace != null ? `${prefix}::${namespace}:controller` : `${prefix}::controller`;
+    /** The rollout channel (docs/WIRE.md 9.1). */
+    this.policy = `${P}:policy`;
+    /** `K` of docs/WIRE.md 9: what the rollout keys start with. */
+    this.protocolKeys = namespace != null ? `${prefix}::${namespace}:` : `${prefix}::`;
+    this.prefix = prefix;
   }
 
   /** Throws CacheConfigError('key') for a key that is not a string or is reserved. */

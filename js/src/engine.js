@@ -10,7 +10,7 @@
 // Instances are created asynchronously (jco's glue), so a spare one is always kept ready: taking
 // a fresh instance after a fault is synchronous.
 
-import { loadPolicy, STRATEGIES } from './policy.js';
+import { PolicyModule, policyModule, STRATEGIES } from './policy.js';
 
 const MAX_U32 = 0xffffffff;
 
@@ -38,15 +38,18 @@ export class PolicyRuntime {
   faults = 0;
   lastFault = null;
   describe = null;
+  /** Where the policy came from: { name, component, sha256, genDir, metered }. */
+  source = null;
 
   /**
-   * @param spec policy name or component path (see loadPolicy)
+   * @param spec policy name or component path (see loadPolicy), or a PolicyModule
    * @param overrides fields of the policy config to change from its defaults
    * @param onFault called with (error) on each fault (for logs)
    */
   static async create(spec, overrides, { onFault, policyDir } = {}) {
-    const rt = new PolicyRuntime(spec, { policyDir }, onFault);
+    const rt = new PolicyRuntime(spec instanceof PolicyModule ? spec : await policyModule(spec, { policyDir }), {}, onFault);
     const p = await rt.#load();
+    rt.source = p.source;
     rt.#cfg = { ...p.defaultConfig(), ...overrides };
     p.configure(rt.#cfg, 0); // a bad override throws ConfigError here, at start
     rt.#p = p;
@@ -73,8 +76,13 @@ export class PolicyRuntime {
     return this.#following;
   }
 
+  /** The compiled module instances come from (a swap back to this policy needs no compile). */
+  get module() {
+    return this.#spec;
+  }
+
   #load() {
-    return loadPolicy(this.#spec, this.#opts);
+    return this.#spec.instantiate();
   }
 
   // Keeps one configured instance ready for the next fault.

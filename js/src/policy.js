@@ -93,7 +93,7 @@ const FLOAT = 'f64';
 const S32 = 's32';
 const STRATEGY = 'strategy';
 // Declaration order of `record config`, which is also the order the engine validates in.
-const CONFIG_FIELDS = [
+export const CONFIG_FIELDS = [
   ['low-threshold', 'lowThreshold', FLOAT],
   ['high-threshold', 'highThreshold', FLOAT],
   ['window-ms', 'windowMs', S32],

@@ -142,6 +142,45 @@ export function decode(payload) {
   }
 }
 
+/**
+ * Decodes a payload of `P:policy` (docs/WIRE.md 9.3): the checks of 2.3 in order (size, JSON,
+ * depth, object), then only `policy` is an action, with `source` and `rollout` (an integer
+ * 1 .. 2^53-1) required. Returns { action, source, epoch, timestamp, rollout } or { malformed }.
+ */
+export function decodePolicy(payload) {
+  let text;
+  if (typeof payload === 'string') {
+    if (payload.length > MAX_PAYLOAD || Buffer.byteLength(payload, 'utf8') > MAX_PAYLOAD) return bad('too-large');
+    text = payload;
+  } else {
+    if (payload.length > MAX_PAYLOAD) return bad('too-large');
+    try {
+      text = utf8.decode(payload);
+    } catch {
+      return bad('not-json');
+    }
+  }
+  if (nestingExceeds(text, MAX_DEPTH)) return bad('not-json');
+  let m;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    return bad('not-json');
+  }
+  if (m === null || typeof m !== 'object' || Array.isArray(m)) return bad('not-object');
+  const action = m.action;
+  if (typeof action === 'string' && action !== 'policy') return bad('unknown-action');
+  if (typeof action !== 'string') return BAD_FIELD;
+  const source = m.source;
+  const epoch = m.epoch ?? null;
+  const timestamp = m.timestamp ?? 0;
+  if (typeof source !== 'string' || !ID_RE.test(source)) return BAD_FIELD;
+  if (epoch !== null && (typeof epoch !== 'string' || !ID_RE.test(epoch))) return BAD_FIELD;
+  if (typeof timestamp !== 'number') return BAD_FIELD;
+  if (!int(m.rollout, 1, MAX_SAFE)) return BAD_FIELD;
+  return { action, source, epoch, timestamp, rollout: m.rollout };
+}
+
 /** Encodes this sender's messages. `seq` numbering is the caller's. */
 export class Sender {
   constructor(source, epoch) {
@@ -184,6 +223,11 @@ export class Sender {
 
   heartbeat() {
     return `{"action":"heartbeat","timestamp":${Sender.now()}${this.tail}`;
+  }
+
+  /** A rollout announcement on P:policy (docs/WIRE.md 9.3). */
+  policy(rollout) {
+    return `{"action":"policy","rollout":${rollout},"timestamp":${Sender.now()}${this.tail}`;
   }
 }
 

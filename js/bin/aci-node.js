@@ -4,6 +4,10 @@
 //
 //   node js/bin/aci-node.js [--redis URL] [--namespace NS] [--role auto|controller|follower]
 //     [--strategy ttl|batched|eager] [--tick-ms N] [--instance-id ID] [--local-ttl-ms N]
+//     [--policy-public-key HEX64] [--policy-allow-hashes H1,H2] [--policy-rollback-faults N]
+//
+// Commands: set K V [TTL_MS], get K, del K, strategy, stats, policy (this instance's status
+// record, docs/WIRE.md 9.8), quit.
 
 import readline from 'node:readline';
 import Redis from 'ioredis';
@@ -12,6 +16,8 @@ import { AdaptiveCache } from '../src/index.js';
 const FLAGS = {
   '--redis': 'redis', '--namespace': 'namespace', '--role': 'role', '--strategy': 'strategy',
   '--tick-ms': 'tickMs', '--instance-id': 'instanceId', '--local-ttl-ms': 'localTtlMs',
+  '--policy-public-key': 'policyPublicKey', '--policy-allow-hashes': 'policyAllowHashes',
+  '--policy-rollback-faults': 'policyRollbackFaults',
 };
 
 function usage(msg) {
@@ -20,7 +26,7 @@ function usage(msg) {
 }
 
 function parseArgs(argv) {
-  const a = { redis: 'redis://127.0.0.1:6379', role: 'auto', tickMs: 250, localTtlMs: 5000 };
+  const a = { redis: 'redis://127.0.0.1:6379', role: 'auto', tickMs: 250, localTtlMs: 5000, policyRollbackFaults: 3 };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const name = FLAGS[flag];
@@ -32,7 +38,8 @@ function parseArgs(argv) {
   if (a.strategy !== undefined && !['ttl', 'batched', 'eager'].includes(a.strategy)) {
     usage(`--strategy must be ttl, batched or eager, got ${a.strategy}`);
   }
-  for (const [flag, name] of [['--tick-ms', 'tickMs'], ['--local-ttl-ms', 'localTtlMs']]) {
+  if (a.policyAllowHashes !== undefined) a.policyAllowHashes = a.policyAllowHashes.split(',').filter(Boolean);
+  for (const [flag, name] of [['--tick-ms', 'tickMs'], ['--local-ttl-ms', 'localTtlMs'], ['--policy-rollback-faults', 'policyRollbackFaults']]) {
     const n = Number(a[name]);
     if (!/^[0-9]+$/.test(String(a[name])) || !(n > 0)) usage(`${flag} must be a positive integer, got ${a[name]}`);
     a[name] = n;
@@ -49,6 +56,9 @@ const options = {
   tickInterval: args.tickMs / 1000,
   localTtl: args.localTtlMs / 1000,
   instanceId: args.instanceId,
+  policyPublicKey: args.policyPublicKey,
+  policyAllowHashes: args.policyAllowHashes,
+  policyRollbackFaults: args.policyRollbackFaults,
   logger: { warn: (m) => process.stderr.write(`${m}\n`) },
 };
 const redis = new Redis(args.redis, { lazyConnect: true });
@@ -57,7 +67,10 @@ let cache;
 try {
   cache = new AdaptiveCache({ redis, ...options });
 } catch (e) {
-  const field = e.field ? { namespace: '--namespace', instanceId: '--instance-id', role: '--role', strategy: '--strategy' }[e.field] ?? e.field : null;
+  const field = e.field ? {
+    namespace: '--namespace', instanceId: '--instance-id', role: '--role', strategy: '--strategy',
+    policyPublicKey: '--policy-public-key', policyAllowHashes: '--policy-allow-hashes', policyRollbackFaults: '--policy-rollback-faults',
+  }[e.field] ?? e.field : null;
   usage(field && e.field ? `${field} ${e.message.slice(e.field.length + 2)}` : e.message);
 }
 
@@ -88,6 +101,9 @@ function statsLine() {
     invalidations_applied: s.invalidationsApplied, gaps: s.gaps, malformed: s.malformed, flushes: s.flushes,
     is_controller: s.isController, strategy: s.strategy, write_rate: s.writeRate, policy_faults: s.policyFaults,
     resubscribes: s.resubscribes, l1_serving: s.l1Serving, l1_entries: s.l1Entries, instance_id: s.instanceId,
+    // docs/NODE.md: the running policy (docs/WIRE.md 9)
+    policy: s.policy?.name ?? null, policy_sha256: s.policySha256, policy_origin: s.policyOrigin,
+    policy_version: s.policy?.version ?? null, policy_rollout: s.policyRollout,
   };
 }
 
@@ -115,6 +131,9 @@ async function run(line) {
       return { strategy: cache.strategy };
     case 'stats':
       return statsLine();
+    case 'policy':
+      if (w.length !== 1) throw new Error('usage: policy');
+      return cache.policyStatus();
     default:
       throw new Error(`unknown command ${JSON.stringify(w[0])}`);
   }

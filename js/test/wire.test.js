@@ -8,7 +8,9 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { CacheConfigError, Names } from '../src/config.js';
-import { LossDetector, Sender, decode } from '../src/wire.js';
+import { createPrivateKey, createPublicKey, sign } from 'node:crypto';
+import { RecordError, Trust, parseRecord, signedMessage, targetFor } from '../src/rollout.js';
+import { LossDetector, Sender, decode, decodePolicy } from '../src/wire.js';
 
 const DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'tests', 'vectors', 'wire');
 const load = (f) => JSON.parse(readFileSync(path.join(DIR, f), 'utf8')).cases;
@@ -80,6 +82,49 @@ describe('naming.json', () => {
         liveness: names.liveness, lease: names.lease, redis_key: names.redisKey(c.key),
       };
       assert.deepStrictEqual(got, c.expect);
+    });
+  }
+});
+
+// Section 9: announcements, signatures (computed by an independent implementation), records.
+describe('policy.json', () => {
+  const cases = load('policy.json');
+  test('vectors are present, of every kind', () => {
+    assert.deepEqual(new Set(cases.map((c) => c.kind)), new Set(['announcement', 'signature', 'record']));
+  });
+  for (const c of cases) {
+    test(`${c.kind}: ${c.name}`, () => {
+      if (c.kind === 'announcement') {
+        const m = decodePolicy(payloadOf(c));
+        const got = m.malformed !== undefined ? { malformed: m.malformed } : { rollout: m.rollout, source: m.source };
+        assert.deepStrictEqual(got, c.expect);
+      } else if (c.kind === 'signature') {
+        const msg = signedMessage(c.prefix, c.namespace, c.sha256, c.config);
+        assert.ok(msg.equals(Buffer.from(c.message, 'utf8')), 'the signed message');
+        const seed = Buffer.from(c.seed, 'hex');
+        const x = Buffer.from(c.public_key, 'hex').toString('base64url');
+        const key = createPrivateKey({ key: { kty: 'OKP', crv: 'Ed25519', d: seed.toString('base64url'), x }, format: 'jwk' });
+        const pub = Buffer.from(createPublicKey(key).export({ format: 'jwk' }).x, 'base64url').toString('hex');
+        assert.equal(pub, c.public_key, 'the public key of the seed');
+        assert.equal(sign(null, msg, key).toString('hex'), c.sig, 'ed25519 is deterministic');
+        const trust = new Trust(c.public_key, undefined);
+        for (const v of c.verifies) {
+          const reason = trust.check({ sha256: v.sha256, config: v.config, sig: c.sig }, v.prefix, v.namespace);
+          assert.equal(reason === null, v.verifies, `${JSON.stringify(v)}: ${reason}`);
+        }
+      } else if (c.kind === 'record') {
+        let got;
+        try {
+          const t = targetFor(parseRecord(c.fields), c.instance);
+          got = { sha256: t.sha256, config: t.config, sig: t.sig };
+        } catch (err) {
+          assert.ok(err instanceof RecordError, String(err));
+          got = { malformed: err.field };
+        }
+        assert.deepStrictEqual(got, c.expect);
+      } else {
+        assert.fail(`unknown case kind ${c.kind}`);
+      }
     });
   }
 });

@@ -1,6 +1,7 @@
 package acicache
 
 import (
+	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/aci-cache/aci-cache/go/policy"
 )
 
 func loadVectors(t *testing.T, name string, into any) {
@@ -237,5 +240,196 @@ func TestNamingVectors(t *testing.T) {
 				t.Fatalf("userKey(redisKey(%q)) = %q, %v", tc.Key, uk, ok)
 			}
 		})
+	}
+}
+
+// TestPolicyVectors replays tests/vectors/wire/policy.json (docs/WIRE.md 9): announcements,
+// signatures (made here with crypto/ed25519 from the seed, deterministic as RFC 8032 is, and
+// verified by the host's trust check) and rollout records.
+func TestPolicyVectors(t *testing.T) {
+	var file struct {
+		Cases []struct {
+			Kind      string             `json:"kind"`
+			Name      string             `json:"name"`
+			Payload   string             `json:"payload"`
+			PadTo     int                `json:"pad_to"`
+			Expect    map[string]any     `json:"expect"`
+			Seed      string             `json:"seed"`
+			PublicKey string             `json:"public_key"`
+			Prefix    string             `json:"prefix"`
+			Namespace *string            `json:"namespace"`
+			SHA256    string             `json:"sha256"`
+			Config    string             `json:"config"`
+			Message   string             `json:"message"`
+			Sig       string             `json:"sig"`
+			Fields    map[string]*string `json:"fields"`
+			Instance  string             `json:"instance"`
+			Verifies  []struct {
+				Prefix    string  `json:"prefix"`
+				Namespace *string `json:"namespace"`
+				SHA256    string  `json:"sha256"`
+				Config    string  `json:"config"`
+				Verifies  bool    `json:"verifies"`
+			} `json:"verifies"`
+		} `json:"cases"`
+	}
+	loadVectors(t, "policy.json", &file)
+	kinds := map[string]int{}
+	str := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
+	}
+	for _, tc := range file.Cases {
+		kinds[tc.Kind]++
+		t.Run(tc.Kind+"/"+tc.Name, func(t *testing.T) {
+			switch tc.Kind {
+			case "announcement":
+				payload := []byte(tc.Payload)
+				for len(payload) < tc.PadTo {
+					payload = append(payload, ' ')
+				}
+				var got map[string]any
+				if n, source, bad := decodePolicy(payload); bad != "" {
+					got = map[string]any{"malformed": string(bad)}
+				} else {
+					got = map[string]any{"rollout": float64(n), "source": source}
+				}
+				if !reflect.DeepEqual(got, tc.Expect) {
+					t.Fatalf("got %v, want %v", got, tc.Expect)
+				}
+			case "signature":
+				seed, err := hex.DecodeString(tc.Seed)
+				if err != nil {
+					t.Fatal(err)
+				}
+				key := ed25519.NewKeyFromSeed(seed)
+				if pub := hex.EncodeToString(key.Public().(ed25519.PublicKey)); pub != tc.PublicKey {
+					t.Fatalf("public key %s, want %s", pub, tc.PublicKey)
+				}
+				msg := signedMessage(tc.Prefix, str(tc.Namespace), tc.SHA256, tc.Config)
+				if string(msg) != tc.Message {
+					t.Fatalf("signed message %q, want %q", msg, tc.Message)
+				}
+				if sig := hex.EncodeToString(ed25519.Sign(key, msg)); sig != tc.Sig {
+					t.Fatalf("signature %s, want %s", sig, tc.Sig)
+				}
+				tr, err := newTrust(tc.PublicKey, true, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, v := range tc.Verifies {
+					reason := tr.check(v.Prefix, str(v.Namespace), target{SHA256: v.SHA256, Config: v.Config, Sig: tc.Sig})
+					if (reason == "") != v.Verifies {
+						t.Errorf("variant %+v: reason %q", v, reason)
+					}
+				}
+			case "record":
+				fields := map[string]string{}
+				for k, v := range tc.Fields {
+					if v != nil {
+						fields[k] = *v
+					}
+				}
+				var got map[string]any
+				rec, err := parseRecord(fields)
+				var re *recordError
+				switch {
+				case errors.As(err, &re):
+					got = map[string]any{"malformed": re.field}
+				case err != nil || rec == nil:
+					t.Fatalf("parseRecord: %v, %v", rec, err)
+				default:
+					tg := rec.targetFor(tc.Instance)
+					got = map[string]any{"sha256": tg.SHA256, "config": tg.Config, "sig": tg.Sig}
+				}
+				if !reflect.DeepEqual(got, tc.Expect) {
+					t.Fatalf("got %v, want %v", got, tc.Expect)
+				}
+			default:
+				t.Fatalf("unknown kind %q", tc.Kind)
+			}
+		})
+	}
+	if len(kinds) != 3 || len(file.Cases) < 30 {
+		t.Fatalf("cases by kind: %v", kinds)
+	}
+}
+
+// TestTrustAndOverrides: the rules of docs/WIRE.md 9.4 and 9.5 beyond the vectors.
+func TestTrustAndOverrides(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	pubHex := hex.EncodeToString(pub)
+	h := strings.Repeat("ab", 32)
+	sign := func(ns, sha, cfg string) string {
+		return hex.EncodeToString(ed25519.Sign(priv, signedMessage("aci", ns, sha, cfg)))
+	}
+	signed := target{SHA256: h, Sig: sign("ns", h, "")}
+	none, _ := newTrust("", false, nil)
+	if r := none.check("aci", "ns", signed); !strings.HasPrefix(r, "no policy trust configured") {
+		t.Errorf("no trust: %q", r)
+	}
+	if r := none.check("aci", "ns", target{}); r != "" {
+		t.Errorf("returning to the local policy needs no trust: %q", r)
+	}
+	key, _ := newTrust(pubHex, true, nil)
+	if r := key.check("aci", "ns", signed); r != "" {
+		t.Errorf("signed: %q", r)
+	}
+	if r := key.check("aci", "other", signed); !strings.HasPrefix(r, "bad signature") {
+		t.Errorf("other namespace: %q", r)
+	}
+	if r := key.check("aci", "ns", target{SHA256: h}); !strings.HasPrefix(r, "unsigned") {
+		t.Errorf("unsigned: %q", r)
+	}
+	allow, _ := newTrust("", false, []string{h})
+	if r := allow.check("aci", "ns", target{SHA256: h}); r != "" {
+		t.Errorf("allow-listed: %q", r)
+	}
+	if r := allow.check("aci", "ns", target{SHA256: strings.Repeat("cd", 32)}); r != "not in the allow-list" {
+		t.Errorf("not listed: %q", r)
+	}
+	if r := allow.check("aci", "ns", target{SHA256: h, Config: "{}"}); r == "" {
+		t.Error("an allow-listed hash with a config override ran unsigned")
+	}
+	both, _ := newTrust(pubHex, true, []string{h})
+	if both.kind() != "key+allow-list" || key.kind() != "key" || allow.kind() != "allow-list" || none.kind() != "none" {
+		t.Error("trust kinds")
+	}
+	cfgSigned := target{SHA256: h, Config: `{"hold-ms":5}`, Sig: sign("ns", h, `{"hold-ms":5}`)}
+	if r := both.check("aci", "ns", cfgSigned); r != "" {
+		t.Errorf("a signed override of an allow-listed hash: %q", r)
+	}
+	// A small-order public key (the identity) verifies forged signatures under plain
+	// verification; strict verification refuses it at configuration.
+	ident := "01" + strings.Repeat("00", 31)
+	if _, err := newTrust(ident, true, nil); !errors.Is(err, ErrInvalid) {
+		t.Errorf("small-order key accepted: %v", err)
+	}
+	for _, bad := range []string{strings.ToUpper(pubHex), pubHex[:62], "xyz"} {
+		var ce *ConfigError
+		if _, err := newTrust(bad, true, nil); !errors.As(err, &ce) || ce.Field != "policy_public_key" {
+			t.Errorf("key %q: %v", bad, err)
+		}
+	}
+	var ce *ConfigError
+	if _, err := newTrust("", false, []string{"AB"}); !errors.As(err, &ce) || ce.Field != "policy_allow_hashes" {
+		t.Errorf("bad hash: %v", err)
+	}
+
+	base := policy.Config{LowThreshold: 10, HighThreshold: 50, WindowMs: 5000, HoldMs: 3000, BatchIntervalMs: 2500,
+		BatchMaxKeys: 1000, BatchMaxBytes: 1 << 20}
+	c, err := applyOverrides(base, `{"initial-strategy":"eager","window-ms":1e3,"low-threshold":1}`)
+	if err != nil || c.InitialStrategy != policy.StrategyEager || c.WindowMs != 1000 || c.LowThreshold != 1 || c.HoldMs != 3000 {
+		t.Errorf("overrides: %+v, %v", c, err)
+	}
+	for cfg, field := range map[string]string{
+		`{"window-ms":1.5}`: "window-ms", `{"bogus":1}`: "bogus", `{"initial-strategy":"lazy"}`: "initial-strategy",
+		`{"hold-ms":"5"}`: "hold-ms", `{"batch-max-keys":3e10}`: "batch-max-keys", `{"high-threshold":null}`: "high-threshold",
+	} {
+		if _, err := applyOverrides(base, cfg); err == nil || !strings.HasPrefix(err.Error(), "config: "+field+":") {
+			t.Errorf("%s: %v", cfg, err)
+		}
 	}
 }

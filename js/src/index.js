@@ -3,5 +3,5 @@
 export { AdaptiveCache, CacheStateError } from './cache.js';
 export { CacheConfigError, DEFAULTS, Names } from './config.js';
 export { PolicyFault, PolicyRuntime } from './engine.js';
-export { ConfigError, Policy, PolicyTrap, configFromWire, configToWire, loadPolicy, policyDir } from './policy.js';
+export { ConfigError, InvalidComponent, Policy, PolicyModule, PolicyTrap, configFromWire, configToWire, loadComponent, loadPolicy, policyDir, policyModule } from './policy.js';
 export { LossDetector, Sender, decode } from './wire.js';

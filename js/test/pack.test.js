@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { policyDir } from '../src/policy.js';
 import { sleep, startRedis, until } from './redis-server.js';
 
 const JS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -83,4 +84,19 @@ DEFAULT_REDIS_OPTIONS.port = ${srv.port};
   assert.match(lines[0], /^(ttl|batched|eager)$/);
   assert.equal(lines[1], '1');
   assert.equal(lines[2], '{"name":"Alice"}');
+
+  // Without jco, a component that is not bundled (as a pushed one) runs through the glue of a
+  // bundled policy of the same layout; one of another layout is refused, not run.
+  const hostile = path.join(policyDir(), 'hostile.wasm');
+  const trapOnLoad = path.join(policyDir(), 'trap-on-load.wasm');
+  writeFileSync(path.join(proj, 'generic.mjs'), `import { readFileSync } from 'node:fs';
+import { loadComponent, loadPolicy } from 'aci-cache/policy';
+const m = await loadComponent(readFileSync(${JSON.stringify(hostile)}));
+const p = await m.instantiate();
+console.log(p.describe().name, p.recordWrite('k', 1));
+console.log((await loadPolicy(${JSON.stringify(hostile)})).describe().name);
+try { await loadComponent(readFileSync(${JSON.stringify(trapOnLoad)})); console.log('loaded'); } catch (e) { console.log(e.name); }
+`);
+  const generic = execFileSync(process.execPath, ['generic.mjs'], { cwd: proj, encoding: 'utf8' }).trim().split('\n');
+  assert.deepEqual(generic, ['hostile ttl', 'hostile', 'InvalidComponent']);
 });

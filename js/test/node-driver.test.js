@@ -70,10 +70,33 @@ test('SIGTERM shuts down gracefully', async () => {
 });
 
 test('a bad flag: one line on stderr, exit code 2', () => {
-  for (const args of [['--role', 'boss'], ['--namespace', 'a:b'], ['--tick-ms', '0'], ['--bogus', '1'], ['--strategy']]) {
+  for (const args of [['--role', 'boss'], ['--namespace', 'a:b'], ['--tick-ms', '0'], ['--bogus', '1'], ['--strategy'],
+    ['--policy-public-key', 'AB'.repeat(32)], ['--policy-allow-hashes', 'abc'], ['--policy-rollback-faults', '0']]) {
     const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
     assert.equal(r.status, 2, args.join(' '));
     assert.equal(r.stdout, '');
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   }
+});
+
+test('policy flags: trust, the policy fields of stats, the policy command', async () => {
+  const key = 'ab'.repeat(32);
+  const d = driver(['--namespace', 'drv3', '--instance-id', 'js-node-3', '--policy-allow-hashes', `${key},${'cd'.repeat(32)}`,
+    '--policy-rollback-faults', '2']);
+  assert.equal((await d.next()).ready, true);
+  const s = await d.cmd('stats');
+  assert.equal(s.policy, 'adaptive');
+  assert.match(s.policy_sha256, /^[0-9a-f]{64}$/);
+  assert.equal(s.policy_origin, 'local');
+  assert.equal(s.policy_faults, 0);
+  const p = await d.cmd('policy');
+  assert.equal(p.id, 'js-node-3');
+  assert.equal(p.host, 'js');
+  assert.equal(p.trust, 'allow-list');
+  assert.equal(p.sha256, s.policy_sha256);
+  const status = JSON.parse(await srv.client().get('aci::drv3:policy:status:js-node-3'));
+  assert.equal(status.id, 'js-node-3');
+  assert.deepEqual(await d.cmd('quit'), { bye: true });
+  assert.equal(await d.exited, 0);
+  assert.equal(await srv.client().exists('aci::drv3:policy:status:js-node-3'), 0, 'the status record goes at stop');
 });

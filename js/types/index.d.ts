@@ -55,6 +55,43 @@ export interface AdaptiveCacheOptions {
   connectTimeout?: number;
   /** Where warnings go (default console). */
   logger?: { warn(msg: string): void };
+  /**
+   * Follow policy pushes (`aci policy push`, docs/WIRE.md 9) signed by this ed25519 public key:
+   * 64 lowercase hex characters (the 32-byte key of RFC 8032, as `aci policy keygen` prints it).
+   */
+  policyPublicKey?: string;
+  /** Follow pushes of these component hashes (SHA-256, 64 lowercase hex each), unsigned, with no config override. */
+  policyAllowHashes?: string[];
+  /** Faults of a pushed policy after which this instance reverts and rolls the fleet back (default 3). */
+  policyRollbackFaults?: number;
+}
+
+/** A refused rollout, as in the status record. */
+export interface PolicyRejection {
+  rollout: number;
+  sha256: string;
+  reason: string;
+}
+
+/** This instance's policy status record (docs/WIRE.md 9.8), as written to `K policy:status:<id>`. */
+export interface PolicyStatus {
+  id: string;
+  host: 'js';
+  name: string;
+  version: string;
+  /** SHA-256 of the running component (a local one too). */
+  sha256: string;
+  origin: 'local' | 'pushed';
+  /** The last rollout acted on (0: none). */
+  rollout: number;
+  strategy: Strategy;
+  controller: boolean;
+  /** Faults of the running policy since it was loaded. */
+  faults: number;
+  trust: 'key' | 'allow-list' | 'key+allow-list' | 'none';
+  rejected: PolicyRejection | null;
+  /** Unix seconds. */
+  timestamp: number;
 }
 
 export interface StrategySwitch {
@@ -101,6 +138,11 @@ export interface Stats {
   publishFailures: number;
   policyFaults: number;
   policy: { name: string; version: string } | null;
+  /** SHA-256 of the running policy's component. */
+  policySha256: string | null;
+  policyOrigin: 'local' | 'pushed';
+  /** The last rollout acted on (0: none). */
+  policyRollout: number;
   l1Serving: boolean;
   l1Entries: number;
   l1Bytes: number;
@@ -129,6 +171,14 @@ export class AdaptiveCache {
   onSwitch(cb: (from: Strategy, to: Strategy) => void): () => void;
   stats(): Stats;
   redisKey(key: string): string;
+  /** This instance's policy status record (docs/WIRE.md 9.8). */
+  policyStatus(): PolicyStatus;
+  /**
+   * Replaces the policy while serving (it becomes this instance's local policy): a component's
+   * bytes, a path to one, or a bundled policy name; `strategy` sets its initial-strategy.
+   * Rejects (the running policy untouched) with InvalidComponent or CacheConfigError.
+   */
+  swapPolicy(policy: Uint8Array | string, opts?: { strategy?: Strategy }): Promise<{ name: string; version: string; sha256: string | null }>;
 }
 
 /** An invalid option; `field` names it. */
@@ -174,3 +224,17 @@ export class Names {
 }
 
 export function loadPolicy(spec: string, opts?: { policyDir?: string; transpile?: boolean }): Promise<unknown>;
+
+/** A compiled policy component; instantiate() makes fresh, independent instances. */
+export class PolicyModule {
+  readonly source: { name: string; component: string | null; sha256: string | null; genDir: string; metered: boolean; generic?: boolean };
+  instantiate(): Promise<unknown>;
+}
+export function policyModule(spec: string, opts?: { policyDir?: string; transpile?: boolean; meter?: boolean }): Promise<PolicyModule>;
+/**
+ * Compiles a component from its bytes without jco, off the event loop, through the glue of a
+ * bundled policy of the same layout (see README "Pushed components without jco").
+ */
+export function loadComponent(bytes: Uint8Array, opts?: { meter?: boolean; expectSha256?: string; name?: string }): Promise<PolicyModule>;
+/** A component this host cannot run (layout, interface, metering or compile error). */
+export class InvalidComponent extends Error {}

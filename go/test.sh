@@ -2,10 +2,10 @@
 # Vets the Go host and runs its tests: the policy conformance replay and sandbox tests
 # (policy/), the wire vectors and the cache's integration tests against a redis-server that
 # the test binary starts on a free loopback port (acicache/), then the concurrency tests again
-# under the race detector.
+# under the race detector (policy rollouts included).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh
 go vet ./...
 go test -count=1 -timeout 300s ./...
-go test -count=1 -timeout 300s -race -run 'Concurrent|TwoEager|Hostile|Election|Loss' ./acicache ./policy
+go test -count=1 -timeout 300s -race -run 'Concurrent|TwoEager|Hostile|Election|Loss|Rollout|SwapPolicy' ./acicache ./policy

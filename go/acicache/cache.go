@@ -50,26 +50,27 @@ type Stats struct {
 	MessagesReceived     uint64   `json:"messages_received"`
 	InvalidationsApplied uint64   `json:"invalidations_applied"`
 	// Flushes counts whole-L1 flushes: flush messages, detected losses, resubscriptions.
-	Flushes         uint64        `json:"flushes"`
-	Gaps            uint64        `json:"gaps"`
-	Malformed       uint64        `json:"malformed"`
-	PolicyFaults    uint64        `json:"policy_faults"`
-	Resubscribes    uint64        `json:"resubscribes"`
-	ControllerLost  uint64        `json:"controller_lost"`
-	LagSuspensions  uint64        `json:"lag_suspensions"`
-	PublishFailures uint64        `json:"publish_failures"`
+	Flushes   uint64 `json:"flushes"`
+	Gaps      uint64 `json:"gaps"`
+	Malformed uint64 `json:"malformed"`
+	// PolicyFaults counts the running policy's faults since it was loaded (New or its swap).
+	PolicyFaults    uint64 `json:"policy_faults"`
+	Resubscribes    uint64 `json:"resubscribes"`
+	ControllerLost  uint64 `json:"controller_lost"`
+	LagSuspensions  uint64 `json:"lag_suspensions"`
+	PublishFailures uint64 `json:"publish_failures"`
 	// The running policy (docs/WIRE.md 9.8): its name and version (describe), the SHA-256 of
 	// its component, "local" or "pushed", the last rollout acted on, swaps since New.
 	// PolicyFaults counts the running policy's faults since it was loaded.
-	Policy          string        `json:"policy"`
-	PolicyVersion   string        `json:"policy_version"`
-	PolicySHA256    string        `json:"policy_sha256"`
-	PolicyOrigin    string        `json:"policy_origin"`
-	PolicyRollout   uint64        `json:"policy_rollout"`
-	PolicySwaps     uint64        `json:"policy_swaps"`
-	L1Serving       bool          `json:"l1_serving"`
-	L1Entries       int           `json:"l1_entries"`
-	Switches        []SwitchEvent `json:"-"`
+	Policy        string        `json:"policy"`
+	PolicyVersion string        `json:"policy_version"`
+	PolicySHA256  string        `json:"policy_sha256"`
+	PolicyOrigin  string        `json:"policy_origin"`
+	PolicyRollout uint64        `json:"policy_rollout"`
+	PolicySwaps   uint64        `json:"policy_swaps"`
+	L1Serving     bool          `json:"l1_serving"`
+	L1Entries     int           `json:"l1_entries"`
+	Switches      []SwitchEvent `json:"-"`
 }
 
 type counters struct {
@@ -87,11 +88,11 @@ type Cache struct {
 	snd   sender
 	l1    *l1
 	pol   *policyRuntime
-	ro    *rollout      // docs/WIRE.md 9
+	ro    *rollout // docs/WIRE.md 9
 	start time.Time
 	// baseCfg is the host's policy config, on which a pushed policy's overrides apply.
 	baseCfg policy.Config
-	c     counters
+	c       counters
 
 	ownTag   string // `,"source":"<id>"`, as our own messages carry it
 	strategy atomic.Uint32
@@ -623,8 +624,10 @@ func (c *Cache) Close(ctx context.Context) error {
 		errs = append(errs, releaseScript.Run(ctx, c.rdb, []string{c.n.lease}, c.snd.source).Err())
 	}
 	c.l1.suspend()
+	c.ro.swapMu.Lock() // no SwapPolicy in flight
 	c.pol.close()
 	c.ro.close()
+	c.ro.swapMu.Unlock()
 	return errors.Join(errs...)
 }
 

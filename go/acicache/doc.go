@@ -19,6 +19,16 @@
 // Writes made by clients that do not use aci-cache are not seen: they are bounded by the local
 // TTL only.
 //
+// Policy rollouts (docs/WIRE.md section 9): a Cache follows `aci policy push` rollouts of its
+// namespace. It runs a pushed policy only if it trusts it (WithPolicyPublicKey: an ed25519
+// signature over the hash and config; WithPolicyAllowHashes: listed hashes, with the cache's
+// own config); without either it keeps its local policy and reports each push as refused in its
+// status record. A trusted policy is fetched, verified and compiled off the write path and
+// swapped in atomically (every write recorded by exactly one policy, the old one's buffered keys
+// published at once); one that faults WithPolicyRollbackFaults times (default 3) is reverted by
+// the instance and rolled back fleet-wide. SwapPolicy swaps the policy of one instance by hand.
+// WithoutPolicyRollouts opts out.
+//
 // Errors: invalid options and unusable keys are *ConfigError (errors.Is(err, ErrInvalid)),
 // naming the field; a missing key is Nil (redis.Nil); Redis errors are go-redis's.
 package acicache

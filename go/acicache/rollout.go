@@ -86,6 +86,7 @@ type rollout struct {
 	lastPoll     uint64 // ms
 	lastStatus   uint64 // ms
 	lastReported string // the last status written, without its timestamp
+	lastWarn     uint64 // ms: read failures are logged at most once per poll period
 }
 
 func newRollout(c *Cache, lp *localPolicy) (*rollout, error) {
@@ -158,6 +159,19 @@ func (r *rollout) start(ctx context.Context) {
 		r.resync.Store(true)
 	}
 	r.lastPoll = r.c.nowMs()
+	r.writeStatus(ctx, true)
+}
+
+// readFailed logs a failure to read or fetch, at most once per poll period: a record of the
+// wrong type, say, must not flood the log at every announcement.
+func (r *rollout) readFailed(err error) {
+	now := r.c.nowMs()
+	if r.lastWarn != 0 && now-r.lastWarn < pollMs {
+		return
+	}
+	r.lastWarn = max(now, 1)
+	r.c.s.logger.Warn("acicache: policy rollout: cannot read the record (retried on the next announcement, resubscription or poll)",
+		"instance", r.c.snd.source, "err", err)
 }
 
 // loop is the rollout goroutine: one step per tick, and at once on an announcement.
@@ -198,7 +212,7 @@ func (r *rollout) step() {
 		switch {
 		case errors.Is(err, redis.Nil):
 		case err != nil:
-			c.s.logger.Warn("acicache: policy rollout: cannot read the record", "instance", c.snd.source, "err", err)
+			r.readFailed(err)
 		default:
 			n, ok := parseRollout(cur)
 			full = !ok || n != r.read // a malformed one is read whole: refused with its reason
@@ -207,8 +221,7 @@ func (r *rollout) step() {
 	if full {
 		r.lastPoll = now
 		if err := r.sync(ctx); err != nil {
-			r.resync.Store(true) // read again at the next tick
-			c.s.logger.Warn("acicache: policy rollout: cannot read the record", "instance", c.snd.source, "err", err)
+			r.readFailed(err)
 		}
 	}
 	r.writeStatus(ctx, false)
@@ -621,6 +634,9 @@ func (c *Cache) SwapPolicy(ctx context.Context, wasm []byte, overrides string) e
 	r := c.ro
 	r.swapMu.Lock()
 	defer r.swapMu.Unlock()
+	if c.closed.Load() {
+		return ErrClosed
+	}
 	sum := sha256.Sum256(wasm)
 	hash := hex.EncodeToString(sum[:])
 	m := r.module(hash)

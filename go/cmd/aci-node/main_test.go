@@ -44,6 +44,11 @@ func TestDriver(t *testing.T) {
 	if code := run([]string{"--namespace", "a:b"}, strings.NewReader(""), io.Discard); code != 2 {
 		t.Errorf("bad --namespace: exit %d, want 2", code)
 	}
+	for _, bad := range [][]string{{"--policy-public-key", "XYZ"}, {"--policy-allow-hashes", "abc"}, {"--policy-rollback-faults", "0"}} {
+		if code := run(bad, strings.NewReader(""), io.Discard); code != 2 {
+			t.Errorf("%v: exit %d, want 2", bad, code)
+		}
+	}
 
 	in := "set k v\nset t v 60000\nget k\nget missing\ndel k\nget k\nstrategy\nstats\nbogus\nquit\n"
 	pr, pw := io.Pipe()
@@ -51,7 +56,10 @@ func TestDriver(t *testing.T) {
 	go func() {
 		defer pw.Close()
 		done <- run([]string{"--redis", fmt.Sprintf("redis://127.0.0.1:%d", port), "--namespace", "shop",
-			"--strategy", "eager", "--instance-id", "node-1", "--tick-ms", "50"}, strings.NewReader(in), pw)
+			"--strategy", "eager", "--instance-id", "node-1", "--tick-ms", "50",
+			"--policy-public-key", "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",
+			"--policy-allow-hashes", strings.Repeat("ab", 32) + "," + strings.Repeat("cd", 32), "--policy-rollback-faults", "2"},
+			strings.NewReader(in), pw)
 	}()
 	var lines []map[string]any
 	sc := bufio.NewScanner(pr)
@@ -81,10 +89,14 @@ func TestDriver(t *testing.T) {
 	}
 	stats := lines[len(want)]
 	for _, f := range []string{"reads", "l1_hits", "l1_misses", "writes", "messages_sent", "pubsub_received",
-		"messages_received", "invalidations_applied", "gaps", "malformed", "is_controller", "strategy"} {
+		"messages_received", "invalidations_applied", "gaps", "malformed", "is_controller", "strategy",
+		"policy", "policy_sha256", "policy_origin", "policy_faults"} {
 		if _, ok := stats[f]; !ok {
 			t.Errorf("stats lacks %s: %v", f, stats)
 		}
+	}
+	if stats["policy"] != "fixed" || stats["policy_origin"] != "local" || len(stats["policy_sha256"].(string)) != 64 {
+		t.Errorf("policy stats %v", stats)
 	}
 	if stats["writes"] != float64(2) || stats["reads"] != float64(3) {
 		t.Errorf("stats %v", stats)

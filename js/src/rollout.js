@@ -249,11 +249,12 @@ export class Trust {
   check(target, prefix, namespace) {
     if (target.sha256 === '') return null;
     if (!this.key && this.allow.size === 0) return 'no policy trust configured (policyPublicKey or policyAllowHashes)';
-    if (this.allow.has(target.sha256)) {
-      if (target.config) return 'allow-listed hash pushed with a config override (only a signed push may override the config)';
-      return null;
+    const listed = this.allow.has(target.sha256);
+    if (listed && !target.config) return null;
+    // Listed with a config override: only the signature (the third way of 9.5) can approve it.
+    if (!this.key || (listed && !target.sig)) {
+      return listed ? 'allow-listed hash pushed with a config override (only a signed push may override the config)' : 'not in the allow-list';
     }
-    if (!this.key) return 'not in the allow-list';
     if (!target.sig) return 'unsigned: this instance requires a signature by its policyPublicKey';
     if (!verifyStrict(this.key, signedMessage(prefix, namespace, target.sha256, target.config), target.sig)) {
       return "bad signature: not made by this instance's policyPublicKey for this namespace";
@@ -593,6 +594,7 @@ export class Follower {
   }
 
   async #writeStatus() {
+    if (this.#stopped) return; // stop() deletes it
     this.#statusDue = false;
     this.#lastStatus = this.#h.now();
     const st = this.status();

@@ -317,6 +317,36 @@ describe('following pushes', () => {
     assert.equal(a.policyStatus().origin, 'local');
   });
 
+  test('a record written while not listening is read after the resubscription', async () => {
+    const n = ns();
+    const a = await cache({ namespace: n, ...trusted });
+    const r = fx.srv.client();
+    // The record without its announcement (a lost message).
+    const h = sha(FIXED);
+    await r.set(`aci::${n}:policy:blob:${h}`, FIXED);
+    await r.hset(`aci::${n}:policy:current`, 'rollout', '1', 'sha256', h, 'config', '', 'canary', '',
+      'sig', sign(null, signedMessage('aci', n, h, ''), KEY.privateKey).toString('hex'));
+    await sleep(500);
+    assert.equal(a.policyStatus().origin, 'local', 'nothing announced: not read yet');
+    const before = a.stats().resubscribes;
+    await r.client('KILL', 'TYPE', 'pubsub');
+    await until(() => a.stats().resubscribes > before, 5000, 'resubscribed');
+    await until(() => a.policyStatus().sha256 === h, 2000, 'read after the resubscription');
+  });
+
+  test('a record whose announcement was lost is read within 10 s anyway (the poll)', { timeout: 20_000 }, async () => {
+    const n = ns();
+    const a = await cache({ namespace: n, ...trusted });
+    const r = fx.srv.client();
+    const h = sha(FIXED);
+    await r.set(`aci::${n}:policy:blob:${h}`, FIXED);
+    const t0 = Date.now();
+    await r.hset(`aci::${n}:policy:current`, 'rollout', '1', 'sha256', h,
+      'sig', sign(null, signedMessage('aci', n, h, ''), KEY.privateKey).toString('hex'));
+    await until(() => a.policyStatus().sha256 === h, 12_000, 'read by the poll');
+    assert.ok(Date.now() - t0 > 1000, 'not before the poll');
+  });
+
   test('swapPolicy: a local swap while serving; a rollout back to local returns to it', async () => {
     const n = ns();
     const a = await cache({ namespace: n, ...trusted, role: 'controller' });

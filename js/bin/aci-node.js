@@ -103,7 +103,7 @@ function statsLine() {
     resubscribes: s.resubscribes, l1_serving: s.l1Serving, l1_entries: s.l1Entries, instance_id: s.instanceId,
     // docs/NODE.md: the running policy (docs/WIRE.md 9)
     policy: s.policy?.name ?? null, policy_sha256: s.policySha256, policy_origin: s.policyOrigin,
-    policy_version: s.policy?.version ?? null, policy_rollout: s.policyRollout,
+    policy_version: s.policy?.version ?? null, policy_rollout: s.policyRollout, policy_swaps: s.policySwaps,
   };
 }
 

@@ -105,6 +105,7 @@ export class AdaptiveCache {
     hits: 0, misses: 0, l1Hits: 0, l1Misses: 0, writes: 0, deletes: 0, messagesSent: 0,
     pubsubReceived: 0, messagesReceived: 0, invalidationsApplied: 0, flushes: 0, gaps: 0,
     malformed: 0, resubscribes: 0, subscriptionErrors: 0, controllerLost: 0, lagSuspensions: 0, publishFailures: 0,
+    policySwaps: 0,
   };
 
   /**
@@ -195,6 +196,7 @@ export class AdaptiveCache {
       policySha256: this.#rt?.source?.sha256 ?? null,
       policyOrigin: this.#follower?.running.target.sha256 ? 'pushed' : 'local',
       policyRollout: this.#follower?.acted ?? 0,
+      policySwaps: c.policySwaps,
       l1Serving: this.#l1.serving,
       l1Entries: this.#l1.size,
       l1Bytes: this.#l1.bytes,
@@ -469,6 +471,7 @@ export class AdaptiveCache {
       }
     }
     this.#rt = rt;
+    this.#c.policySwaps++;
     this.#noteStrategy(rt.currentStrategy(now));
   }
 

@@ -143,6 +143,8 @@ export interface Stats {
   policyOrigin: 'local' | 'pushed';
   /** The last rollout acted on (0: none). */
   policyRollout: number;
+  /** Policy swaps (pushed, reverted, swapPolicy) since start. */
+  policySwaps: number;
   l1Serving: boolean;
   l1Entries: number;
   l1Bytes: number;

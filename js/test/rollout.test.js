@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { AdaptiveCache, CacheConfigError } from 'aci-cache';
-import { policyDir } from '../src/policy.js';
+import { InvalidComponent, loadComponent, policyDir } from '../src/policy.js';
 import { Trust, signedMessage, verifyStrict, publicKeyObject } from '../src/rollout.js';
 import { sleep, until, useCaches } from './redis-server.js';
 
@@ -115,6 +115,67 @@ describe('configuration', () => {
     assert.ok(!verifyStrict(pub, msg, smallR.toString('hex')));
     const t = new Trust('01'.padEnd(64, '0'), undefined);
     assert.match(t.check({ sha256: sha(FIXED), config: '', sig: good.toString('hex') }, 'aci', 'x'), /bad signature/);
+  });
+});
+
+// A component whose core module is `core` instead of fixed's (the rest byte for byte).
+function withCore(component, core) {
+  const out = [component.subarray(0, 8)];
+  let pos = 8;
+  let replaced = false;
+  while (pos < component.length) {
+    const id = component[pos];
+    let size = 0;
+    let shift = 0;
+    let p = pos + 1;
+    for (;;) {
+      const b = component[p++];
+      size += (b & 0x7f) * 2 ** shift;
+      if (!(b & 0x80)) break;
+      shift += 7;
+    }
+    if (id === 1 && !replaced) {
+      replaced = true;
+      const len = [];
+      let n = core.length;
+      do {
+        let b = n & 0x7f;
+        n = Math.floor(n / 128);
+        if (n) b |= 0x80;
+        len.push(b);
+      } while (n);
+      out.push(Buffer.from([1, ...len]), core);
+    } else {
+      out.push(component.subarray(pos, p + size));
+    }
+    pos = p + size;
+  }
+  return Buffer.concat(out);
+}
+
+describe('pushed components without jco (the glue of a bundled policy of the same layout)', () => {
+  test('every component of target/policies: the policies load, another layout is refused', async () => {
+    for (const name of ['adaptive', 'fixed', 'budget', 'hostile']) {
+      const m = await loadComponent(read(name));
+      assert.equal(m.source.sha256, sha(read(name)));
+      const p = await m.instantiate();
+      assert.equal(p.describe().name, name);
+      assert.equal(p.recordWrite('k', 1), 'ttl');
+    }
+    await assert.rejects(loadComponent(read('trap-on-load')), (e) => e instanceof InvalidComponent && /component layout/.test(e.message));
+  });
+
+  test('a core module that imports, lacks an export or is not wasm is refused', async () => {
+    const header = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+    const importing = Buffer.from([...header, 1, 4, 1, 0x60, 0, 0, 2, 7, 1, 1, 0x78, 1, 0x79, 0, 0]);
+    await assert.rejects(loadComponent(withCore(FIXED, importing)), /imports something/);
+    await assert.rejects(loadComponent(withCore(FIXED, Buffer.from(header))), /does not export/);
+    await assert.rejects(loadComponent(withCore(FIXED, Buffer.from('not a module'))), InvalidComponent);
+    await assert.rejects(loadComponent(FIXED.subarray(0, 1000)), /truncated/);
+    // fixed's glue with hostile's core module: runs, and is metered.
+    const mixed = await (await loadComponent(withCore(FIXED, (await import('../src/component.js')).componentShape(HOSTILE).modules[0]))).instantiate();
+    assert.equal(mixed.describe().name, 'hostile');
+    assert.throws(() => mixed.recordWrite('hostile:loop', 1), /trapped/);
   });
 });
 

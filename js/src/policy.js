@@ -33,7 +33,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { coreInterface } from './component.js';
+import { componentShape, coreInterface } from './component.js';
 import { meterModule } from './meter.js';
 import { readStamp, sha256 } from './transpile.js';
 
@@ -551,6 +551,15 @@ function bundledGlues() {
   for (const d of dirs) {
     const genDir = path.join(GEN_DIR, d);
     const stamp = readStamp(genDir);
+    if (stamp && !stamp.shape && stamp.component) {
+      // A copy built before stamps carried the shape: its component, if it is still the same.
+      try {
+        const bytes = readFileSync(stamp.component);
+        if (sha256(bytes) === stamp.sha256) stamp.shape = componentShape(bytes).shape;
+      } catch {
+        // gone or not a component: no shape
+      }
+    }
     if (!stamp?.shape || !stamp.name || out.some((g) => g.shape === stamp.shape)) continue;
     try {
       const ref = readFileSync(path.join(genDir, `${stamp.name}.core.wasm`));

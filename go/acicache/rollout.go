@@ -72,7 +72,6 @@ type rollout struct {
 	previous *installed // what ran before current: where an automatic rollback returns
 	acted    uint64     // the last rollout acted on
 	rejected *rejection
-	swaps    uint64
 	modules  map[string]*policy.Module // compiled components by hash, at most maxModules
 	order    []string                  // modules' hashes, oldest first
 
@@ -381,7 +380,6 @@ func (r *rollout) install(ctx context.Context, inst *installed, e *policy.Engine
 	if asLocal {
 		r.local = *inst
 	}
-	r.swaps++
 	r.mu.Unlock()
 	r.evictModules()
 	c.noteStrategy(c.pol.status(now).Strategy)

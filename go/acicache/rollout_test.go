@@ -428,3 +428,62 @@ func TestSwapPolicy(t *testing.T) {
 		t.Fatalf("after Close: %v", err)
 	}
 }
+
+// TestRolloutReads: the record is read after a resubscription and by the 10 s poll even when
+// no announcement arrives, and announcements cause at most one read per tick.
+func TestRolloutReads(t *testing.T) {
+	space := ns(t)
+	o := newOperator(t, space)
+	const tick = 100 * time.Millisecond
+	c := newCache(t, WithNamespace(space), WithPolicyPublicKey(o.pub), WithTick(tick))
+	local := c.Stats().PolicySHA256
+	wasm, fixed := readPolicy(t, "fixed")
+	// A record written without an announcement (as if the announcement were lost).
+	silent := func(rollout uint64, sha, config string) {
+		o.rdb.Set(bg, o.k+"policy:blob:"+fixed, wasm, 0)
+		sig := ""
+		if sha != "" {
+			sig = o.sign(sha, config)
+		}
+		if err := o.rdb.HSet(bg, o.k+"policy:current", "rollout", strconv.FormatUint(rollout, 10), "sha256", sha,
+			"config", config, "sig", sig, "previous", "", "previous_config", "", "previous_sig", "", "canary", "").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	silent(1, fixed, "")
+	time.Sleep(3 * tick)
+	if c.Stats().PolicySHA256 != local {
+		t.Fatal("adopted a record without an announcement, resubscription or poll")
+	}
+	if err := o.rdb.Do(bg, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the record read after the resubscription", func() bool {
+		return c.Stats().PolicySHA256 == fixed && c.Stats().Resubscribes > 0
+	})
+
+	// A flood of (forged) announcements: at most one read per tick because of them.
+	hgetalls := func() int {
+		info := o.rdb.Info(bg, "commandstats").Val()
+		i := strings.Index(info, "cmdstat_hgetall:calls=")
+		if i < 0 {
+			return 0
+		}
+		n, _ := strconv.Atoi(strings.SplitN(info[i+len("cmdstat_hgetall:calls="):], ",", 2)[0])
+		return n
+	}
+	before, start := hgetalls(), time.Now()
+	for i := range 100 {
+		o.rdb.Publish(bg, "aci:"+space+":policy", `{"action":"policy","rollout":`+strconv.Itoa(1000+i)+`,"source":"forger"}`)
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(2 * tick)
+	reads, ticks := hgetalls()-before, int(time.Since(start)/tick)
+	if reads > ticks+2 {
+		t.Fatalf("%d HGETALLs in %d ticks of announcements", reads, ticks)
+	}
+	t.Logf("%d announcements: %d HGETALLs in %d ticks", 100, reads, ticks)
+
+	silent(2, "", "")
+	eventually(t, 12*time.Second, "the record read by the 10 s poll", func() bool { return c.Stats().PolicySHA256 == local })
+}

@@ -235,9 +235,6 @@ func (r *rollout) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(f) == 0 {
-		return nil
-	}
 	rec, perr := parseRecord(f)
 	n := uint64(0)
 	if rec != nil {
@@ -250,6 +247,9 @@ func (r *rollout) sync(ctx context.Context) error {
 	// deleted) must not make us read at every tick; one heard during the read is kept.
 	if h := r.heard.Load(); h == heardBefore && h > r.read {
 		r.heard.CompareAndSwap(h, r.read)
+	}
+	if len(f) == 0 {
+		return nil
 	}
 	r.mu.Lock()
 	acted := r.acted

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::policy::{sha256_hex, PolicyConfig, PolicyModule, SandboxLimits, Strategy};
 use crate::shared::{lock, Shared, HEARTBEAT};
+use crate::transport::Conn;
 use crate::wire;
 
 /// Largest component a host fetches or a pusher stores (section 9.1).
@@ -237,13 +238,22 @@ impl RolloutRecord {
 
 /// Writes `rec` (its `rollout` must be `expected + 1`) with the compare-and-set of section
 /// 9.2 and announces it. False when the record changed meanwhile.
-async fn write_record<C: ConnectionLike + Send>(conn: &mut C, keys: &str, channel: &str, source: &str, expected: u64, rec: &RolloutRecord) -> redis::RedisResult<bool> {
+async fn write_record(conn: &mut Conn, keys: &str, channel: &str, source: &str, expected: u64, rec: &RolloutRecord) -> redis::RedisResult<bool> {
+    let announcement = wire::policy_announcement(source, rec.rollout);
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(WRITE_RECORD_LUA).arg(1).arg(format!("{keys}policy:current")).arg(expected.to_string()).arg(channel).arg(wire::policy_announcement(source, rec.rollout));
+    cmd.arg(WRITE_RECORD_LUA).arg(1).arg(format!("{keys}policy:current")).arg(expected.to_string()).arg(channel).arg(&announcement);
     for (k, v) in rec.to_fields() {
         cmd.arg(k).arg(v);
     }
     let written: i64 = cmd.query_async(conn).await?;
+    if written == 1 && conn.sharded() {
+        // The script's PUBLISH is classic (a script may not SPUBLISH outside its key's slot):
+        // sharded subscribers hear the announcement from this one (docs/WIRE.md 10.1). It is
+        // only a hint: a failure costs the fleet at most the 10 s periodic read.
+        if let Err(e) = redis::cmd("SPUBLISH").arg(channel).arg(&announcement).query_async::<i64>(conn).await {
+            tracing::warn!(rollout = rec.rollout, error = %e, "rollout written; its sharded announcement failed");
+        }
+    }
     Ok(written == 1)
 }
 
@@ -715,7 +725,7 @@ pub struct PushRequest<'a> {
 
 /// The rollout record and keys of one namespace, for an operator.
 pub struct PolicyAdmin {
-    conn: redis::aio::MultiplexedConnection,
+    conn: Conn,
     prefix: String,
     namespace: Option<String>,
     keys: String,
@@ -732,21 +742,33 @@ impl PolicyAdmin {
     pub async fn connect(url: &str, prefix: &str, namespace: Option<&str>) -> Result<PolicyAdmin> {
         wire::validate_names(prefix, namespace, None)?;
         let client = redis::Client::open(url)?;
-        let conn = client.get_multiplexed_async_connection().await?;
+        let conn = redis::aio::ConnectionManager::new(client).await.map_err(crate::cache::auth_error)?;
+        Ok(Self::new(Conn::Single(conn), prefix, namespace, false))
+    }
+
+    /// The same on a Redis Cluster whose fleet uses sharded Pub/Sub (the default of
+    /// `CacheBuilder::redis_cluster`): the announcement channel is `{P}:policy` (docs/WIRE.md 10.1).
+    pub async fn connect_cluster(seeds: &[String], prefix: &str, namespace: Option<&str>) -> Result<PolicyAdmin> {
+        wire::validate_names(prefix, namespace, None)?;
+        let conn = crate::transport::connect_cluster(seeds, Duration::from_secs(5), crate::transport::ClusterPubSub::Sharded).await?;
+        Ok(Self::new(conn, prefix, namespace, true))
+    }
+
+    fn new(conn: Conn, prefix: &str, namespace: Option<&str>, cluster: bool) -> PolicyAdmin {
         let p = match namespace {
             Some(ns) => format!("{prefix}:{ns}"),
             None => prefix.to_string(),
         };
         let host = std::env::var("HOSTNAME").ok().filter(|h| wire::is_id(h)).unwrap_or_else(|| "localhost".into());
-        Ok(PolicyAdmin {
+        PolicyAdmin {
             conn,
             prefix: prefix.into(),
             namespace: namespace.map(String::from),
             keys: wire::protocol_keys(prefix, namespace),
-            channel: format!("{p}:policy"),
+            channel: if cluster { format!("{{{p}}}:policy") } else { format!("{p}:policy") },
             source: format!("cli-{:x}", std::process::id()),
             by: format!("cli@{host}"),
-        })
+        }
     }
 
     /// The current record; an error names a malformed field.
@@ -761,21 +783,11 @@ impl PolicyAdmin {
     /// Every live instance's status record (section 9.8), by id.
     pub async fn statuses(&mut self) -> Result<Vec<Value>> {
         let pattern = format!("{}policy:status:*", self.keys);
-        let mut names: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut self.conn).await?;
-            names.extend(batch);
-            cursor = next;
-            if cursor == 0 || names.len() > 100_000 {
-                break;
-            }
-        }
-        names.sort();
-        names.dedup();
+        // On a cluster the records spread over the slots: every master is scanned.
+        let names = crate::transport::scan_all(&mut self.conn, &pattern, 100_000).await?;
         let mut out = Vec::new();
         for chunk in names.chunks(500) {
-            let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(&mut self.conn).await?;
+            let values: Vec<Option<String>> = crate::transport::get_many(&mut self.conn, chunk).await?;
             out.extend(values.into_iter().flatten().filter_map(|v| serde_json::from_str::<Value>(&v).ok()).filter(Value::is_object));
         }
         out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));

@@ -70,7 +70,7 @@ pub(crate) fn cluster_channel_names(names: &mut crate::wire::Names, channel_pref
         Some(ns) => format!("{channel_prefix}:{ns}"),
         None => channel_prefix.to_string(),
     };
-    for ch in [&mut names.invalidation, &mut names.strategy, &mut names.reports, &mut names.liveness] {
+    for ch in [&mut names.invalidation, &mut names.strategy, &mut names.reports, &mut names.liveness, &mut names.policy] {
         if let Some(rest) = ch.strip_prefix(p.as_str()) {
             *ch = format!("{{{p}}}{rest}");
         }
@@ -184,6 +184,14 @@ impl ClusterConn {
     }
 }
 
+impl Conn {
+    /// Whether a message must also go out by `SPUBLISH` after a script whose own `PUBLISH` is
+    /// classic (docs/WIRE.md 10.1: the rollout record's script).
+    pub(crate) fn sharded(&self) -> bool {
+        matches!(self, Conn::Cluster(c) if c.pubsub == ClusterPubSub::Sharded)
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -232,9 +240,7 @@ pub(crate) async fn connect(settings: &crate::config::Settings) -> Result<(Conn,
             Ok((Conn::Single(conn), PubSubSource::Single(client)))
         }
         Some(seeds) => {
-            let client = cluster_client(seeds, settings.command_timeout, None)?;
-            let conn = client.get_async_connection().await.map_err(cluster_error)?;
-            let data = ClusterConn { conn, pubsub: settings.cluster_pubsub };
+            let Conn::Cluster(data) = connect_cluster(seeds, settings.command_timeout, settings.cluster_pubsub).await? else { unreachable!() };
             let source = PubSubSource::Cluster {
                 seeds: seeds.clone(),
                 pubsub: settings.cluster_pubsub,
@@ -243,6 +249,78 @@ pub(crate) async fn connect(settings: &crate::config::Settings) -> Result<(Conn,
                 poll: settings.tick,
             };
             Ok((Conn::Cluster(data), source))
+        }
+    }
+}
+
+/// A command connection to a cluster.
+pub(crate) async fn connect_cluster(seeds: &[String], timeout: Duration, pubsub: ClusterPubSub) -> Result<Conn, crate::error::Error> {
+    let client = cluster_client(seeds, timeout, None)?;
+    let conn = client.get_async_connection().await.map_err(cluster_error)?;
+    Ok(Conn::Cluster(ClusterConn { conn, pubsub }))
+}
+
+/// `SCAN MATCH pattern` over the whole key space: every master of a cluster. At most about
+/// `limit` names, sorted, without duplicates (SCAN may return a key twice).
+pub(crate) async fn scan_all(conn: &mut Conn, pattern: &str, limit: usize) -> RedisResult<Vec<String>> {
+    async fn scan(conn: &mut Conn, route: Option<RoutingInfo>, pattern: &str, limit: usize, names: &mut Vec<String>) -> RedisResult<()> {
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let (next, batch): (u64, Vec<String>) = match (&mut *conn, &route) {
+                (Conn::Cluster(c), Some(r)) => redis::from_redis_value(c.conn.route_command(cmd, r.clone()).await?)?,
+                _ => cmd.query_async(conn).await?,
+            };
+            names.extend(batch);
+            cursor = next;
+            if cursor == 0 || names.len() > limit {
+                return Ok(());
+            }
+        }
+    }
+    let mut names = Vec::new();
+    let nodes = match conn {
+        Conn::Single(_) => Vec::new(),
+        Conn::Cluster(c) => {
+            let v = c.conn.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary)).await?;
+            let mut nodes = Vec::new();
+            if let Value::Array(ranges) = v {
+                for r in ranges {
+                    let Value::Array(items) = r else { continue };
+                    let Some(Value::Array(master)) = items.get(2) else { continue };
+                    if let (Some(Value::BulkString(h)), Some(Value::Int(p))) = (master.first(), master.get(1)) {
+                        nodes.push((String::from_utf8_lossy(h).into_owned(), *p as u16));
+                    }
+                }
+            }
+            nodes.sort();
+            nodes.dedup();
+            nodes
+        }
+    };
+    if nodes.is_empty() {
+        scan(conn, None, pattern, limit, &mut names).await?;
+    }
+    for (host, port) in nodes {
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        scan(conn, Some(route), pattern, limit, &mut names).await?;
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The values of `keys` (`MGET` on one server; on a cluster, one `GET` each, grouped by slot).
+pub(crate) async fn get_many(conn: &mut Conn, keys: &[String]) -> RedisResult<Vec<Option<String>>> {
+    match conn {
+        Conn::Single(_) => redis::cmd("MGET").arg(keys).query_async(conn).await,
+        Conn::Cluster(_) => {
+            let mut p = redis::pipe();
+            for k in keys {
+                p.cmd("GET").arg(k);
+            }
+            p.query_async(conn).await
         }
     }
 }
@@ -298,24 +376,25 @@ pub(crate) struct ClusterStream {
 /// One payload received.
 pub(crate) enum Payload {
     Msg(redis::Msg),
-    Push(Value),
+    /// A cluster push message: its channel and payload.
+    Push(Value, Value),
 }
 
 impl Payload {
-    /// The channel, where the transport says (a cluster's push messages do not: policy
-    /// announcements are then not recognised, docs/WIRE.md 9 on a cluster is future work).
+    /// The channel it came on (policy announcements are told apart by it, docs/WIRE.md 9.3).
     pub fn channel(&self) -> Option<&str> {
         match self {
             Payload::Msg(m) => Some(m.get_channel_name()),
-            Payload::Push(_) => None,
+            Payload::Push(Value::BulkString(c), _) => std::str::from_utf8(c).ok(),
+            Payload::Push(..) => None,
         }
     }
 
     pub fn bytes(&self) -> &[u8] {
         match self {
             Payload::Msg(m) => m.get_payload_bytes(),
-            Payload::Push(Value::BulkString(b)) => b,
-            Payload::Push(_) => b"",
+            Payload::Push(_, Value::BulkString(b)) => b,
+            Payload::Push(..) => b"",
         }
     }
 }
@@ -370,8 +449,9 @@ impl ClusterStream {
                     };
                     match push.kind {
                         PushKind::Message | PushKind::SMessage => {
-                            if let Some(payload) = push.data.into_iter().nth(1) {
-                                return Some(Payload::Push(payload));
+                            let mut data = push.data.into_iter();
+                            if let (Some(channel), Some(payload)) = (data.next(), data.next()) {
+                                return Some(Payload::Push(channel, payload));
                             }
                         }
                         PushKind::Disconnection => {
@@ -497,6 +577,8 @@ mod tests {
         cluster_channel_names(&mut n, "aci", Some("shop"));
         assert_eq!(n.invalidation, "{aci:shop}:invalidation");
         assert_eq!(n.liveness, "{aci:shop}:liveness:abc");
+        assert_eq!(n.policy, "{aci:shop}:policy");
+        assert_eq!(n.policy_keys, "aci::shop:", "the rollout keys are keys: spread over the slots");
         assert_eq!(n.controller_lease, "aci::shop:controller");
         let mut n = crate::wire::Names::new("aci", None, "abc");
         cluster_channel_names(&mut n, "aci", None);

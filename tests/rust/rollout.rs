@@ -294,3 +294,54 @@ async fn a_hostile_canary_rolls_itself_and_the_fleet_back_and_never_reaches_the_
     canary.shutdown().await.unwrap();
     rest.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reaches_a_cluster_fleet_through_its_sharded_announcement() {
+    // docs/WIRE.md 10.1: on a cluster the announcement travels on `{P}:policy` by SPUBLISH
+    // (the record script's own PUBLISH is classic); the status records spread over the slots.
+    let _serial = SERIAL.lock().await;
+    let c = aci_testkit::RedisCluster::start().expect("redis-server and redis-cli for the cluster");
+    let seeds = c.urls();
+    let cluster = seeds.join(",");
+    let dir = tempdir("cluster");
+    let (secret, public) = keygen(&dir);
+    let ns = "cshop";
+    let on_cluster = |id: &str| AciCache::builder().redis_cluster(seeds.clone()).namespace(ns).instance_id(id).tick(Duration::from_millis(50));
+    let a = on_cluster("a").role(Role::Controller).policy_public_key(&public).build().await.unwrap();
+    let b = on_cluster("b").role(Role::Follower).policy_public_key(&public).build().await.unwrap();
+    let adaptive = sha256_hex(aci_cache::policy::ADAPTIVE_WASM);
+    let fixed = policy_file("fixed");
+    let fixed_hash = sha256_hex(&std::fs::read(&fixed).unwrap());
+    aci_cache::policy::PolicyModule::from_file(&fixed, Default::default()).unwrap();
+    let status = || -> Value {
+        let out = ok(aci(&["policy", "status", "--cluster", &cluster, "--namespace", ns, "--json"]));
+        serde_json::from_str(out.lines().next().unwrap()).unwrap()
+    };
+    wait_until(Duration::from_secs(3), "both status records listed (they live on several masters)", || {
+        status()["instances"].as_array().is_some_and(|v| v.len() == 2)
+    })
+    .await;
+
+    let out = ok(aci(&["policy", "push", fixed.to_str().unwrap(), "--cluster", &cluster, "--namespace", ns, "--key", secret.to_str().unwrap(),
+        "--config", r#"{"initial-strategy":"eager"}"#]));
+    assert!(out.contains("rollout 1") && out.contains("signed"), "{out}");
+    // Well inside the 10 s periodic read: the sharded announcement is what the instances heard.
+    let took = wait_until(Duration::from_secs(2), "a and b run the pushed policy", || {
+        [&a, &b].iter().all(|x| x.policy_hash() == (fixed_hash.clone(), true) && x.strategy() == Strategy::Eager)
+    })
+    .await;
+    eprintln!("cluster: signed push adopted {took:?} after the CLI returned");
+    wait_until(Duration::from_secs(2), "the status records report the pushed policy", || {
+        let st = status();
+        ["a", "b"].iter().all(|id| instance(&st, id)["sha256"] == fixed_hash.as_str() && instance(&st, id)["origin"] == "pushed")
+    })
+    .await;
+
+    let out = ok(aci(&["policy", "rollback", "--cluster", &cluster, "--namespace", ns]));
+    assert!(out.contains("rollout 2"), "{out}");
+    wait_until(Duration::from_secs(2), "a and b back on adaptive", || [&a, &b].iter().all(|x| x.policy_hash() == (adaptive.clone(), false))).await;
+    assert!(a.stats().malformed == 0 && b.stats().malformed == 0, "announcements decode as announcements, not as fleet messages");
+    for x in [a, b] {
+        x.shutdown().await.unwrap();
+    }
+}

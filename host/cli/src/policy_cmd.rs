@@ -16,6 +16,10 @@ pub struct Where {
     /// Redis URL of the fleet.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
+    /// Seed URLs of the fleet's Redis Cluster (comma-separated), instead of --redis; the fleet
+    /// uses sharded Pub/Sub (the default of `aci node --cluster`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "redis")]
+    pub cluster: Option<Vec<String>>,
     /// The fleet's namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -78,6 +82,15 @@ pub enum PolicyCommand {
     },
 }
 
+impl Where {
+    async fn admin(&self) -> Result<PolicyAdmin> {
+        Ok(match &self.cluster {
+            Some(seeds) => PolicyAdmin::connect_cluster(seeds, &self.prefix, self.namespace.as_deref()).await?,
+            None => PolicyAdmin::connect(&self.redis, &self.prefix, self.namespace.as_deref()).await?,
+        })
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
@@ -110,7 +123,7 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             let canary = canary.as_deref().map(Canary::parse).transpose().map_err(anyhow::Error::msg)?.unwrap_or(Canary::All);
             anyhow::ensure!(canary_secs > 0.0 && canary_secs <= 86_400.0, "--canary-secs must be in (0, 86400]");
             runtime()?.block_on(async move {
-                let mut admin = PolicyAdmin::connect(&at.redis, &at.prefix, at.namespace.as_deref()).await?;
+                let mut admin = at.admin().await?;
                 let req = PushRequest { component: &bytes, config, secret_key, canary };
                 let rec = admin.push(req, &name, &version).await?;
                 println!("pushed {}", describe(&rec));
@@ -121,7 +134,7 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             })
         }
         PolicyCommand::Status { at, json } => runtime()?.block_on(async move {
-            let mut admin = PolicyAdmin::connect(&at.redis, &at.prefix, at.namespace.as_deref()).await?;
+            let mut admin = at.admin().await?;
             let rec = admin.current().await?;
             let instances = admin.statuses().await?;
             let bad = admin.bad_hashes().await?;
@@ -153,13 +166,13 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         PolicyCommand::Rollback { at } => runtime()?.block_on(async move {
-            let mut admin = PolicyAdmin::connect(&at.redis, &at.prefix, at.namespace.as_deref()).await?;
+            let mut admin = at.admin().await?;
             let rec = admin.rollback().await?;
             println!("rolled back: {}", describe(&rec));
             Ok(ExitCode::SUCCESS)
         }),
         PolicyCommand::Promote { at, rollout } => runtime()?.block_on(async move {
-            let mut admin = PolicyAdmin::connect(&at.redis, &at.prefix, at.namespace.as_deref()).await?;
+            let mut admin = at.admin().await?;
             let n = match rollout {
                 Some(n) => n,
                 None => admin.current().await?.map(|r| r.rollout).context("nothing to promote: no rollout record")?,

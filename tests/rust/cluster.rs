@@ -81,7 +81,12 @@ async fn eager_and_batched_lose_nothing_and_fleet_messages_stay_in_one_shard() {
         assert_eq!(v, Some(format!("v{}", 270 + k)));
     }
     assert_eq!(shards.len(), 3, "30 keys over 3 masters");
-    assert!(b.stats().invalidations_applied >= 300);
+    // Every invalidation reaches B, though not necessarily before B read the value: under load
+    // B's L1 may have been suspended for lag (it then reads Redis), with messages still queued.
+    assert!(wait_until(Duration::from_secs(5), || {
+        let b = b.clone();
+        async move { b.stats().invalidations_applied >= 300 }
+    }).await, "B applied {} of 300 invalidations", b.stats().invalidations_applied);
     // Fleet messages went to the shard of `{aci:ce}` only, and as SPUBLISH.
     let home = c.master_of("{aci:ce}:invalidation").unwrap();
     for m in c.masters().unwrap() {
@@ -500,12 +505,20 @@ async fn slots_migrated_under_eager_load() {
     let f = Fleet::start(caches.clone(), Duration::from_millis(4));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let before = resubscribes(&caches);
+    let flushes_before: Vec<u64> = caches.iter().map(|x| x.stats().flushes).collect();
     let fault = Instant::now();
     tokio::task::block_in_place(|| c.reshard(from, to, slots)).unwrap();
     let moved = fault.elapsed();
-    // Keys moved whole between two existing masters: nothing to flush, L1 kept serving.
+    // Keys moved whole between two existing masters: nothing to flush, L1 kept serving (unless
+    // a loaded machine delayed the subscription past max_lag: a lag suspension, not a topology
+    // reaction).
     assert_eq!(resubscribes(&caches), before, "a migration away from the channels' slot needs no resubscription");
-    assert!(caches.iter().all(|x| x.stats().l1_serving));
+    let flushes: Vec<u64> = caches.iter().map(|x| x.stats().flushes).collect();
+    assert_eq!(flushes, flushes_before, "a migration flushes no L1");
+    for x in &caches {
+        let st = x.stats();
+        assert!(st.l1_serving || st.lag_suspensions > 0, "L1 stopped serving without lagging");
+    }
     let recovery = Duration::ZERO;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (h, finals) = f.finish(&c, ns).await;

@@ -1,9 +1,12 @@
 package acicache
 
 import (
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"strings"
 	"sync"
 
 	"github.com/aci-cache/aci-cache/go/policy"
@@ -50,4 +53,35 @@ func bundledModule(name string) (*policy.Module, error) {
 	}
 	compiled.byName[name] = m
 	return m, nil
+}
+
+// bundledHashes maps the SHA-256 of each embedded component to its name.
+var bundledHashes = sync.OnceValue(func() map[string]string {
+	out := map[string]string{}
+	entries, _ := fs.ReadDir(bundled, "policies")
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".wasm")
+		if !ok {
+			continue
+		}
+		if b, err := fs.ReadFile(bundled, "policies/"+e.Name()); err == nil {
+			sum := sha256.Sum256(b)
+			out[hex.EncodeToString(sum[:])] = name
+		}
+	}
+	return out
+})
+
+// bundledModuleByHash returns the shared compiled module of a bundled policy whose component
+// has this SHA-256 (a push of a bundled policy then compiles nothing), or nil.
+func bundledModuleByHash(hash string) *policy.Module {
+	name, ok := bundledHashes()[hash]
+	if !ok {
+		return nil
+	}
+	m, err := bundledModule(name)
+	if err != nil {
+		return nil
+	}
+	return m
 }

@@ -433,3 +433,28 @@ func TestTrustAndOverrides(t *testing.T) {
 		}
 	}
 }
+
+// FuzzPolicyInputs: nothing read from P:policy or K policy:current makes the host panic (the
+// seeds run with go test; go test -fuzz FuzzPolicyInputs explores).
+func FuzzPolicyInputs(f *testing.F) {
+	for _, s := range []string{`{"action":"policy","rollout":7,"source":"a"}`, `{"initial-strategy":"eager","window-ms":1e3}`,
+		"3", "", "[1]", `{"window-ms":1e400}`, strings.Repeat("[", 70), "\xff"} {
+		f.Add(s, s)
+	}
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	tr, _ := newTrust(hex.EncodeToString(pub), true, []string{strings.Repeat("ab", 32)})
+	f.Fuzz(func(t *testing.T, a, b string) {
+		_, _, _ = decodePolicy([]byte(a))
+		rec, err := parseRecord(map[string]string{"rollout": a, "sha256": strings.Repeat("ab", 32), "config": b, "canary": a, "name": b})
+		if err == nil && rec != nil {
+			rec.targetFor(b)
+		}
+		_, _ = applyOverrides(policy.Config{}, b)
+		sig := hex.EncodeToString(ed25519.Sign(priv, signedMessage("aci", a, strings.Repeat("ab", 32), b)))
+		if tr.check("aci", a, target{SHA256: strings.Repeat("ab", 32), Config: b, Sig: sig}) != "" {
+			t.Fatal("a valid signature refused")
+		}
+		_ = tr.check("aci", a, target{SHA256: strings.Repeat("cd", 32), Config: b, Sig: hex.EncodeToString([]byte(a + b))})
+		_ = clip(a, 3)
+	})
+}

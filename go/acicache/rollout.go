@@ -232,6 +232,10 @@ func (r *rollout) sync(ctx context.Context) error {
 	c := r.c
 	heardBefore := r.heard.Load()
 	f, err := c.rdb.HGetAll(ctx, r.kCurrent).Result()
+	if wrongType(err) {
+		r.reject(0, "", "malformed record: record: "+oneLine(err))
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -305,12 +309,17 @@ func (r *rollout) prepare(ctx context.Context, tg target) (*installed, *policy.E
 	switch {
 	case err == nil:
 		return nil, nil, "marked bad: " + clip(why, 160), nil
+	case wrongType(err):
+		return nil, nil, clip("marked bad: unreadable: "+oneLine(err), 200), nil
 	case !errors.Is(err, redis.Nil):
 		return nil, nil, "", err
 	}
 	m := r.module(tg.SHA256)
 	if m == nil {
 		data, err := c.rdb.GetRange(ctx, r.kBlob+tg.SHA256, 0, maxComponentBytes).Bytes()
+		if wrongType(err) { // refused, not retried
+			return nil, nil, clip("missing: "+oneLine(err), 200), nil
+		}
 		if err != nil {
 			return nil, nil, "", err
 		}
@@ -504,6 +513,10 @@ func (r *rollout) checkFaults(ctx context.Context) error {
 	}
 	defer r.resync.Store(true)
 	f, err := c.rdb.HGetAll(ctx, r.kCurrent).Result()
+	if wrongType(err) {
+		r.reject(0, "", "malformed record: record: "+oneLine(err))
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -581,6 +594,10 @@ func (r *rollout) writeStatus(ctx context.Context, force bool) {
 		r.lastReported, r.lastStatus = string(key), max(now, 1)
 	}
 }
+
+// wrongType: the key holds another type (written by something else): a verdict, not a
+// failure to answer, so the target is refused instead of retried.
+func wrongType(err error) bool { return err != nil && redis.HasErrorPrefix(err, "WRONGTYPE") }
 
 func oneLine(err error) string {
 	b := []byte(err.Error())

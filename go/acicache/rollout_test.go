@@ -197,6 +197,12 @@ func TestRolloutSignedPush(t *testing.T) {
 	eventually(t, 2*time.Second, "a missing blob refused", func() bool {
 		return strings.HasPrefix(rejectedReason(o.status(a.InstanceID())), "missing")
 	})
+	odd := strings.Repeat("cd", 32)
+	o.rdb.LPush(bg, o.k+"policy:blob:"+odd, "x")
+	o.write(map[string]string{"sha256": odd, "sig": o.sign(odd, "")})
+	eventually(t, 2*time.Second, "a blob of the wrong type refused", func() bool {
+		return strings.HasPrefix(rejectedReason(o.status(a.InstanceID())), "missing: WRONGTYPE")
+	})
 	o.push(wasm, `{"bogus":1}`, true)
 	eventually(t, 2*time.Second, "an unknown config member refused", func() bool {
 		return strings.HasPrefix(rejectedReason(o.status(a.InstanceID())), "config: bogus:")

@@ -1,5 +1,5 @@
 """Acceptance of a fleet-wide policy rollout (issue 14, docs/WIRE.md 9), end to end: Rust
-(`aci node`) and Python node drivers on one real redis-server, driven only by the `aci policy`
+(`aci node`), Python, JS and Go node drivers on one real redis-server, driven only by the `aci policy`
 commands an operator runs, with reads and writes going on throughout.
 
 - `aci policy push` of `fixed` (eager, by a signed config override) with the fleet's key: within
@@ -86,7 +86,7 @@ def policy_file(name: str) -> str:
 def hosts() -> Dict[str, List[str]]:
     aci_bin()
     h = available_hosts()
-    missing = [x for x in ("rust", "python") if x not in h]
+    missing = [x for x in ("rust", "python", "js", "go") if x not in h]
     assert not missing, f"node drivers missing for {missing}"
     return h
 
@@ -257,7 +257,9 @@ def test_push_rollback_and_unsigned_push_across_a_mixed_fleet(hosts, redis_serve
     specs = [("rust", hosts["rust"], "controller", "rust-ctl", []),
              ("python", hosts["python"], "follower", "py-1", []),
              ("rust", hosts["rust"], "follower", "rust-2", []),
-             ("python", hosts["python"], "follower", "py-3", [])]
+             ("python", hosts["python"], "follower", "py-3", []),
+             ("js", hosts["js"], "follower", "js-4", []),
+             ("go", hosts["go"], "follower", "go-5", [])]
     fleet.start(specs, ["--policy-public-key", pub])
     try:
         run_push_rollback_unsigned(fleet, redis_server, key_path)
@@ -359,7 +361,9 @@ def test_hostile_canary_is_rolled_back_and_never_reaches_the_rest(hosts, redis_s
     specs = [("rust", hosts["rust"], "controller", "a-canary", ["--policy-rollback-faults", "1"]),
              ("python", hosts["python"], "follower", "b-python", []),
              ("python", hosts["python"], "follower", "c-python", []),
-             ("rust", hosts["rust"], "follower", "d-rust", [])]
+             ("rust", hosts["rust"], "follower", "d-rust", []),
+             ("js", hosts["js"], "follower", "e-js", []),
+             ("go", hosts["go"], "follower", "f-go", [])]
     fleet.start(specs, ["--policy-public-key", pub])
     try:
         run_hostile_canary(fleet, key_path)
@@ -423,6 +427,6 @@ def run_hostile_canary(fleet: Fleet, key_path: str) -> None:
     for name in rest:
         assert seen[name] == {adaptive}, f"{name} ran {seen[name]}: the hostile policy reached the rest of the fleet"
     for n in fleet.nodes:
-        if n.host == "python" and n.name in rest:
+        if n.host != "rust" and n.name in rest:
             assert n.cmd("stats")["policy_swaps"] == 0, f"{n.name} swapped its policy"
     fleet.quit()

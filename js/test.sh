@@ -10,7 +10,7 @@ if [ ! -d "$here/node_modules/@bytecodealliance/jco" ]; then
     echo "test.sh: no node_modules; run js/setup.sh first" >&2
     exit 1
 fi
-if ! command -v "${REDIS_SERVER:-redis-server}" >/dev/null 2>&1; then
+if ! command -v "${ACI_REDIS_SERVER:-${REDIS_SERVER:-redis-server}}" >/dev/null 2>&1; then
     echo "test.sh: redis-server not found (apt-get install redis-server, or set REDIS_SERVER)" >&2
     exit 1
 fi

@@ -14,12 +14,15 @@ fi
 cargo build --quiet --workspace --tests  # target/debug/aci included; one feature set with the test run below
 export ACI_BIN="$root/target/debug/aci"
 failed=()
+timings=()
 run() {
     local name="$1"; shift
     printf '\n==> %s\n' "$name"
+    local t0=$SECONDS
     if ! "$@"; then
         failed+=("$name")
     fi
+    timings+=("$(printf '%5ss  %s' "$((SECONDS - t0))" "$name")")
 }
 run "rust: policy engine (native)" env CARGO_TARGET_DIR="$root/target/guest-native" cargo test --manifest-path guest/Cargo.toml -p aci-policy-core
 run "rust: host, contract, end-to-end" cargo test --workspace
@@ -28,16 +31,22 @@ run "js host" bash js/test.sh
 run "go host" bash go/test.sh
 # Every host's node driver in one fleet (tests/fleet/README in test_fleet.py's docstring).
 run "mixed fleet (all hosts)" python/.venv/bin/python -m pytest tests/fleet -q -s
-# Valkey 8.1 (scripts/valkey.sh, installed by setup.sh): the suites whose outcome depends on the
-# server (Rust end-to-end, fault and cluster suites; the Python host's end-to-end and cluster
-# tests) run once more against valkey-server. The policy, contract, vector and JS/Go suites
-# exercise our own code, not the server's behaviour, and are not repeated (CI time). Measured on a
-# loaded 2-core box: Rust e2e ~20 s + faults ~8 s + cluster ~57 s, Python ~105 s: ~3.5 min in all.
+# Valkey 8.1 (scripts/valkey.sh, installed by setup.sh): every suite that talks to a server runs
+# once more against valkey-server: Rust end-to-end, faults, cluster and rollout; the Python, JS and
+# Go hosts; the mixed fleet. The policy engine and the contract/vector suites exercise our own
+# code, not the server, and are not repeated. `--workspace` keeps the feature set of the first
+# build: `-p aci-cache` alone resolves other features and rebuilds every dependency (~10 min, ~3
+# GB of disk: a full disk is how a CI run once died, with ld's "Bus error").
 valkey_dir="$(bash scripts/valkey.sh | tail -1)"
 vk=(env ACI_REDIS_SERVER="$valkey_dir/bin/valkey-server" ACI_REDIS_CLI="$valkey_dir/bin/valkey-cli")
-run "valkey: rust end-to-end, faults, cluster" "${vk[@]}" cargo test -p aci-cache --test e2e --test faults --test cluster
-run "valkey: python end-to-end and cluster" "${vk[@]}" bash python/test.sh -q tests/test_cache.py \
-    tests/test_async.py tests/test_cluster.py tests/test_valkey.py
+run "valkey: rust end-to-end, faults, cluster, rollout" "${vk[@]}" cargo test --workspace --test e2e --test faults \
+    --test cluster --test rollout
+run "valkey: python host" "${vk[@]}" env ACI_SKIP_PACKAGING=1 bash python/test.sh -q
+run "valkey: js host" "${vk[@]}" bash js/test.sh
+run "valkey: go host" "${vk[@]}" ACI_GO_SKIP_RACE=1 bash go/test.sh
+run "valkey: mixed fleet (all hosts)" "${vk[@]}" python/.venv/bin/python -m pytest tests/fleet -q -s
+printf '\ntime per suite:\n'
+printf '%s\n' "${timings[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
     printf '\nFAILED suites: %s\n' "${failed[*]}"
     exit 1

@@ -31,7 +31,7 @@ func run(m *testing.M) int {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
-	cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+	cmd := exec.Command(redisServerBinary(), "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no")
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "redis-server:", err)
@@ -112,4 +112,13 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// redisServerBinary is the server the tests start: $ACI_REDIS_SERVER (scripts/test.sh's Valkey
+// pass sets it to valkey-server), else redis-server from PATH.
+func redisServerBinary() string {
+	if b := os.Getenv("ACI_REDIS_SERVER"); b != "" {
+		return b
+	}
+	return "redis-server"
 }

@@ -19,7 +19,8 @@ export function freePort() {
 }
 
 export async function startRedis() {
-  const bin = process.env.REDIS_SERVER ?? 'redis-server';
+  // ACI_REDIS_SERVER: the server of scripts/test.sh's Valkey pass (valkey-server).
+  const bin = process.env.ACI_REDIS_SERVER || process.env.REDIS_SERVER || 'redis-server';
   const port = await freePort();
   const child = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
     stdio: 'ignore',

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -22,7 +23,7 @@ func TestDriver(t *testing.T) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
-	srv := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	srv := exec.Command(redisServerBinary(), "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -107,4 +108,13 @@ func TestDriver(t *testing.T) {
 	if lines[len(want)+2]["bye"] != true {
 		t.Errorf("quit answered %v", lines[len(want)+2])
 	}
+}
+
+// redisServerBinary is the server the test starts: $ACI_REDIS_SERVER (scripts/test.sh's Valkey
+// pass sets it to valkey-server), else redis-server from PATH.
+func redisServerBinary() string {
+	if b := os.Getenv("ACI_REDIS_SERVER"); b != "" {
+		return b
+	}
+	return "redis-server"
 }

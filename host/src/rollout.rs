@@ -160,7 +160,8 @@ impl RolloutRecord {
     pub fn from_fields(f: &HashMap<String, String>) -> std::result::Result<RolloutRecord, &'static str> {
         let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
         let r = get("rollout");
-        let rollout = if !r.is_empty() && r.len() <= 16 && r.bytes().all(|b| b.is_ascii_digit()) { r.parse::<u64>().ok() } else { None }
+        // Canonical decimal only: the record script compares the text (`03` never equals `3`).
+        let rollout = if !r.is_empty() && r.len() <= 16 && !r.starts_with('0') && r.bytes().all(|b| b.is_ascii_digit()) { r.parse::<u64>().ok() } else { None }
             .filter(|n| (1..=wire::MAX_SEQ).contains(n))
             .ok_or("rollout")?;
         let target = |h: &'static str, c: &'static str, s: &'static str| -> std::result::Result<Target, &'static str> {
@@ -274,7 +275,10 @@ pub fn apply_overrides(base: &PolicyConfig, config: &str) -> std::result::Result
     for (k, v) in &m {
         let bad = |what: &str| format!("config: {k}: {what}");
         let float = || v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad("must be a finite number"));
-        let int = || v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| bad("must be a whole number in the s32 range"));
+        // An integer as section 2.1 defines it: `5.0` is 5 (as Python, JS and Go read it).
+        let whole = |x: f64| (x.fract() == 0.0 && x.abs() <= i32::MAX as f64 + 1.0).then_some(x as i64);
+        let int = || v.as_i64().or_else(|| v.as_f64().and_then(whole)).and_then(|x| i32::try_from(x).ok())
+            .ok_or_else(|| bad("must be a whole number in the s32 range"));
         match k.as_str() {
             "low-threshold" => c.low_threshold = float()?,
             "high-threshold" => c.high_threshold = float()?,
@@ -323,14 +327,18 @@ impl Trust {
         if self.key.is_none() && self.allow.is_empty() {
             return Err("no policy trust configured (policy_public_key or policy_allow_hashes)".into());
         }
-        if self.allow.contains(&t.sha256) {
-            if !t.config.is_empty() {
-                return Err("allow-listed hash pushed with a config override (only a signed push may override the config)".into());
-            }
+        // Either way of trusting suffices (docs/WIRE.md 9.5): an allow-listed hash runs with the
+        // host's own config; a config override needs the signature.
+        let listed = self.allow.contains(&t.sha256);
+        if listed && t.config.is_empty() {
             return Ok(());
         }
         let Some(key) = &self.key else {
-            return Err("not in the allow-list".into());
+            return Err(if listed {
+                "allow-listed hash pushed with a config override (only a signed push may override the config)".into()
+            } else {
+                "not in the allow-list".into()
+            });
         };
         if t.sig.is_empty() {
             return Err("unsigned: this instance requires a signature by its policy_public_key".into());
@@ -1039,6 +1047,8 @@ mod tests {
         let base = PolicyConfig::default();
         assert_eq!(apply_overrides(&base, r#"{"initial-strategy":"eager"}"#).unwrap().initial_strategy, Strategy::Eager);
         assert!(apply_overrides(&base, r#"{"window-ms":1.5}"#).unwrap_err().starts_with("config: window-ms:"));
+        assert_eq!(apply_overrides(&base, r#"{"window-ms":5.0}"#).unwrap().window_ms, 5, "an integer as WIRE.md 2.1 defines it");
+        assert!(apply_overrides(&base, r#"{"window-ms":3e9}"#).unwrap_err().starts_with("config: window-ms:"));
         assert!(apply_overrides(&base, r#"{"bogus":1}"#).unwrap_err().starts_with("config: bogus:"));
         assert!(apply_overrides(&base, r#"{"initial-strategy":"lazy"}"#).unwrap_err().starts_with("config: initial-strategy:"));
     }
@@ -1058,7 +1068,12 @@ mod tests {
         let allow = Trust::new(None, std::slice::from_ref(&h));
         assert!(allow.check("aci", Some("ns"), &Target { sig: String::new(), ..signed.clone() }).is_ok());
         assert!(allow.check("aci", Some("ns"), &Target { sha256: "cd".repeat(32), ..signed.clone() }).unwrap_err().starts_with("not in the allow-list"));
-        assert!(allow.check("aci", Some("ns"), &Target { config: "{}".into(), sig: String::new(), ..signed }).is_err());
+        assert!(allow.check("aci", Some("ns"), &Target { config: "{}".into(), sig: String::new(), ..signed.clone() }).is_err());
+        // Allow-listed and signed with a config: the signature is the trust that covers the config.
+        let both = Trust::new(Some(&public), std::slice::from_ref(&h));
+        let with_config = Target { config: "{}".into(), sig: sign(&seed, "aci", Some("ns"), &h, "{}").unwrap(), ..signed };
+        assert!(both.check("aci", Some("ns"), &with_config).is_ok());
+        assert!(both.check("aci", Some("ns"), &Target { sig: String::new(), ..with_config }).unwrap_err().starts_with("unsigned"));
     }
 
     #[test]

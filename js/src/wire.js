@@ -52,32 +52,43 @@ function nestingExceeds(text, max) {
 }
 
 /**
+ * The checks of docs/WIRE.md 2.3 every channel shares, in order (size, UTF-8 and JSON, nesting,
+ * an object): [null, the parsed object], or [{ malformed }, null] (a payload may itself have a
+ * `malformed` member: the verdict travels apart from it).
+ */
+function parseObject(payload) {
+  let text;
+  if (typeof payload === 'string') {
+    // A string payload is measured in UTF-8 bytes, as it travels.
+    if (payload.length > MAX_PAYLOAD || Buffer.byteLength(payload, 'utf8') > MAX_PAYLOAD) return [bad('too-large'), null];
+    text = payload;
+  } else {
+    if (payload.length > MAX_PAYLOAD) return [bad('too-large'), null];
+    try {
+      text = utf8.decode(payload);
+    } catch {
+      return [bad('not-json'), null];
+    }
+  }
+  if (nestingExceeds(text, MAX_DEPTH)) return [bad('not-json'), null];
+  let m;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    return [bad('not-json'), null];
+  }
+  if (m === null || typeof m !== 'object' || Array.isArray(m)) return [bad('not-object'), null];
+  return [null, m];
+}
+
+/**
  * Decodes one payload (a Buffer / Uint8Array, or a string already decoded) into
  * { action, source, epoch, timestamp, ...per action } with absent optionals as null,
  * or { malformed: 'too-large' | 'not-json' | 'not-object' | 'unknown-action' | 'too-many-keys' | 'bad-field' }.
  */
 export function decode(payload) {
-  let text;
-  if (typeof payload === 'string') {
-    // A string payload is measured in UTF-8 bytes, as it travels.
-    if (payload.length > MAX_PAYLOAD || Buffer.byteLength(payload, 'utf8') > MAX_PAYLOAD) return bad('too-large');
-    text = payload;
-  } else {
-    if (payload.length > MAX_PAYLOAD) return bad('too-large');
-    try {
-      text = utf8.decode(payload);
-    } catch {
-      return bad('not-json');
-    }
-  }
-  if (nestingExceeds(text, MAX_DEPTH)) return bad('not-json');
-  let m;
-  try {
-    m = JSON.parse(text);
-  } catch {
-    return bad('not-json');
-  }
-  if (m === null || typeof m !== 'object' || Array.isArray(m)) return bad('not-object');
+  const [malformed, m] = parseObject(payload);
+  if (malformed) return malformed;
   const action = m.action;
   if (typeof action === 'string' && !ACTIONS.has(action)) return bad('unknown-action');
   // Only an invalidate's keys count: on other actions `keys` is an unlisted member, ignored.
@@ -148,26 +159,8 @@ export function decode(payload) {
  * 1 .. 2^53-1) required. Returns { action, source, epoch, timestamp, rollout } or { malformed }.
  */
 export function decodePolicy(payload) {
-  let text;
-  if (typeof payload === 'string') {
-    if (payload.length > MAX_PAYLOAD || Buffer.byteLength(payload, 'utf8') > MAX_PAYLOAD) return bad('too-large');
-    text = payload;
-  } else {
-    if (payload.length > MAX_PAYLOAD) return bad('too-large');
-    try {
-      text = utf8.decode(payload);
-    } catch {
-      return bad('not-json');
-    }
-  }
-  if (nestingExceeds(text, MAX_DEPTH)) return bad('not-json');
-  let m;
-  try {
-    m = JSON.parse(text);
-  } catch {
-    return bad('not-json');
-  }
-  if (m === null || typeof m !== 'object' || Array.isArray(m)) return bad('not-object');
+  const [malformed, m] = parseObject(payload);
+  if (malformed) return malformed;
   const action = m.action;
   if (typeof action === 'string' && action !== 'policy') return bad('unknown-action');
   if (typeof action !== 'string') return BAD_FIELD;

@@ -124,6 +124,22 @@ def test_signed_push_is_run_and_an_unsigned_one_refused(make_cache, ns, r, key):
     assert wait_for(lambda: a.stats["policy_origin"] == "local" and a.stats["policy_rollout"] == 4, timeout=1)
 
 
+def test_a_record_of_the_running_target_with_another_signature_changes_nothing(make_cache, ns, r, key):
+    # docs/WIRE.md 9.3: "the same target" is the same hash and config; the signature only says
+    # how a target was approved (Rust, JS and Go compare the same way).
+    a = make_cache(namespace=ns, role="controller", policy_public_key=pub(key))
+    p = Pusher(r, ns, key)
+    h = p.push(FIXED)
+    assert wait_for(lambda: a.policy.sha256 == h, timeout=2), a.policy_status()
+    swaps = a.stats["policy_swaps"]
+    other = SigningKey.generate()
+    n = p.write({"sha256": h, "sig": p.sign(h, "", key=other), "reason": "re-signed"})
+    assert wait_for(lambda: a.stats["policy_rollout"] == n, timeout=2), a.policy_status()
+    assert a.policy.sha256 == h and a.stats["policy_swaps"] == swaps
+    assert wait_for(lambda: (p.status(a.instance_id) or {}).get("rollout") == n, timeout=2)
+    assert p.status(a.instance_id)["rejected"] is None, "nothing to adopt, so nothing to refuse"
+
+
 def test_refusals_name_their_reason(make_cache, ns, r, key):
     other = SigningKey.generate()
     a = make_cache(namespace=ns, role="controller", policy_public_key=pub(key))

@@ -83,6 +83,11 @@ class Target:
     def local(self) -> bool:
         return not self.sha256
 
+    def same_as(self, other: "Target") -> bool:
+        """The same component with the same config (docs/WIRE.md 9.3): a signature is how a
+        target was approved, not part of what runs."""
+        return self.sha256 == other.sha256 and self.config == other.config
+
 
 LOCAL = Target("")
 
@@ -427,7 +432,7 @@ class Follower:
         if rec.rollout <= self.acted:
             return
         target = rec.target_for(self.core.instance_id)
-        if target == self.running.target:
+        if target.same_as(self.running.target):
             self.acted = rec.rollout
             self.status_due = True
             return
@@ -536,7 +541,7 @@ class Follower:
             rec = parse_record(raw or {})
         except RecordError:
             rec = None
-        if rec is None or rec.rollout != self.acted or rec.target_for(core.instance_id) != bad:
+        if rec is None or rec.rollout != self.acted or not rec.target_for(core.instance_id).same_as(bad):
             self.reread = True
             return
         new_rollout = rec.rollout + 1

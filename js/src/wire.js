@@ -81,6 +81,18 @@ function parseObject(payload) {
   return [null, m];
 }
 
+/** The common fields of every message (docs/WIRE.md 2.1), or null when one is invalid. */
+function originOf(m) {
+  // A null member is an absent one (docs/WIRE.md 2.1): `?? default`, not destructuring defaults.
+  const source = m.source;
+  const epoch = m.epoch ?? null;
+  const timestamp = m.timestamp ?? 0;
+  if (typeof source !== 'string' || !ID_RE.test(source)) return null;
+  if (epoch !== null && (typeof epoch !== 'string' || !ID_RE.test(epoch))) return null;
+  if (typeof timestamp !== 'number') return null;
+  return { source, epoch, timestamp };
+}
+
 /**
  * Decodes one payload (a Buffer / Uint8Array, or a string already decoded) into
  * { action, source, epoch, timestamp, ...per action } with absent optionals as null,
@@ -94,14 +106,9 @@ export function decode(payload) {
   // Only an invalidate's keys count: on other actions `keys` is an unlisted member, ignored.
   if (action === 'invalidate' && Array.isArray(m.keys) && m.keys.length > MAX_KEYS) return bad('too-many-keys');
   if (typeof action !== 'string') return BAD_FIELD;
-  // A null member is an absent one (docs/WIRE.md 2.1): `?? default`, not destructuring defaults.
-  const source = m.source;
-  const epoch = m.epoch ?? null;
-  const timestamp = m.timestamp ?? 0;
-  if (typeof source !== 'string' || !ID_RE.test(source)) return BAD_FIELD;
-  if (epoch !== null && (typeof epoch !== 'string' || !ID_RE.test(epoch))) return BAD_FIELD;
-  if (typeof timestamp !== 'number') return BAD_FIELD;
-  const out = { action, source, epoch, timestamp };
+  const origin = originOf(m);
+  if (origin === null) return BAD_FIELD;
+  const out = { action, ...origin };
   switch (action) {
     case 'invalidate': {
       const keys = m.keys;
@@ -164,14 +171,9 @@ export function decodePolicy(payload) {
   const action = m.action;
   if (typeof action === 'string' && action !== 'policy') return bad('unknown-action');
   if (typeof action !== 'string') return BAD_FIELD;
-  const source = m.source;
-  const epoch = m.epoch ?? null;
-  const timestamp = m.timestamp ?? 0;
-  if (typeof source !== 'string' || !ID_RE.test(source)) return BAD_FIELD;
-  if (epoch !== null && (typeof epoch !== 'string' || !ID_RE.test(epoch))) return BAD_FIELD;
-  if (typeof timestamp !== 'number') return BAD_FIELD;
-  if (!int(m.rollout, 1, MAX_SAFE)) return BAD_FIELD;
-  return { action, source, epoch, timestamp, rollout: m.rollout };
+  const origin = originOf(m);
+  if (origin === null || !int(m.rollout, 1, MAX_SAFE)) return BAD_FIELD;
+  return { action, ...origin, rollout: m.rollout };
 }
 
 /** Encodes this sender's messages. `seq` numbering is the caller's. */

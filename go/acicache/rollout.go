@@ -226,17 +226,24 @@ func (r *rollout) step() {
 	r.writeStatus(ctx, false)
 }
 
+// readCurrent reads the record's fields. Not ok: Redis failed (err), or the key is not a hash,
+// which is refused as a malformed record (nil err: reading again will not help).
+func (r *rollout) readCurrent(ctx context.Context) (map[string]string, bool, error) {
+	f, err := r.c.rdb.HGetAll(ctx, r.kCurrent).Result()
+	if wrongType(err) {
+		r.reject(0, "", "malformed record: record: "+oneLine(err))
+		return nil, false, nil
+	}
+	return f, err == nil, err
+}
+
 // sync reads the record and acts on it (9.3). An error is Redis failing: the record is read
 // again later; a record or target that is refused is acted on (with a rejection).
 func (r *rollout) sync(ctx context.Context) error {
 	c := r.c
 	heardBefore := r.heard.Load()
-	f, err := c.rdb.HGetAll(ctx, r.kCurrent).Result()
-	if wrongType(err) {
-		r.reject(0, "", "malformed record: record: "+oneLine(err))
-		return nil
-	}
-	if err != nil {
+	f, ok, err := r.readCurrent(ctx)
+	if !ok {
 		return err
 	}
 	rec, perr := parseRecord(f)
@@ -512,12 +519,8 @@ func (r *rollout) checkFaults(ctx context.Context) error {
 		return err
 	}
 	defer r.resync.Store(true)
-	f, err := c.rdb.HGetAll(ctx, r.kCurrent).Result()
-	if wrongType(err) {
-		r.reject(0, "", "malformed record: record: "+oneLine(err))
-		return nil
-	}
-	if err != nil {
+	f, ok, err := r.readCurrent(ctx)
+	if !ok {
 		return err
 	}
 	rec, perr := parseRecord(f)

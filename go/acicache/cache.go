@@ -61,7 +61,6 @@ type Stats struct {
 	PublishFailures uint64 `json:"publish_failures"`
 	// The running policy (docs/WIRE.md 9.8): its name and version (describe), the SHA-256 of
 	// its component, "local" or "pushed", the last rollout acted on, swaps since New.
-	// PolicyFaults counts the running policy's faults since it was loaded.
 	Policy        string        `json:"policy"`
 	PolicyVersion string        `json:"policy_version"`
 	PolicySHA256  string        `json:"policy_sha256"`

@@ -40,7 +40,7 @@ import { readStamp, sha256 } from './transpile.js';
 const JS_DIR = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const REPO_DIR = path.dirname(JS_DIR);
 
-/** Where transpiled policies live: js/gen/<policy>/ (build output), js/gen/.cache/<sha>/. */
+/** Where transpiled policies live: js/gen/<policy>/ (build output), js/gen/.cache/<sha>-<name>/. */
 export const GEN_DIR = path.join(JS_DIR, 'gen');
 
 /** The directory holding the policy components: $ACI_POLICY_DIR, else <repo>/target/policies. */
@@ -379,7 +379,7 @@ const resolved = new Map();
 
 /**
  * Finds the transpiled copy of a component: js/gen/<name>/ when its stamp names the same
- * component bytes, else js/gen/.cache/<sha256 prefix>/, transpiled now if missing (needs jco,
+ * component bytes, else js/gen/.cache/<sha256 prefix>-<name>/, transpiled now if missing (needs jco,
  * a devDependency). A named policy whose component file is absent, with no ACI_POLICY_DIR
  * override, falls back to js/gen/<name>/ as shipped.
  */
@@ -406,7 +406,10 @@ async function resolveGlue(spec, opts) {
   const bytes = await readFile(component);
   const digest = sha256(bytes);
   let genDir = null;
-  for (const d of [named, path.join(GEN_DIR, '.cache', digest.slice(0, 16))]) {
+  // The glue carries the name it was transpiled under (file names, exports), so one component
+  // loaded under two names needs two copies.
+  const cached = path.join(GEN_DIR, '.cache', `${digest.slice(0, 16)}-${name}`);
+  for (const d of [named, cached]) {
     const stamp = readStamp(d);
     if (stamp && stamp.sha256 === digest && stamp.name === name && existsSync(path.join(d, `${name}.js`))) {
       genDir = d;
@@ -422,7 +425,7 @@ async function resolveGlue(spec, opts) {
       // A production install (no jco): the glue of a bundled policy of the same layout.
       return { generic: true, bytes, name, component, sha256: digest };
     }
-    genDir = path.join(GEN_DIR, '.cache', digest.slice(0, 16));
+    genDir = cached;
     await transpileInto(bytes, genDir, { name, source: component });
   }
   const glue = { genDir, name, component, sha256: digest };

@@ -106,7 +106,7 @@ async function swapInto(tmp, outDir) {
   }
   const mine = readStamp(tmp);
   const theirs = readStamp(outDir);
-  if (theirs && mine && theirs.sha256 === mine.sha256 && theirs.jco === mine.jco) return;
+  if (theirs && mine && theirs.sha256 === mine.sha256 && theirs.jco === mine.jco && theirs.name === mine.name) return;
   const old = `${outDir}.old-${process.pid}-${randomBytes(4).toString('hex')}`;
   await rename(outDir, old);
   try {

@@ -41,7 +41,7 @@ struct Policy;
 
 impl wit::Guest for Policy {
     fn describe() -> wit::PolicyInfo {
-        wit::PolicyInfo { name: NAME.to_string(), version: core_engine::LOGIC_VERSION.to_string() }
+        wit::PolicyInfo { name: NAME.to_string(), version: core_engine::logic_version(KIND).to_string() }
     }
 
     fn default_config() -> wit::Config {

@@ -29,7 +29,7 @@ describe('loadPolicy', () => {
   });
 
   test('loads both policies by name and by component path', async () => {
-    assert.deepEqual((await loadPolicy('adaptive')).describe(), { name: 'adaptive', version: '0.1.0' });
+    assert.deepEqual((await loadPolicy('adaptive')).describe(), { name: 'adaptive', version: '0.2.0' });
     assert.equal((await loadPolicy('fixed')).describe().name, 'fixed');
     const byPath = await loadPolicy(path.join(policyDir(), 'fixed.wasm'));
     assert.equal(byPath.describe().name, 'fixed');
@@ -43,7 +43,7 @@ describe('loadPolicy', () => {
       copyFileSync(path.join(policyDir(), 'adaptive.wasm'), path.join(dir, 'renamed.wasm'));
       const p = await loadPolicy('renamed', { policyDir: dir });
       assert.equal(p.describe().name, 'adaptive');
-      assert.match(p.source.genDir, /[/\\]\.cache[/\\][0-9a-f]{16}$/);
+      assert.match(p.source.genDir, /[/\\]\.cache[/\\][0-9a-f]{16}-renamed$/);
       await assert.rejects(loadPolicy('absent', { policyDir: dir }), /no policy component at/);
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -79,7 +79,7 @@ def vector(name, policy, description, steps):
 
 
 vector("describe-and-defaults", "adaptive", "Name, version, the original's defaults, the initial state.", [
-    {"op": "describe", "expect": {"name": "adaptive", "version": "0.1.0"}},
+    {"op": "describe", "expect": {"name": "adaptive", "version": "0.2.0"}},
     {"op": "default-config", "expect": DEFAULT},
     status(0, "ttl", 0.0),
 ])
@@ -97,11 +97,24 @@ vector("tiers-up", "adaptive", "Below low is ttl, low..=high is batched, above h
     batch(10, []),
 ])
 
-vector("hysteresis-down", "adaptive", "Down only after the target stayed lower for hold-ms.", [
+vector("hysteresis-down", "adaptive", "Down only after the target stayed lower for hold-ms; eager ends on the newest quarter of the window, ttl waits for the whole window.", [
     configure(FAST),
     remote(60, 0, "eager"),
-    cur(999, "eager"),
-    rate(1000, 0.0),  # bucket 0 leaves the window; the hold starts here
+    cur(249, "eager"),  # bucket 0 is still in the newest quarter (5 buckets, 250 ms)
+    cur(250, "eager"),  # it left the quarter: min(60, 0) is below low, but the window still holds 60: target batched, the hold starts
+    cur(749, "eager"),
+    cur(750, "batched"),
+    rate(760, 60.0),  # the window still holds the burst
+    cur(1000, "batched"),  # bucket 0 left the window: target ttl, the hold starts again
+    cur(1499, "batched"),
+    cur(1500, "ttl"),
+    status(1500, "ttl", 0.0, switches=3),
+])
+
+vector("hysteresis-down-straight", "adaptive", "Seen only once the whole window is quiet, eager goes straight to ttl after the hold.", [
+    configure(FAST),
+    remote(60, 0, "eager"),
+    rate(1000, 0.0),  # first look after the burst: both rates are 0, target ttl, the hold starts
     cur(1499, "eager"),
     cur(1500, "ttl"),  # straight to the target, not one tier at a time
     status(1500, "ttl", 0.0, switches=2),
@@ -110,15 +123,32 @@ vector("hysteresis-down", "adaptive", "Down only after the target stayed lower f
 vector("no-flapping", "adaptive", "A rate oscillating around high within the hold never goes down.", [
     configure(FAST),
     remote(51, 0, "eager"),
-    remote(45, 1000, "eager"),  # rate 45: target batched, hold starts
-    remote(10, 1200, "eager"),  # rate 55: hold cancelled
-    cur(1400, "eager"),
-    cur(2000, "eager"),  # the 45 at 1000 left: rate 10, target batched, hold starts again
-    remote(45, 2100, "eager"),  # rate 55: cancelled
-    cur(2200, "eager"),  # the 10 at 1200 left: rate 45, hold starts
-    cur(2699, "eager"),
-    cur(2700, "batched"),
-    status(2700, "batched", 45.0, switches=2),
+    remote(45, 1000, "eager"),  # the 51 left: rate 45, target batched, the hold starts
+    remote(10, 1200, "eager"),  # rate 55, and 55 in the newest quarter: the hold is cancelled
+    cur(1249, "eager"),  # the quarter holds both reports (55 writes in 250 ms)
+    cur(1250, "eager"),  # the 45 left the quarter: 10 writes in 201 ms is 49.75/s, target batched, the hold starts
+    remote(45, 1300, "eager"),  # rate 100: cancelled
+    cur(1749, "eager"),  # nothing in the newest quarter: the hold starts again
+    cur(2248, "eager"),  # the window holds the 45 from 1300 only: target batched, still holding
+    cur(2249, "batched"),
+    status(2249, "batched", 45.0, switches=2),
+])
+
+vector("batch-interval-shrinks-with-rate", "adaptive", "Above low, a batch waits batch-interval-ms x low / rate (at least x low / high); fixed keeps the interval.", [
+    configure(cfg(batch_interval_ms=1000, hold_ms=10000, initial_strategy="batched")),
+    ws([f"a{i}" for i in range(10)], 0, "batched"),  # rate 10: not above low, the full interval
+    batch(999, []),
+    batch(1000, [f"a{i}" for i in range(10)]),
+    ws([f"b{i}" for i in range(25)], 2000, "batched"),  # rate 25 (the a's left): 1000 x 10 / 25 = 400 ms
+    status(2399, "batched", 25.0, buffered=25),
+    status(2400, "batched", 25.0, buffered=25, due=True),
+    batch(2400, [f"b{i}" for i in range(25)]),
+    remote(40, 2500, "eager"),  # rate 65: eager; its own keys are published at once
+    lead(2500),
+    follow("batched", 2500),  # a follower keeps counting: its rate decides its interval
+    w("c", 2500, "batched"),  # rate 66 is above high: 1000 x 10 / 50 = 200 ms at least
+    batch(2699, []),
+    batch(2700, ["c"]),
 ])
 
 vector("batch-drains-on-interval", "fixed", "A batch is due batch-interval-ms after its first key; keys are deduplicated.", [
@@ -206,11 +236,15 @@ vector("invalid-configs", "adaptive", "Each bad field is named; a refused config
     status(200, "ttl", 0.0, switches=1),
 ])
 
-vector("idle-decay-defaults", "adaptive", "Default config: 5 s window in 250 ms buckets, 3 s hold, long idle gaps.", [
+vector("idle-decay-defaults", "adaptive", "Default config: 5 s window in 250 ms buckets (the newest quarter 1250 ms), 3 s hold, long idle gaps.", [
     remote(300, 0, "eager"),  # 300 writes / 5 s = 60/s
+    cur(1249, "eager"),
+    cur(1250, "eager"),  # the writes left the newest quarter: target batched, the hold starts
+    cur(4249, "eager"),
+    cur(4250, "batched"),
     rate(4999, 60.0),
-    rate(5000, 0.0),
-    cur(7999, "eager"),
+    rate(5000, 0.0),  # they left the window: target ttl, the hold starts again
+    cur(7999, "batched"),
     cur(8000, "ttl"),
     cur(1000000000, "ttl"),
     rate(1000000000, 0.0),

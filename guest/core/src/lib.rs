@@ -189,7 +189,23 @@ impl RateWindow {
     fn rate(&self) -> f64 {
         self.total as f64 * 1000.0 / (self.width_ms * BUCKETS as u64) as f64
     }
+
+    /// The rate over the newest quarter of the window: the last `RECENT - 1` whole buckets
+    /// and the part of the newest one that has elapsed at `now`. It drops within a quarter
+    /// window after a burst ends, where `rate` keeps the burst for a whole window.
+    fn recent_rate(&self, now: u64) -> f64 {
+        let mut sum = 0u64;
+        for i in 0..RECENT as u64 {
+            sum += self.counts[((self.head + BUCKETS as u64 - i) % BUCKETS as u64) as usize];
+        }
+        let elapsed_in_head = now.saturating_sub(self.head * self.width_ms) + 1;
+        let span = (RECENT as u64 - 1) * self.width_ms + elapsed_in_head.min(self.width_ms);
+        sum as f64 * 1000.0 / span as f64
+    }
 }
+
+/// Buckets in the "recent" part of the window (a quarter).
+const RECENT: usize = BUCKETS / 4;
 
 /// Distinct keys waiting for the next batch, bounded by the config's caps.
 #[derive(Clone, Debug, Default)]
@@ -229,14 +245,14 @@ impl BatchBuffer {
         self.keys.is_empty() && !self.overflow
     }
 
-    fn due(&self, now: u64, strategy: Strategy, cfg: &Config) -> bool {
+    fn due(&self, now: u64, strategy: Strategy, cfg: &Config, interval_ms: u64) -> bool {
         if self.is_empty() {
             return false;
         }
         self.overflow
             || strategy != Strategy::Batched
             || self.full(cfg)
-            || now.saturating_sub(self.first_at) >= cfg.batch_interval_ms as u64
+            || now.saturating_sub(self.first_at) >= interval_ms
     }
 
     fn drain(&mut self) -> Batch {
@@ -307,8 +323,25 @@ impl Engine {
         self.below_since = None;
     }
 
-    fn target(&self) -> Strategy {
+    /// The strategy to move up to at once, and the one to move down to after `hold-ms`.
+    fn targets(&self) -> (Strategy, Strategy) {
         let rate = self.window.rate();
+        if self.kind != Kind::Adaptive {
+            let t = self.target(rate);
+            return (t, t);
+        }
+        // Eager costs a message per write, so it should end as soon as the burst does; the
+        // whole window keeps a burst for `window-ms`. So the adaptive kind decides on the lower
+        // of the whole window's rate and the newest quarter's: up only when both are above a
+        // threshold (a rising rate shows in the quarter first, so this is as early as the whole
+        // window alone), down when either falls below. Going below batched leaves writes
+        // unannounced for a whole local TTL, so that step still waits for the whole window.
+        let fast = self.target(rate.min(self.window.recent_rate(self.now)));
+        let slow = self.target(rate);
+        (fast, fast.max(slow.min(Strategy::Batched)))
+    }
+
+    fn target(&self, rate: f64) -> Strategy {
         if self.kind == Kind::Budget {
             // Expected staleness, in stale key-seconds per second (Little's law: how many
             // written keys some reader may be seeing stale at any moment), is the write rate
@@ -333,6 +366,24 @@ impl Engine {
         }
     }
 
+    /// How long a batch may wait. Under batched, readers see a written key stale for about
+    /// half this on average, so the fleet has about `rate * interval / 2` stale keys at any
+    /// moment. The adaptive kind keeps that at what it is at `low-threshold`: above it the
+    /// interval shrinks as `low-threshold / rate`, down to `low / high` of `batch-interval-ms`
+    /// at the eager threshold. Each instance still sends at most one message per interval,
+    /// where eager would send one per write. On a follower the rate is its own writes only, so
+    /// its batches wait longer than the controller's, never longer than `batch-interval-ms`.
+    fn batch_interval(&self) -> u64 {
+        let full = self.cfg.batch_interval_ms as u64;
+        let (low, high) = (self.cfg.low_threshold, self.cfg.high_threshold);
+        let rate = self.window.rate();
+        if self.kind != Kind::Adaptive || low <= 0.0 || rate <= low {
+            return full;
+        }
+        let scale = (low / rate).max(low / high);
+        ((full as f64 * scale) as u64).max(1)
+    }
+
     fn evaluate(&mut self) {
         if self.following {
             return;
@@ -344,13 +395,13 @@ impl Engine {
             self.set_strategy(s);
             return;
         }
-        let target = self.target();
-        if target > self.strategy {
-            self.set_strategy(target);
-        } else if target < self.strategy {
+        let (up, down) = self.targets();
+        if up > self.strategy {
+            self.set_strategy(up);
+        } else if down < self.strategy {
             let since = *self.below_since.get_or_insert(self.now);
             if self.now - since >= self.cfg.hold_ms as u64 {
-                self.set_strategy(target);
+                self.set_strategy(down);
             }
         } else {
             self.below_since = None;
@@ -412,7 +463,7 @@ impl Engine {
 
     pub fn pending_batch(&mut self, now_ms: u64) -> Batch {
         self.tick(now_ms);
-        if self.buffer.due(self.now, self.strategy, &self.cfg) {
+        if self.buffer.due(self.now, self.strategy, &self.cfg, self.batch_interval()) {
             self.buffer.drain()
         } else {
             Batch::default()
@@ -425,7 +476,7 @@ impl Engine {
             strategy: self.strategy,
             write_rate: self.window.rate(),
             buffered_keys: self.buffer.keys.len() as u32,
-            batch_due: self.buffer.due(self.now, self.strategy, &self.cfg),
+            batch_due: self.buffer.due(self.now, self.strategy, &self.cfg, self.batch_interval()),
             switches: self.switches,
             following: self.following,
         }
@@ -446,8 +497,16 @@ impl Engine {
 pub const ADAPTIVE_NAME: &str = "adaptive";
 pub const FIXED_NAME: &str = "fixed";
 pub const BUDGET_NAME: &str = "budget";
-/// Version of the decision logic; bump when a vector's expected output would change.
-pub const LOGIC_VERSION: &str = "0.1.0";
+/// Version of each kind's decision logic; bump a kind's when one of its vectors' expected
+/// output would change.
+/// - adaptive 0.2.0: eager ends on the newest quarter of the window, and batches wait less as
+///   the rate rises above `low-threshold` (see `Engine::targets` and `Engine::batch_interval`).
+pub fn logic_version(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Adaptive => "0.2.0",
+        Kind::Fixed | Kind::Budget => "0.1.0",
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -470,6 +529,64 @@ mod tests {
         assert_eq!(e.current_strategy(1100), Strategy::Eager);
         assert_eq!(e.current_strategy(1599), Strategy::Eager);
         assert_eq!(e.current_strategy(1600), Strategy::Ttl);
+    }
+
+    #[test]
+    fn eager_ends_when_the_newest_quarter_of_the_window_is_quiet() {
+        // 1000 ms window: 50 ms buckets, the newest quarter is 250 ms.
+        let mut e = Engine::new(Kind::Adaptive);
+        e.configure(fast(), 0).unwrap();
+        let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+        assert_eq!(e.record_writes(&keys, 0), Strategy::Eager);
+        // The whole window still holds 60 writes, but none in the last quarter: the hold starts
+        // as soon as bucket 0 has left the quarter (at 250 ms), not the window (at 1000 ms).
+        assert_eq!(e.current_strategy(249), Strategy::Eager);
+        assert_eq!(e.current_strategy(250), Strategy::Eager);
+        assert_eq!(e.current_strategy(749), Strategy::Eager);
+        assert_eq!(e.current_strategy(750), Strategy::Batched, "down to batched only: ttl waits for the window");
+        assert_eq!(e.write_rate(760), 60.0);
+        // Bucket 0 leaves the whole window at 1000 ms; then the hold.
+        assert_eq!(e.current_strategy(1000), Strategy::Batched);
+        assert_eq!(e.current_strategy(1499), Strategy::Batched);
+        assert_eq!(e.current_strategy(1500), Strategy::Ttl);
+    }
+
+    #[test]
+    fn a_quiet_quarter_does_not_make_a_steady_rate_flap() {
+        // 60 writes/s, evenly, for 3 s: the quarter and the whole window agree, eager holds.
+        let mut e = Engine::new(Kind::Adaptive);
+        e.configure(fast(), 0).unwrap();
+        let mut switches = Vec::new();
+        for t in (0..3000).step_by(16) {
+            let s = e.record_write("k", t);
+            if t > 1000 {
+                switches.push(s);
+            }
+        }
+        assert!(switches.iter().all(|s| *s == Strategy::Eager), "{switches:?}");
+    }
+
+    #[test]
+    fn batches_wait_less_as_the_rate_rises() {
+        let mut e = Engine::new(Kind::Adaptive);
+        // 1000 ms batches; low 10, high 50: the interval is 1000 ms up to 10 writes/s,
+        // 1000 * 10 / r above, and 200 ms from 50 writes/s.
+        e.configure(Config { batch_interval_ms: 1000, initial_strategy: Strategy::Batched, hold_ms: 10_000, ..fast() }, 0).unwrap();
+        for i in 0..10 {
+            e.record_write(&format!("a{i}"), 0);
+        }
+        assert!(e.pending_batch(999).keys.is_empty(), "10 writes/s: the full interval");
+        assert_eq!(e.pending_batch(1000).keys.len(), 10);
+        let keys: Vec<String> = (0..25).map(|i| format!("b{i}")).collect();
+        e.record_writes(&keys, 2000);
+        assert_eq!(e.write_rate(2000), 25.0);
+        assert!(e.pending_batch(2399).keys.is_empty(), "25 writes/s: 1000 * 10 / 25 = 400 ms");
+        assert_eq!(e.pending_batch(2400).keys.len(), 25);
+        // Fixed and budget keep the configured interval.
+        let mut f = Engine::new(Kind::Fixed);
+        f.configure(Config { batch_interval_ms: 1000, initial_strategy: Strategy::Batched, ..fast() }, 0).unwrap();
+        f.record_writes(&keys, 0);
+        assert!(f.pending_batch(999).keys.is_empty());
     }
 
     #[test]

@@ -225,6 +225,14 @@ impl AciCache {
             inc(&s.counters.l1_hits);
             return Ok(Some(v));
         }
+        // Boxed: the miss path's state (a Redis round trip) would otherwise make every `get`
+        // future that large, and a hit would pay for creating and moving it.
+        Box::pin(self.fill(key)).await
+    }
+
+    /// `get` after an L1 miss: read Redis and cache the value.
+    async fn fill(&self, key: &str) -> Result<Option<Bytes>> {
+        let s = self.s();
         inc(&s.counters.l1_misses);
         let rkey = s.names.redis_key(key)?;
         let token = s.l1.begin_fill(&rkey);

@@ -157,13 +157,16 @@ struct RateWindow {
     /// Absolute index (now / width) of the newest bucket; `counts[head % BUCKETS]`.
     head: u64,
     total: u64,
+    /// Writes in the newest `RECENT` buckets (the newest quarter), kept as buckets come and go
+    /// because the adaptive kind reads it on every write.
+    recent: u64,
 }
 
 impl RateWindow {
     fn new(window_ms: i32, now: u64) -> Self {
         let window = window_ms.max(1) as u64;
         let width_ms = window.div_ceil(BUCKETS as u64);
-        RateWindow { width_ms, counts: [0; BUCKETS], head: now / width_ms, total: 0 }
+        RateWindow { width_ms, counts: [0; BUCKETS], head: now / width_ms, total: 0, recent: 0 }
     }
 
     fn advance(&mut self, now: u64) {
@@ -173,6 +176,10 @@ impl RateWindow {
         }
         let steps = (idx - self.head).min(BUCKETS as u64);
         for i in 1..=steps {
+            // The bucket that leaves the newest quarter as the head moves on; one that left
+            // the window earlier in this loop was zeroed already.
+            let leaving = ((self.head + i + BUCKETS as u64 - RECENT as u64) % BUCKETS as u64) as usize;
+            self.recent = self.recent.saturating_sub(self.counts[leaving]);
             let slot = ((self.head + i) % BUCKETS as u64) as usize;
             self.total -= self.counts[slot];
             self.counts[slot] = 0;
@@ -184,6 +191,7 @@ impl RateWindow {
         let slot = (self.head % BUCKETS as u64) as usize;
         self.counts[slot] = self.counts[slot].saturating_add(n);
         self.total = self.total.saturating_add(n);
+        self.recent = self.recent.saturating_add(n);
     }
 
     fn rate(&self) -> f64 {
@@ -194,10 +202,7 @@ impl RateWindow {
     /// and the part of the newest one that has elapsed at `now`. It drops within a quarter
     /// window after a burst ends, where `rate` keeps the burst for a whole window.
     fn recent_rate(&self, now: u64) -> f64 {
-        let mut sum = 0u64;
-        for i in 0..RECENT as u64 {
-            sum += self.counts[((self.head + BUCKETS as u64 - i) % BUCKETS as u64) as usize];
-        }
+        let sum = self.recent;
         let elapsed_in_head = now.saturating_sub(self.head * self.width_ms) + 1;
         let span = (RECENT as u64 - 1) * self.width_ms + elapsed_in_head.min(self.width_ms);
         sum as f64 * 1000.0 / span as f64
@@ -245,14 +250,14 @@ impl BatchBuffer {
         self.keys.is_empty() && !self.overflow
     }
 
-    fn due(&self, now: u64, strategy: Strategy, cfg: &Config, interval_ms: u64) -> bool {
+    fn due(&self, now: u64, strategy: Strategy, cfg: &Config, interval_ms: impl FnOnce() -> u64) -> bool {
         if self.is_empty() {
             return false;
         }
         self.overflow
             || strategy != Strategy::Batched
             || self.full(cfg)
-            || now.saturating_sub(self.first_at) >= interval_ms
+            || now.saturating_sub(self.first_at) >= interval_ms()
     }
 
     fn drain(&mut self) -> Batch {
@@ -336,8 +341,14 @@ impl Engine {
         // threshold (a rising rate shows in the quarter first, so this is as early as the whole
         // window alone), down when either falls below. Going below batched leaves writes
         // unannounced for a whole local TTL, so that step still waits for the whole window.
-        let fast = self.target(rate.min(self.window.recent_rate(self.now)));
         let slow = self.target(rate);
+        if slow <= self.strategy && slow != Strategy::Eager {
+            // The quarter's target is at most `slow` (the tiers rise with the rate): nothing
+            // to move up to, and the way down is `slow` itself. Spares the quarter's rate in
+            // steady ttl and batched.
+            return (slow, slow);
+        }
+        let fast = self.target(rate.min(self.window.recent_rate(self.now)));
         (fast, fast.max(slow.min(Strategy::Batched)))
     }
 
@@ -463,7 +474,7 @@ impl Engine {
 
     pub fn pending_batch(&mut self, now_ms: u64) -> Batch {
         self.tick(now_ms);
-        if self.buffer.due(self.now, self.strategy, &self.cfg, self.batch_interval()) {
+        if self.buffer.due(self.now, self.strategy, &self.cfg, || self.batch_interval()) {
             self.buffer.drain()
         } else {
             Batch::default()
@@ -476,7 +487,7 @@ impl Engine {
             strategy: self.strategy,
             write_rate: self.window.rate(),
             buffered_keys: self.buffer.keys.len() as u32,
-            batch_due: self.buffer.due(self.now, self.strategy, &self.cfg, self.batch_interval()),
+            batch_due: self.buffer.due(self.now, self.strategy, &self.cfg, || self.batch_interval()),
             switches: self.switches,
             following: self.following,
         }

@@ -564,7 +564,7 @@ mod tests {
 
     #[test]
     fn a_quiet_quarter_does_not_make_a_steady_rate_flap() {
-        // 60 writes/s, evenly, for 3 s: the quarter and the whole window agree, eager holds.
+        // One write every 16 ms (62.5/s) for 3 s: the quarter and the whole window agree, eager holds.
         let mut e = Engine::new(Kind::Adaptive);
         e.configure(fast(), 0).unwrap();
         let mut switches = Vec::new();

@@ -173,7 +173,14 @@ pub fn frontier_svg(reports: &[RunReport]) -> String {
         let d: Vec<String> = pts.iter().enumerate().map(|(i, (m, s))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { "L" }, x(*m), y(*s))).collect();
         let _ = writeln!(o, "<path d=\"{}\" fill=\"none\" stroke=\"#555\" stroke-dasharray=\"5,4\"/>", d.join(" "));
     }
-    for (r, f) in reports.iter().zip(&front) {
+    let texts: Vec<String> = reports.iter()
+        .map(|r| format!("{} ({} msgs, p99 {:.0} ms)", r.label, r.published, r.staleness_ms(0.99)))
+        .collect();
+    let points: Vec<(f64, f64, f64)> = reports.iter().zip(&texts)
+        .map(|(r, t)| (x(r.published as f64), y(r.staleness_ms(0.99)), text_width(t)))
+        .collect();
+    let labels = place_labels(&points, left + pw / 2.0);
+    for (((r, f), text), (lx, ly, anchor)) in reports.iter().zip(&front).zip(&texts).zip(labels) {
         let (px, py) = (x(r.published as f64), y(r.staleness_ms(0.99)));
         let colour = match r.label.as_str() {
             "ttl" => strategy_colour(Strategy::Ttl),
@@ -182,12 +189,32 @@ pub fn frontier_svg(reports: &[RunReport]) -> String {
             _ => "#1f5fbf",
         };
         let _ = writeln!(o, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"7\" fill=\"{colour}\" stroke=\"{}\" stroke-width=\"2\"/>", if *f { "black" } else { "none" });
-        // Labels of points in the right half go to their left, so they stay inside the figure.
-        let (lx, anchor) = if px > left + pw / 2.0 { (px - 10.0, "end") } else { (px + 10.0, "start") };
-        let _ = writeln!(o, "<text x=\"{lx:.1}\" y=\"{:.1}\" {FONT} text-anchor=\"{anchor}\">{} ({} msgs, p99 {:.0} ms)</text>", py - 8.0, esc(&r.label), r.published, r.staleness_ms(0.99));
+        let _ = writeln!(o, "<text x=\"{lx:.1}\" y=\"{ly:.1}\" {FONT} text-anchor=\"{anchor}\">{}</text>", esc(text));
     }
     o.push_str("</svg>\n");
     o
+}
+
+/// About how wide `text` is in `FONT` (12 px sans-serif), to keep labels apart.
+fn text_width(text: &str) -> f64 {
+    text.chars().count() as f64 * 6.8
+}
+
+/// Where each point's label goes, as (x, baseline y, text-anchor), for points given as (x, y,
+/// label width). Beside the point: to its left in the right half of the figure (`mid_x`), so
+/// it stays inside; above the point, or, where that would cover a label placed before (two
+/// runs with about the same p99), below it or further away.
+fn place_labels(points: &[(f64, f64, f64)], mid_x: f64) -> Vec<(f64, f64, &'static str)> {
+    let mut taken: Vec<[f64; 4]> = Vec::new();
+    points.iter().map(|&(px, py, w)| {
+        let (lx, anchor, x0, x1) =
+            if px > mid_x { (px - 10.0, "end", px - 10.0 - w, px - 10.0) } else { (px + 10.0, "start", px + 10.0, px + 10.0 + w) };
+        let free = |ly: f64| !taken.iter().any(|b| x0 < b[1] && b[0] < x1 && ly - 12.0 < b[3] && b[2] < ly + 3.0);
+        let tries = [py - 8.0, py + 20.0, py - 24.0, py + 36.0, py - 40.0];
+        let ly = tries.iter().copied().find(|&ly| free(ly)).unwrap_or(tries[0]);
+        taken.push([x0, x1, ly - 12.0, ly + 3.0]);
+        (lx, ly, anchor)
+    }).collect()
 }
 
 /// The timeline of a workload's runs: the offered write rate over every run's strategy bands.
@@ -226,6 +253,19 @@ mod tests {
             Band { from_ms: 300, to_ms: 1000, strategy: Strategy::Ttl },
         ]);
         assert!(bands_from_samples([], 10).is_empty());
+    }
+
+    #[test]
+    fn labels_of_points_at_the_same_height_do_not_cover_each_other() {
+        // batched and adaptive at about the same p99, 90 px apart: the second label moves.
+        let pts = [(230.0, 228.0, 215.0), (318.0, 229.0, 220.0), (577.0, 330.0, 180.0)];
+        let l = place_labels(&pts, 430.0);
+        assert_eq!(l[0], (240.0, 220.0, "start"));
+        assert_eq!(l[1], (328.0, 249.0, "start"), "below its point");
+        assert_eq!(l[2], (567.0, 322.0, "end"), "right half: to the left, and free above");
+        // Far apart, every label stays above its point.
+        let l = place_labels(&[(100.0, 100.0, 50.0), (400.0, 100.0, 50.0)], 1000.0);
+        assert_eq!((l[0].1, l[1].1), (92.0, 92.0));
     }
 
     #[test]

@@ -180,8 +180,7 @@ pub fn frontier_svg(reports: &[RunReport]) -> String {
         .map(|(r, t)| (x(r.published as f64), y(r.staleness_ms(0.99)), text_width(t)))
         .collect();
     let labels = place_labels(&points, left + pw / 2.0);
-    for (((r, f), text), (lx, ly, anchor)) in reports.iter().zip(&front).zip(&texts).zip(labels) {
-        let (px, py) = (x(r.published as f64), y(r.staleness_ms(0.99)));
+    for ((((r, f), text), &(px, py, _)), (lx, ly, anchor)) in reports.iter().zip(&front).zip(&texts).zip(&points).zip(labels) {
         let colour = match r.label.as_str() {
             "ttl" => strategy_colour(Strategy::Ttl),
             "batched" => strategy_colour(Strategy::Batched),

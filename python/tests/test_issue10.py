@@ -203,6 +203,11 @@ time.sleep(60)
 """
 
 
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("mode", ["exit", "sigterm", "sigint", "user-handler"])
 def test_pending_batch_is_published_at_exit(redis_server, make_cache, ns, r, mode):
     reader = make_cache(namespace=ns, is_controller=False, local_ttl=30)
@@ -213,8 +218,10 @@ def test_pending_batch_is_published_at_exit(redis_server, make_cache, ns, r, mod
     code = _WRITER.format(src=SRC, port=redis_server.port, ns=ns)
     # In "exit" mode the writer waits on stdin: exiting right after "written" raced its exit-time
     # publish against the "not yet announced" read below (failed on a loaded box).
+    # A foreground process's signal dispositions: a runner started in the background by a shell
+    # without job control has SIGINT ignored, and its children would inherit that.
     p = subprocess.Popen([sys.executable, "-c", code, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     assert p.stdout.readline().strip() == "written", p.stderr.read()
     assert reader.get("k") == b"old", _why(reader)  # batched: not yet announced
     p.stdin.close()
@@ -342,6 +349,44 @@ asyncio.run(main())  # returns without stop(): the loop is gone when the interpr
 """
 
 
+_IGNORING_WRITER = """
+import sys, signal, redis
+sys.path.insert(0, {src!r})
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. a supervisor's child that handles shutdown itself
+from aci_cache import AdaptiveCache
+cache = AdaptiveCache(redis.Redis(port={port}), namespace={ns!r}, strategy="batched", is_controller=True,
+                      batch_interval=0.3)
+print("ready", flush=True)
+sys.stdin.readline()  # the test has sent SIGTERM
+cache.set("k", "after")
+print("written", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_an_ignored_sigterm_leaves_the_cache_running(redis_server, make_cache, ns, r):
+    # The SIGTERM hook publishes batches before the default action; a process that ignores
+    # SIGTERM has no such action, so a SIGTERM must not stop its caches under it either.
+    reader = make_cache(namespace=ns, is_controller=False, local_ttl=30)
+    r.set(f"aci:{ns}:k", "old")
+    assert wait_for(lambda: reader.get("k") == b"old" and reader.stats["l1_entries"] == 1), _why(reader)
+    p = subprocess.Popen([sys.executable, "-c", _IGNORING_WRITER.format(src=SRC, port=redis_server.port, ns=ns)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "written", p.stderr.read()
+        # Only a running tick publishes that batch (the reader's local TTL is 30 s).
+        assert wait_for(lambda: reader.get("k") == b"after", timeout=5), _why(reader)
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait(5)
+
+
 @pytest.mark.parametrize("mode", ["exit", "sigterm"])
 def test_async_pending_batch_is_published_at_exit(redis_server, make_cache, ns, r, mode):
     reader = make_cache(namespace=ns, is_controller=False, local_ttl=30)
@@ -351,7 +396,7 @@ def test_async_pending_batch_is_published_at_exit(redis_server, make_cache, ns, 
     # In "exit" mode the writer waits on stdin: exiting right after "written" raced its exit-time
     # publish against the "not yet announced" read below (failed on a loaded box).
     p = subprocess.Popen([sys.executable, "-c", code, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     assert p.stdout.readline().strip() == "written", p.stderr.read()
     assert reader.get("k") == b"old", _why(reader)
     p.stdin.close()

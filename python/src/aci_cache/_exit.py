@@ -37,7 +37,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     prev = _HOOKS["prev"]
     if callable(prev):
         prev(signum, frame)
-    elif prev != signal.SIG_IGN:
+    else:
         # the default action (terminate), now that the batches are out
         signal.signal(signum, signal.SIG_DFL)
         signal.raise_signal(signum)
@@ -45,7 +45,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def _install() -> None:
     """atexit for a normal exit (and SIGINT, whose KeyboardInterrupt unwinds to it); SIGTERM,
-    whose default action would skip atexit, chained to whatever handler was there before."""
+    whose default action would skip atexit, chained to whatever handler was there before. An
+    ignored SIGTERM stays ignored: it ends nothing, so it must not stop the caches either."""
     with _LOCK:
         if _HOOKS["installed"]:
             return
@@ -54,7 +55,7 @@ def _install() -> None:
         if threading.current_thread() is threading.main_thread():
             try:
                 prev = signal.getsignal(signal.SIGTERM)
-                if prev is not _on_sigterm:
+                if prev is not _on_sigterm and prev != signal.SIG_IGN:
                     _HOOKS["prev"] = prev
                     signal.signal(signal.SIGTERM, _on_sigterm)
             except (ValueError, OSError):  # pragma: no cover - not allowed here

@@ -36,6 +36,7 @@ class RawSub:
         self.buf = bytearray()
         self.pos = 0
         self.queue: Deque[Dict[str, Any]] = deque()
+        self.pause = False
 
     @staticmethod
     def usable(ps: Any) -> Optional[socket.socket]:
@@ -53,29 +54,33 @@ class RawSub:
         return sock
 
     def get(self, timeout: float) -> Optional[Dict[str, Any]]:
-        if self.queue:
-            ev = self.queue.popleft()
-            if ev["type"] == "own" and not self.queue:
-                # Only our own messages came: this instance is writing (eager or batched). Let
-                # more arrive before reading again, so that this thread takes the GIL from the
-                # writing threads once per batch rather than once per write (measured in
-                # bench.sh: eager set 0.54-0.68x -> 0.77-0.92x a raw SET). The cost: another
-                # instance's message read right after may wait this long, far inside every bound.
+        if not self.queue:
+            if self.pause:
+                # Only our own messages came last time: this instance is writing (eager or
+                # batched). Let more arrive before reading again, so that this thread takes the
+                # GIL from the writing threads once per batch rather than once per write. The
+                # cost: another instance's message may wait this long, far inside every bound.
+                self.pause = False
                 time.sleep(OWN_BATCH_DELAY)
-            return ev
-        if not self._parse():
-            r, _, _ = select.select([self.sock], [], [], timeout)
-            if not r:
+            if not self._parse():
+                r, _, _ = select.select([self.sock], [], [], timeout)
+                if not r:
+                    return None
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError("the Pub/Sub connection was closed by the server")
+                if self.pos:
+                    del self.buf[: self.pos]
+                    self.pos = 0
+                self.buf += data
+                self._parse()
+            if not self.queue:
                 return None
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("the Pub/Sub connection was closed by the server")
-            if self.pos:
-                del self.buf[: self.pos]
-                self.pos = 0
-            self.buf += data
-            self._parse()
-        return self.queue.popleft() if self.queue else None
+        ev = self.queue.popleft()
+        # Paused before the next read, not before this event is handled: the lag it measures
+        # stays the link's own.
+        self.pause = ev["type"] == "own" and not self.queue
+        return ev
 
     def _line(self, at: int) -> int:
         end = self.buf.find(_CRLF, at)

@@ -120,49 +120,39 @@ func BenchmarkEagerFloors(b *testing.B) {
 		for range ps.Channel() {
 		}
 	}()
+	key := func(i int) string { return "k" + strconv.Itoa(i%100) }
+	goRedisSetPublish := func(ch string) func(int) {
+		return func(i int) {
+			pipe := rdb.Pipeline()
+			pipe.Set(ctx, key(i), val, 10*time.Second)
+			pipe.Publish(ctx, ch, msg)
+			pipe.Exec(ctx)
+		}
+	}
+	rawSetPublish := func(c *floorConn, ch string) func(int) {
+		return func(i int) {
+			c.send("SET", key(i), val, "PX", "10000")
+			c.send("PUBLISH", ch, msg)
+			c.flush()
+			<-c.replies
+			<-c.replies
+		}
+	}
 	ops := []struct {
 		name string
 		op   func(i int)
 	}{
-		{"go-redis SET", func(i int) { rdb.Set(ctx, "k"+strconv.Itoa(i%100), val, 10*time.Second) }},
-		{"go-redis SET+PUBLISH, lean subscriber", func(i int) {
-			pipe := rdb.Pipeline()
-			pipe.Set(ctx, "k"+strconv.Itoa(i%100), val, 10*time.Second)
-			pipe.Publish(ctx, "two", msg)
-			pipe.Exec(ctx)
-		}},
-		{"go-redis SET+PUBLISH, go-redis subscriber", func(i int) {
-			pipe := rdb.Pipeline()
-			pipe.Set(ctx, "k"+strconv.Itoa(i%100), val, 10*time.Second)
-			pipe.Publish(ctx, "gr", msg)
-			pipe.Exec(ctx)
-		}},
+		{"go-redis SET", func(i int) { rdb.Set(ctx, key(i), val, 10*time.Second) }},
+		{"go-redis SET+PUBLISH, lean subscriber", goRedisSetPublish("two")},
+		{"go-redis SET+PUBLISH, go-redis subscriber", goRedisSetPublish("gr")},
 		{"raw SET", func(i int) {
-			plain.send("SET", "k"+strconv.Itoa(i%100), val, "PX", "10000")
+			plain.send("SET", key(i), val, "PX", "10000")
 			plain.flush()
 			<-plain.replies
 		}},
-		{"raw SET+PUBLISH, nobody subscribed", func(i int) {
-			plain.send("SET", "k"+strconv.Itoa(i%100), val, "PX", "10000")
-			plain.send("PUBLISH", "none", msg)
-			plain.flush()
-			<-plain.replies
-			<-plain.replies
-		}},
-		{"raw SET+PUBLISH, subscriber on 2nd conn", func(i int) {
-			two.send("SET", "k"+strconv.Itoa(i%100), val, "PX", "10000")
-			two.send("PUBLISH", "two", msg)
-			two.flush()
-			<-two.replies
-			<-two.replies
-		}},
-		{"raw SET+PUBLISH, subscribed on own conn", func(i int) {
-			one.send("SET", "k"+strconv.Itoa(i%100), val, "PX", "10000")
-			one.send("PUBLISH", "one", msg)
-			one.flush()
-			<-one.replies
-			<-one.replies
-		}},
+		{"raw SET+PUBLISH, nobody subscribed", rawSetPublish(plain, "none")},
+		{"raw SET+PUBLISH, subscriber on 2nd conn", rawSetPublish(two, "two")},
+		{"raw SET+PUBLISH, subscribed on own conn", rawSetPublish(one, "one")},
 	}
 	samples := make([][]float64, len(ops))
 	per := 300

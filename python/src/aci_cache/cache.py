@@ -17,6 +17,7 @@ from .config import CacheConfig
 
 __all__ = ["AdaptiveCache"]
 
+
 def _pack(cmds: List[Any], encode: Any) -> bytes:
     """RESP for ``cmds``, each argument through the connection's encoder as redis-py's
     ``pack_commands`` does (same bytes for our single-word commands), in one buffer: redis-py's

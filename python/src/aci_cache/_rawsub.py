@@ -82,10 +82,6 @@ class RawSub:
         self.pause = ev["type"] == "own" and not self.queue
         return ev
 
-    def _line(self, at: int) -> int:
-        end = self.buf.find(_CRLF, at)
-        return end
-
     def _parse(self) -> bool:
         """Parse every complete push in the buffer into the queue; True if any."""
         got = False

@@ -128,10 +128,9 @@ class AdaptiveCache(FrontEnd):
             # data, its metrics) cost ~14 us, a tenth of an eager write; a connection only comes
             # back here clean, and one from another process is never reused.
             idle = self._idle
+            ours = self._idle_pid == os.getpid()
             try:
-                if self._idle_pid != os.getpid():
-                    raise IndexError
-                conn = idle.pop()
+                conn = idle.pop() if ours else pool.get_connection()
             except IndexError:
                 conn = pool.get_connection()
             try:
@@ -148,7 +147,7 @@ class AdaptiveCache(FrontEnd):
                 conn.disconnect()
                 pool.release(conn)
                 raise
-            if self._stopped or self._idle_pid != os.getpid():
+            if self._stopped or not ours:
                 pool.release(conn)
             else:
                 idle.append(conn)

@@ -1,4 +1,5 @@
-//! How the cache reaches Redis: one server (a `ConnectionManager` plus a Pub/Sub connection) or
+//! How the cache reaches Redis: one server (direct connections, `direct.rs`, plus a Pub/Sub
+//! connection) or
 //! a Redis Cluster (docs/WIRE.md section 10). The cache and the fleet protocol talk to
 //! [`Conn`] and [`Subscription`] only, so they are the same code on both.
 //!
@@ -87,6 +88,9 @@ pub(crate) struct ClusterConn {
 /// The command connection: cheap to clone, reconnects by itself.
 #[derive(Clone)]
 pub(crate) enum Conn {
+    /// The cache's own commands to one server.
+    Direct(crate::direct::DirectPool),
+    /// One server, through redis-rs's multiplexed connection (the admin commands).
     Single(ConnectionManager),
     Cluster(ClusterConn),
 }
@@ -195,6 +199,7 @@ impl Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
+            Conn::Direct(c) => c.req_packed_command(cmd),
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => match c.rewrite(cmd) {
                 Some(owned) => Box::pin(async move { c.conn.req_packed_command(&owned).await }),
@@ -205,6 +210,7 @@ impl ConnectionLike for Conn {
 
     fn req_packed_commands<'a>(&'a mut self, pipe: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match self {
+            Conn::Direct(c) => c.req_packed_commands(pipe, offset, count),
             Conn::Single(c) => c.req_packed_commands(pipe, offset, count),
             Conn::Cluster(c) => Box::pin(c.pipeline(pipe, offset, count)),
         }
@@ -212,6 +218,7 @@ impl ConnectionLike for Conn {
 
     fn get_db(&self) -> i64 {
         match self {
+            Conn::Direct(c) => c.get_db(),
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(_) => 0,
         }
@@ -231,13 +238,8 @@ pub(crate) async fn connect(settings: &crate::config::Settings) -> Result<(Conn,
         None => {
             let url = settings.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".to_string());
             let client = redis::Client::open(url.as_str())?;
-            let cm_config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(settings.command_timeout))
-                .set_response_timeout(Some(settings.command_timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            let conn = ConnectionManager::new_with_config(client.clone(), cm_config).await.map_err(crate::cache::auth_error)?;
-            Ok((Conn::Single(conn), PubSubSource::Single(client)))
+            let direct = crate::direct::DirectPool::connect(&client, settings.command_timeout).await.map_err(crate::cache::auth_error)?;
+            Ok((Conn::Direct(direct), PubSubSource::Single(client)))
         }
         Some(seeds) => {
             let Conn::Cluster(data) = connect_cluster(seeds, settings.command_timeout, settings.cluster_pubsub).await? else { unreachable!() };
@@ -281,7 +283,7 @@ pub(crate) async fn scan_all(conn: &mut Conn, pattern: &str, limit: usize) -> Re
     }
     let mut names = Vec::new();
     let nodes = match conn {
-        Conn::Single(_) => Vec::new(),
+        Conn::Single(_) | Conn::Direct(_) => Vec::new(),
         Conn::Cluster(c) => {
             let v = c.conn.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary)).await?;
             let mut nodes = Vec::new();
@@ -314,7 +316,7 @@ pub(crate) async fn scan_all(conn: &mut Conn, pattern: &str, limit: usize) -> Re
 /// The values of `keys` (`MGET` on one server; on a cluster, one `GET` each, grouped by slot).
 pub(crate) async fn get_many(conn: &mut Conn, keys: &[String]) -> RedisResult<Vec<Option<String>>> {
     match conn {
-        Conn::Single(_) => redis::cmd("MGET").arg(keys).query_async(conn).await,
+        Conn::Single(_) | Conn::Direct(_) => redis::cmd("MGET").arg(keys).query_async(conn).await,
         Conn::Cluster(_) => {
             let mut p = redis::pipe();
             for k in keys {

@@ -78,6 +78,8 @@ try {
   const set = await race({
     raw: (i) => raw.set(`k${i % KEYS}`, value, 'PX', 10_000),
     floor: (i) => raw.eval(LUA, 1, `f${i % KEYS}`, value, 10_000, 'floor', msg),
+    // The script call alone (a SET in a script, no PUBLISH): what running a script costs.
+    script: (i) => raw.eval("return redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])", 1, `f${i % KEYS}`, value, 10_000),
     ttl: (i) => caches.ttl.set(`k${i % KEYS}`, value),
     batched: (i) => caches.batched.set(`k${i % KEYS}`, value),
     eager: (i) => caches.eager.set(`k${i % KEYS}`, value),
@@ -101,6 +103,7 @@ try {
   }
   console.log(`ratio set+publish-floor/ioredis-set ${r(ratio(set.floor, set.raw))} (raw ioredis, no cache: the floor under eager)`);
   console.log(`ratio set-eager/set+publish-floor ${r(ratio(set.eager, set.floor))}`);
+  console.log(`ratio script-set-only/ioredis-set ${r(ratio(set.script, set.raw))} (a SET inside EVAL: the script call's own cost)`);
   floorSub.disconnect();
   for (const x of Object.values(caches)) await x.stop();
   await nr.quit();

@@ -49,6 +49,10 @@ pub struct Stats {
     /// Every message the subscription delivered: this instance's own, other instances',
     /// malformed ones (the protocol's cost, docs/WIRE.md 6).
     pub pubsub_received: u64,
+    /// Socket reads by the subscription (one server only; 0 on a cluster). Under eager a
+    /// writing instance reads its own messages in batches, so this stays far below
+    /// `pubsub_received`.
+    pub pubsub_reads: u64,
     pub strategy: Option<Strategy>,
     pub write_rate: f64,
     pub l1_serving: bool,
@@ -427,6 +431,7 @@ impl AciCache {
             controller_lost: g(&c.controller_lost),
             lag_suspensions: g(&c.lag_suspensions),
             pubsub_received: g(&c.pubsub_received),
+            pubsub_reads: g(&c.pubsub_reads),
             strategy: Some(s.strategy()),
             write_rate: f64::from_bits(s.write_rate_bits.load(Ordering::Relaxed)),
             l1_serving: s.l1.is_serving(),

@@ -78,7 +78,7 @@ impl Stream {
     }
 }
 
-async fn read_into<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_into<S: AsyncRead + Unpin + ?Sized>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
@@ -116,42 +116,16 @@ fn closed() -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "Redis closed the connection"))
 }
 
-impl DirectPool {
-    /// Connects one connection (so that a wrong address or password fails here) and keeps it.
-    pub(crate) async fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Self> {
+impl Target {
+    fn of(client: &redis::Client) -> Self {
         let info = client.get_connection_info();
         let r = info.redis_settings();
-        let pool = DirectPool {
-            target: Arc::new(Target {
-                addr: info.addr().clone(),
-                username: r.username().map(str::to_owned),
-                password: r.password().map(str::to_owned),
-                db: r.db(),
-            }),
-            idle: Arc::new(Mutex::new(Vec::new())),
-            permits: Arc::new(tokio::sync::Semaphore::new(MAX_DIRECT)),
-            timeout,
-        };
-        let first = tokio::time::timeout(timeout, pool.open()).await.map_err(|_| timed_out())??;
-        pool.put(first);
-        Ok(pool)
+        Target { addr: info.addr().clone(), username: r.username().map(str::to_owned), password: r.password().map(str::to_owned), db: r.db() }
     }
 
-    /// An idle connection that looks alive, else a new one. The caller holds a permit, so the
-    /// idle ones plus those in use never exceed [`MAX_DIRECT`].
-    async fn take(&self) -> RedisResult<DirectConn> {
-        loop {
-            let c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            match c {
-                Some(c) if c.last_used.elapsed() < CHECK_AFTER || c.stream.looks_alive() => return Ok(c),
-                Some(_) => continue, // closed by the server while idle: dropped
-                None => return self.open().await,
-            }
-        }
-    }
-
+    /// A new connection, authenticated and on the URL's database.
     async fn open(&self) -> RedisResult<DirectConn> {
-        let stream = match &self.target.addr {
+        let stream = match &self.addr {
             ConnectionAddr::Tcp(host, port) => {
                 let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 s.set_nodelay(true)?;
@@ -165,18 +139,18 @@ impl DirectPool {
         // AUTH and SELECT as the URL says, then a PING: a server that wants a password we do not
         // have says so here (NOAUTH), at connect time rather than on the first real command.
         let mut hello = Vec::new();
-        if let Some(pw) = &self.target.password {
+        if let Some(pw) = &self.password {
             let mut auth = redis::cmd("AUTH");
-            if let Some(user) = &self.target.username {
+            if let Some(user) = &self.username {
                 auth.arg(user);
             }
             hello.extend(auth.arg(pw).get_packed_command());
         }
-        if self.target.db != 0 {
-            hello.extend(redis::cmd("SELECT").arg(self.target.db).get_packed_command());
+        if self.db != 0 {
+            hello.extend(redis::cmd("SELECT").arg(self.db).get_packed_command());
         }
         hello.extend(redis::cmd("PING").get_packed_command());
-        let n = self.target.password.is_some() as usize + (self.target.db != 0) as usize + 1;
+        let n = self.password.is_some() as usize + (self.db != 0) as usize + 1;
         let (replies, clean) = c.roundtrip(&hello, n).await?;
         for v in replies {
             if let Value::ServerError(e) = v {
@@ -187,6 +161,34 @@ impl DirectPool {
             return Err(RedisError::from((ErrorKind::Parse, "unexpected bytes after the handshake")));
         }
         Ok(c)
+    }
+}
+
+impl DirectPool {
+    /// Connects one connection (so that a wrong address or password fails here) and keeps it.
+    pub(crate) async fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Self> {
+        let pool = DirectPool {
+            target: Arc::new(Target::of(client)),
+            idle: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_DIRECT)),
+            timeout,
+        };
+        let first = tokio::time::timeout(timeout, pool.target.open()).await.map_err(|_| timed_out())??;
+        pool.put(first);
+        Ok(pool)
+    }
+
+    /// An idle connection that looks alive, else a new one. The caller holds a permit, so the
+    /// idle ones plus those in use never exceed [`MAX_DIRECT`].
+    async fn take(&self) -> RedisResult<DirectConn> {
+        loop {
+            let c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match c {
+                Some(c) if c.last_used.elapsed() < CHECK_AFTER || c.stream.looks_alive() => return Ok(c),
+                Some(_) => continue, // closed by the server while idle: dropped
+                None => return self.target.open().await,
+            }
+        }
     }
 
     fn put(&self, mut c: DirectConn) {
@@ -314,6 +316,132 @@ impl ConnectionLike for DirectPool {
 
     fn get_db(&self) -> i64 {
         self.target.db
+    }
+}
+
+/// A subscription on a connection of our own, for one server.
+///
+/// redis-rs's Pub/Sub connection reads in a driver task that wakes for every message and
+/// forwards each through a channel to the fleet task: two wake-ups per message. Under eager
+/// every write comes back to its writer, so that was paid once per `set`. Here the fleet task
+/// reads the socket itself, and may leave it unread for a few milliseconds after a read that
+/// brought only its own messages (`fleet.rs`), so the kernel batches them and the task wakes
+/// once per batch.
+pub(crate) struct DirectSub {
+    read: Box<dyn AsyncRead + Send + Unpin>,
+    buf: Vec<u8>,
+    at: usize,
+    /// Socket reads not yet counted in the stats.
+    reads: u64,
+    /// Why the stream ended, for the log.
+    pub ended: Option<&'static str>,
+}
+
+/// Changes what a [`DirectSub`] listens to; confirmations arrive on the stream (and are
+/// skipped there).
+pub(crate) struct DirectSubSink {
+    write: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+impl DirectSubSink {
+    pub(crate) async fn send(&mut self, command: &str, channels: &[&str]) -> RedisResult<()> {
+        let mut cmd = redis::cmd(command);
+        for c in channels {
+            cmd.arg(*c);
+        }
+        self.write.write_all(&cmd.get_packed_command()).await?;
+        Ok(())
+    }
+}
+
+/// Subscribes to `channels` on a new connection; returns once the server confirmed them all.
+pub(crate) async fn subscribe(client: &redis::Client, channels: &[&str]) -> RedisResult<(DirectSubSink, DirectSub)> {
+    let c = Target::of(client).open().await?;
+    let (read, write): (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>) = match c.stream {
+        Stream::Tcp(s) => {
+            let (r, w) = s.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        #[cfg(unix)]
+        Stream::Unix(s) => {
+            let (r, w) = s.into_split();
+            (Box::new(r), Box::new(w))
+        }
+    };
+    let mut sink = DirectSubSink { write };
+    let mut sub = DirectSub { read, buf: Vec::new(), at: 0, reads: 0, ended: None };
+    sink.send("SUBSCRIBE", channels).await?;
+    let mut confirmed = 0;
+    while confirmed < channels.len() {
+        match sub.frame().await? {
+            Value::Array(items) if matches!(items.first(), Some(Value::BulkString(k)) if k.as_slice() == b"subscribe") => confirmed += 1,
+            Value::ServerError(e) => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok((sink, sub))
+}
+
+impl DirectSub {
+    /// Socket reads since the last call.
+    pub(crate) fn take_reads(&mut self) -> u64 {
+        std::mem::take(&mut self.reads)
+    }
+
+    /// Whether a whole or partial frame is already read and waiting.
+    pub(crate) fn buffered(&self) -> bool {
+        self.at < self.buf.len()
+    }
+
+    /// The next frame, reading as needed.
+    async fn frame(&mut self) -> RedisResult<Value> {
+        loop {
+            if let Some(len) = frame_len(&self.buf[self.at..])? {
+                let v = redis::parse_redis_value(&self.buf[self.at..self.at + len])?;
+                self.at += len;
+                return Ok(v);
+            }
+            // Keep only the unread part; give back what a large frame made the buffer grow to.
+            self.buf.drain(..self.at);
+            self.at = 0;
+            if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+                self.buf = Vec::new();
+            }
+            self.reads += 1;
+            if read_into(&mut self.read, &mut self.buf).await? == 0 {
+                return Err(closed());
+            }
+        }
+    }
+
+    /// The next message; `None` once the subscription ended (the connection closed, or the
+    /// server sent an error or something that is not RESP).
+    pub(crate) async fn next(&mut self) -> Option<crate::transport::Payload> {
+        if self.ended.is_some() {
+            return None;
+        }
+        loop {
+            match self.frame().await {
+                Ok(Value::Array(items)) => {
+                    let mut it = items.into_iter();
+                    match (it.next(), it.next(), it.next()) {
+                        (Some(Value::BulkString(kind)), Some(channel), Some(payload)) if kind == b"message" => {
+                            return Some(crate::transport::Payload::Push(channel, payload));
+                        }
+                        _ => {} // (un)subscribe confirmations, pong
+                    }
+                }
+                Ok(Value::ServerError(_)) => {
+                    self.ended = Some("the server answered the subscription with an error");
+                    return None;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.ended = Some(if e.kind() == ErrorKind::Parse { "unreadable data on the subscription" } else { "connection closed" });
+                    return None;
+                }
+            }
+        }
     }
 }
 

@@ -124,6 +124,14 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms / 2 + 1))
 }
 
+/// How long the subscription is left unread after a read that brought only this instance's
+/// own messages. Under eager every write comes back to its writer; reading each as it arrives
+/// woke this task once per write, which cost a writing instance ~10% of a SET. Left unread for
+/// this long, they queue in the socket and are read in one go. The cost: another instance's
+/// message may wait this long while this one writes, a hundredth of `max_lag` (docs/WIRE.md 5
+/// allows it). The Python host does the same.
+const OWN_PAUSE: Duration = Duration::from_millis(5);
+
 async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
     let mut shutdown = s.shutdown.subscribe();
     let mut want_reports = s.want_reports.subscribe();
@@ -157,10 +165,14 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                 let mut last_heard = s.now_ms();
                 let mut check = tokio::time::interval(Duration::from_millis(100));
                 let own = OwnSuffix::new(&s);
+                // Set after a read that brought only our own messages; see OWN_PAUSE.
+                let mut paused: Option<tokio::time::Instant> = None;
                 let reason = loop {
                     tokio::select! {
-                        msg = stream.next() => match msg {
+                        _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => paused = None,
+                        msg = stream.next(), if paused.is_none() => match msg {
                             Some(m) => {
+                                s.counters.pubsub_reads.fetch_add(stream.take_reads(), Ordering::Relaxed);
                                 last_heard = s.now_ms();
                                 let payload = m.bytes();
                                 if m.channel() == Some(s.names.policy.as_str()) {
@@ -172,6 +184,9 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                                     Some(ts) => {
                                         inc(&s.counters.pubsub_received);
                                         check_lag(&s, wire::unix_now() - ts);
+                                        if stream.can_pause() {
+                                            paused = Some(tokio::time::Instant::now() + OWN_PAUSE);
+                                        }
                                     }
                                     None => handle(&s, payload, last_heard),
                                 }

@@ -42,6 +42,7 @@ pub(crate) struct Counters {
     pub lag_suspensions: AtomicU64,
     /// Every message the subscription delivered: own, others', malformed.
     pub pubsub_received: AtomicU64,
+    pub pubsub_reads: AtomicU64,
 }
 
 /// Period of the controller's `strategy_update` and of every instance's own `heartbeat`

@@ -25,13 +25,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, PushInfo, PushKind, RedisFuture, RedisResult, Value};
 
-use futures_util::StreamExt;
 
 /// How fleet messages travel on a Redis Cluster.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -356,12 +355,12 @@ fn cluster_error(e: redis::RedisError) -> crate::error::Error {
 /// Where a subscription's messages end: the sink changes what we listen to, the stream yields
 /// payloads until the subscription can no longer be trusted.
 pub(crate) enum SubSink {
-    Single(PubSubSink),
+    Single(crate::direct::DirectSubSink),
     Cluster(ClusterConnection, ClusterPubSub),
 }
 
 pub(crate) enum SubStream {
-    Single(PubSubStream),
+    Single(crate::direct::DirectSub),
     Cluster(Box<ClusterStream>),
 }
 
@@ -377,8 +376,7 @@ pub(crate) struct ClusterStream {
 
 /// One payload received.
 pub(crate) enum Payload {
-    Msg(redis::Msg),
-    /// A cluster push message: its channel and payload.
+    /// A message: its channel and payload.
     Push(Value, Value),
 }
 
@@ -386,7 +384,6 @@ impl Payload {
     /// The channel it came on (policy announcements are told apart by it, docs/WIRE.md 9.3).
     pub fn channel(&self) -> Option<&str> {
         match self {
-            Payload::Msg(m) => Some(m.get_channel_name()),
             Payload::Push(Value::BulkString(c), _) => std::str::from_utf8(c).ok(),
             Payload::Push(..) => None,
         }
@@ -394,7 +391,6 @@ impl Payload {
 
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Payload::Msg(m) => m.get_payload_bytes(),
             Payload::Push(_, Value::BulkString(b)) => b,
             Payload::Push(..) => b"",
         }
@@ -404,7 +400,7 @@ impl Payload {
 impl SubSink {
     pub async fn subscribe(&mut self, channels: &[&str]) -> RedisResult<()> {
         match self {
-            SubSink::Single(s) => s.subscribe(channels).await,
+            SubSink::Single(s) => s.send("SUBSCRIBE", channels).await,
             SubSink::Cluster(c, ClusterPubSub::Sharded) => c.ssubscribe(channels).await,
             SubSink::Cluster(c, ClusterPubSub::Classic) => c.subscribe(channels).await,
         }
@@ -412,7 +408,7 @@ impl SubSink {
 
     pub async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
-            SubSink::Single(s) => s.unsubscribe(channel).await,
+            SubSink::Single(s) => s.send("UNSUBSCRIBE", &[channel]).await,
             SubSink::Cluster(c, ClusterPubSub::Sharded) => c.sunsubscribe(channel).await,
             SubSink::Cluster(c, ClusterPubSub::Classic) => c.unsubscribe(channel).await,
         }
@@ -424,14 +420,28 @@ impl SubStream {
     /// connection dropped, the server unsubscribed us, or the cluster's slot map changed.
     pub async fn next(&mut self) -> Option<Payload> {
         match self {
-            SubStream::Single(s) => s.next().await.map(Payload::Msg),
+            SubStream::Single(s) => s.next().await,
             SubStream::Cluster(c) => c.next().await,
+        }
+    }
+
+    /// Whether the stream may be left unread for a moment: only our own socket is (a cluster's
+    /// pushes are read by redis-rs's task anyway), and only with nothing already read waiting.
+    pub fn can_pause(&self) -> bool {
+        matches!(self, SubStream::Single(s) if !s.buffered())
+    }
+
+    /// Socket reads since the last call (our own socket only).
+    pub fn take_reads(&mut self) -> u64 {
+        match self {
+            SubStream::Single(s) => s.take_reads(),
+            SubStream::Cluster(_) => 0,
         }
     }
 
     pub fn end_reason(&self) -> Option<&'static str> {
         match self {
-            SubStream::Single(_) => None,
+            SubStream::Single(s) => s.ended,
             SubStream::Cluster(c) => c.ended,
         }
     }
@@ -534,9 +544,7 @@ impl Topology {
 pub(crate) async fn subscribe(source: &PubSubSource, channels: &[&str]) -> RedisResult<(SubSink, SubStream)> {
     match source {
         PubSubSource::Single(client) => {
-            let ps = client.get_async_pubsub().await?;
-            let (mut sink, stream) = ps.split();
-            sink.subscribe(channels).await?;
+            let (sink, stream) = crate::direct::subscribe(client, channels).await?;
             Ok((SubSink::Single(sink), SubStream::Single(stream)))
         }
         PubSubSource::Cluster { seeds, pubsub, timeout, data, poll } => {

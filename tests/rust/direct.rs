@@ -110,6 +110,12 @@ async fn the_urls_password_and_database_apply_to_every_connection() {
     let port = srv.url().rsplit(':').next().unwrap().to_string();
     let url = format!("redis://:s3cret@127.0.0.1:{port}/3");
     let c = cache(&url, "authdb").await;
+    // The subscription authenticated too: L1 serves only while it is up.
+    let t = std::time::Instant::now();
+    while !c.stats().l1_serving {
+        assert!(t.elapsed() < Duration::from_secs(3), "the subscription never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Concurrent writes: several connections, each must have authenticated and selected db 3.
     let writes = (0..32).map(|i| {
         let c = c.clone();
@@ -130,4 +136,39 @@ async fn the_urls_password_and_database_apply_to_every_connection() {
     c.shutdown().await.unwrap();
     let wrong = AciCache::builder().redis_url(format!("redis://:nope@127.0.0.1:{port}/3")).build().await;
     assert!(wrong.is_err(), "a wrong password fails the build");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_reads_its_own_invalidations_in_batches_and_still_hears_the_others_promptly() {
+    let srv = server(&[]);
+    let a = cache(&srv.url(), "batches").await;
+    let b = AciCache::builder().redis_url(srv.url()).namespace("batches").role(Role::Follower).fixed_strategy(Strategy::Eager).build().await.unwrap();
+    b.set("theirs", "old", None).await.unwrap();
+    assert_eq!(a.get_string("theirs").await.unwrap().as_deref(), Some("old"));
+    let before = a.stats();
+    let writer = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for i in 0..600 {
+                a.set(&format!("mine{}", i % 50), "x", None).await.unwrap();
+            }
+        })
+    };
+    // Midway through A's writes, B writes: A must drop its copy within a few milliseconds.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.set("theirs", "new", None).await.unwrap();
+    let t = std::time::Instant::now();
+    while a.get_string("theirs").await.unwrap().as_deref() != Some("new") {
+        assert!(t.elapsed() < Duration::from_millis(200), "A still serves the old value after {:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    writer.await.unwrap();
+    // Let the last of A's own messages arrive.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let st = a.stats();
+    let (received, reads) = (st.pubsub_received - before.pubsub_received, st.pubsub_reads - before.pubsub_reads);
+    assert!(received >= 600, "{st:?}");
+    assert!(reads * 4 <= received, "{reads} socket reads for {received} messages: not batched");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

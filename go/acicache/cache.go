@@ -93,7 +93,7 @@ type Cache struct {
 	baseCfg policy.Config
 	c       counters
 
-	ownTag   string // `,"source":"<id>"`, as our own messages carry it
+	ownTag   []byte // `,"source":"<id>"`, as our own messages carry it
 	strategy atomic.Uint32
 	// writeRate is the policy's fleet rate (float bits) from the last tick.
 	writeRate atomic.Uint64
@@ -124,7 +124,7 @@ type Cache struct {
 	malformedSeen map[Malformed]bool
 
 	psMu              sync.Mutex
-	ps                *redis.PubSub
+	ps                subscriber
 	reportsSubscribed bool
 
 	ctx      context.Context
@@ -167,7 +167,7 @@ func New(ctx context.Context, client redis.UniversalClient, opts ...Option) (*Ca
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache{rdb: client, s: s, n: n, snd: sender{source: id, epoch: randomHex(16)}, ownTag: `,"source":"` + id + `"`,
+	c := &Cache{rdb: client, s: s, n: n, snd: sender{source: id, epoch: randomHex(16)}, ownTag: []byte(`,"source":"` + id + `"`),
 		l1: newL1(s.l1MaxEntries, s.l1MaxBytes), start: time.Now(), loss: newLossDetector(),
 		malformedSeen: map[Malformed]bool{}, ready: make(chan struct{})}
 	pol, err := newPolicyRuntime(lp.module, lp.cfg, 0)
@@ -607,7 +607,7 @@ func (c *Cache) Close(ctx context.Context) error {
 	// go-redis does not end a blocked read on ctx: closing the subscription does.
 	c.psMu.Lock()
 	if c.ps != nil {
-		_ = c.ps.Close()
+		_ = c.ps.close()
 	}
 	c.psMu.Unlock()
 	c.wg.Wait()

@@ -1,12 +1,12 @@
 package acicache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,7 +59,8 @@ func (c *Cache) channels() []string {
 // receive owns the subscription: it subscribes, waits for every confirmation, then reads
 // until liveness_timeout passes without a message (its own heartbeat arrives every second)
 // or the connection ends; then L1 stops serving and it resubscribes with capped exponential
-// backoff and jitter (docs/WIRE.md 5).
+// backoff and jitter (docs/WIRE.md 5). The connection is our own lean one for a standalone
+// *redis.Client, go-redis's PubSub otherwise (sub.go).
 func (c *Cache) receive() {
 	defer c.wg.Done()
 	backoff := 50 * time.Millisecond
@@ -71,11 +72,17 @@ func (c *Cache) receive() {
 		first = false
 		c.psMu.Lock()
 		chans := c.channels()
-		ps := c.rdb.Subscribe(c.ctx, chans...)
-		c.ps, c.reportsSubscribed = ps, chans[len(chans)-1] == c.n.reports
+		sub, err := c.openSubscriber(chans)
+		if err == nil {
+			c.ps, c.reportsSubscribed = sub, chans[len(chans)-1] == c.n.reports
+		}
 		c.psMu.Unlock()
-		if err := c.awaitSubscribed(ps, len(chans)); err != nil {
-			c.dropSubscription(ps)
+		if err == nil {
+			if err = c.awaitSubscribed(sub, len(chans)); err != nil {
+				c.dropSubscription(sub)
+			}
+		}
+		if err != nil {
 			if c.ctx.Err() != nil {
 				return
 			}
@@ -100,72 +107,82 @@ func (c *Cache) receive() {
 		c.setServing(&up, nil)
 		c.readyOne.Do(func() { close(c.ready) })
 		for {
-			msg, err := ps.ReceiveTimeout(c.ctx, c.s.livenessTimeout)
+			ev, err := sub.next(c.ctx)
 			if err != nil {
 				if c.ctx.Err() == nil {
 					c.s.logger.Warn("acicache: subscription lost", "instance", c.snd.source, "err", err)
 				}
 				break
 			}
-			if m, ok := msg.(*redis.Message); ok {
-				c.handle(m.Channel, m.Payload)
-			}
+			c.deliver(sub, ev)
 		}
-		c.dropSubscription(ps)
+		c.dropSubscription(sub)
 	}
 }
 
-func (c *Cache) dropSubscription(ps *redis.PubSub) {
+// deliver hands a message to handle; after one of our own, the subscriber may pause.
+func (c *Cache) deliver(sub subscriber, ev event) {
+	switch ev.kind {
+	case evMessage:
+		if c.handle(ev.channel, ev.payload) {
+			sub.handledOwn(c.ctx)
+		}
+	case evTooLarge:
+		c.c.pubsubReceived.Add(1)
+		c.malformedMessage(MalformedTooLarge, string(ev.channel), ev.size)
+	}
+}
+
+func (c *Cache) dropSubscription(sub subscriber) {
 	down := false
 	c.setServing(&down, nil)
 	c.psMu.Lock()
-	if c.ps == ps {
+	if c.ps == sub {
 		c.ps = nil
 	}
 	c.psMu.Unlock()
-	_ = ps.Close()
+	_ = sub.close()
 }
 
-func (c *Cache) awaitSubscribed(ps *redis.PubSub, n int) error {
+func (c *Cache) awaitSubscribed(sub subscriber, n int) error {
 	for got := 0; got < n; {
-		msg, err := ps.ReceiveTimeout(c.ctx, c.s.livenessTimeout)
+		ev, err := sub.next(c.ctx)
 		if err != nil {
 			return err
 		}
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" {
-				got++
-			}
-		case *redis.Message:
-			c.handle(m.Channel, m.Payload)
+		if ev.kind == evSubscribe {
+			got++
+		} else {
+			c.deliver(sub, ev)
 		}
 	}
 	return nil
 }
 
-// handle applies one delivered message (docs/WIRE.md 2, 4, 5).
-func (c *Cache) handle(channel, payload string) {
+// handle applies one delivered message (docs/WIRE.md 2, 4, 5) and reports whether it was one
+// of our own. channel and payload are only read during the call (they may be the subscriber's
+// read buffer).
+func (c *Cache) handle(channel, payload []byte) bool {
 	c.c.pubsubReceived.Add(1)
-	if channel == c.n.policy && c.ro.follow {
-		c.ro.onAnnouncement(payload) // our own (an automatic rollback) included
-		return
+	if string(channel) == c.n.policy && c.ro.follow {
+		c.ro.onAnnouncement(string(payload)) // our own (an automatic rollback) included
+		return false
 	}
 	// Our own messages (one per eager write comes back to us) only tell the lag: read their
 	// timestamp without decoding the rest. The exact bytes `,"source":"<id>"` cannot occur
 	// inside a JSON string (its quotes would be escaped), only as a member.
 	if ts, ok := ownTimestamp(payload, c.ownTag); ok {
 		c.measureLag(ts)
-		return
+		return true
 	}
-	m, bad := decode([]byte(payload))
+	m, bad := decode(payload)
 	if bad != "" {
-		c.malformedMessage(bad, channel, len(payload))
-		return
+		c.malformedMessage(bad, string(channel), len(payload))
+		return false
 	}
 	if m.source == c.snd.source {
 		c.measureLag(m.timestamp)
-		return
+		return true
 	}
 	c.c.messagesReceived.Add(1)
 	now := int64(c.nowMs())
@@ -198,7 +215,7 @@ func (c *Cache) handle(channel, payload string) {
 		c.c.flushes.Add(1)
 	case actStrategyUpdate:
 		if c.isController.Load() {
-			return // two controllers may overlap for one lease period; ours decides here
+			return false // two controllers may overlap for one lease period; ours decides here
 		}
 		c.announcedRate.Store(math.Float64bits(m.writeRate))
 		c.lastControllerNews.Store(now)
@@ -219,6 +236,7 @@ func (c *Cache) handle(channel, payload string) {
 			}
 		}
 	}
+	return false
 }
 
 // malformedMessage counts a refused message and logs the first of each kind (docs/WIRE.md 2.3).
@@ -234,19 +252,23 @@ func (c *Cache) malformedMessage(bad Malformed, channel string, size int) {
 	}
 }
 
+var tsMember = []byte(`,"timestamp":`)
+
 // ownTimestamp recognises a message in this host's own encoding (sender.finish) from source
 // tag, and returns its timestamp.
-func ownTimestamp(payload, tag string) (float64, bool) {
-	i := strings.Index(payload, tag)
-	if i < 0 || len(payload) > maxPayload {
+func ownTimestamp(payload, tag []byte) (float64, bool) {
+	if len(payload) > maxPayload {
 		return 0, false
 	}
-	const ts = `,"timestamp":`
-	j := strings.LastIndex(payload[:i], ts)
+	i := bytes.Index(payload, tag)
+	if i < 0 {
+		return 0, false
+	}
+	j := bytes.LastIndex(payload[:i], tsMember)
 	if j < 0 {
 		return 0, false
 	}
-	v, err := strconv.ParseFloat(payload[j+len(ts):i], 64)
+	v, err := strconv.ParseFloat(string(payload[j+len(tsMember):i]), 64)
 	if err != nil {
 		return 0, false
 	}
@@ -290,9 +312,9 @@ func (c *Cache) setReports(on bool) {
 	}
 	var err error
 	if on {
-		err = c.ps.Subscribe(c.ctx, c.n.reports)
+		err = c.ps.subscribe(c.ctx, c.n.reports)
 	} else {
-		err = c.ps.Unsubscribe(c.ctx, c.n.reports)
+		err = c.ps.unsubscribe(c.ctx, c.n.reports)
 	}
 	if err == nil {
 		c.reportsSubscribed = on

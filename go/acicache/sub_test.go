@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -328,13 +329,26 @@ func startServer(t *testing.T, args ...string) string {
 
 // TestLeanSubscriberAuthenticates: on a server with requirepass and an ACL user, the lean
 // subscriber authenticates as go-redis does (Password; Username+Password; a credentials
-// provider), and a wrong password never counts as subscribed.
+// provider), and a wrong password never counts as subscribed; it dials with the client's dialer
+// (a unix socket, a custom Dialer).
 func TestLeanSubscriberAuthenticates(t *testing.T) {
-	addr := startServer(t, "--requirepass", "s3cret", "--user", "alice", "on", ">pw", "~*", "&*", "+@all")
+	sock := filepath.Join(t.TempDir(), "r.sock")
+	addr := startServer(t, "--requirepass", "s3cret", "--user", "alice", "on", ">pw", "~*", "&*", "+@all",
+		"--unixsocket", sock, "--unixsocketperm", "700")
+	type tagged struct{ net.Conn }
+	dialer := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return tagged{c}, nil
+	}
 	for _, tc := range []struct {
 		name string
 		opt  redis.Options
 	}{
+		{"unix socket", redis.Options{Network: "unix", Addr: sock, Password: "s3cret"}},
+		{"custom dialer", redis.Options{Dialer: dialer, Password: "s3cret"}},
 		{"password", redis.Options{Password: "s3cret"}},
 		{"acl user", redis.Options{Username: "alice", Password: "pw"}},
 		{"credentials provider", redis.Options{CredentialsProvider: func() (string, string) { return "alice", "pw" }}},
@@ -346,11 +360,19 @@ func TestLeanSubscriberAuthenticates(t *testing.T) {
 			space := ns(t)
 			open := func(role Role) *Cache {
 				opt := tc.opt
-				opt.Addr = addr
+				if opt.Addr == "" {
+					opt.Addr = addr
+				}
 				rdb := redis.NewClient(&opt)
 				t.Cleanup(func() { _ = rdb.Close() })
 				c := newCacheOn(t, rdb, WithNamespace(space), WithFixedStrategy(policy.StrategyEager), WithRole(role))
-				leanOf(t, c)
+				nc := leanOf(t, c).conn.Conn
+				if _, ok := nc.(tagged); ok != (opt.Dialer != nil) {
+					t.Fatalf("subscribed on a %T", nc)
+				}
+				if _, ok := nc.(*net.UnixConn); ok != (opt.Network == "unix") {
+					t.Fatalf("subscribed on a %T", nc)
+				}
 				return c
 			}
 			a, b := open(RoleController), open(RoleFollower)

@@ -256,6 +256,23 @@ fn parse(frame: &[u8]) -> RedisResult<Value> {
     }
 }
 
+/// The channel and payload of a complete `message` push, without redis-rs's general parser
+/// (one per message received, so it is worth the few lines); `None` for any other frame.
+fn message(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    fn bulk(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let b = b.strip_prefix(b"$")?;
+        let end = b.windows(2).position(|w| w == b"\r\n")?;
+        let len: usize = std::str::from_utf8(&b[..end]).ok()?.parse().ok()?;
+        let rest = b.get(end + 2..)?;
+        let (data, rest) = (rest.get(..len)?, rest.get(len..)?);
+        Some((data, rest.strip_prefix(b"\r\n")?))
+    }
+    let rest = frame.strip_prefix(b"*3\r\n$7\r\nmessage\r\n")?;
+    let (channel, rest) = bulk(rest)?;
+    let (payload, rest) = bulk(rest)?;
+    rest.is_empty().then_some((channel, payload))
+}
+
 /// The length of the first complete RESP2 reply in `b`, `None` if more bytes are needed.
 fn frame_len(b: &[u8]) -> RedisResult<Option<usize>> {
     fn line(b: &[u8]) -> Option<usize> {
@@ -397,7 +414,11 @@ impl DirectSub {
     async fn frame(&mut self) -> RedisResult<Value> {
         loop {
             if let Some(len) = frame_len(&self.buf[self.at..])? {
-                let v = redis::parse_redis_value(&self.buf[self.at..self.at + len])?;
+                let frame = &self.buf[self.at..self.at + len];
+                let v = match message(frame) {
+                    Some((channel, payload)) => Value::Array(vec![Value::BulkString(b"message".to_vec()), Value::BulkString(channel.to_vec()), Value::BulkString(payload.to_vec())]),
+                    None => redis::parse_redis_value(frame)?,
+                };
                 self.at += len;
                 return Ok(v);
             }
@@ -465,6 +486,20 @@ mod tests {
         assert_eq!(frame_len(b"$4\r\na\r\nb\r\n").unwrap(), Some(10));
         assert!(frame_len(b"?x\r\n").is_err());
         assert!(frame_len(b"$x\r\n").is_err());
+    }
+
+    #[test]
+    fn messages_parse_as_redis_rs_parses_them() {
+        let frames: &[&[u8]] = &[b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhe\r\no\r\n", b"*3\r\n$7\r\nmessage\r\n$0\r\n\r\n$0\r\n\r\n"];
+        for f in frames {
+            let (c, p) = message(f).unwrap();
+            let v = Value::Array(vec![Value::BulkString(b"message".to_vec()), Value::BulkString(c.to_vec()), Value::BulkString(p.to_vec())]);
+            assert_eq!(v, redis::parse_redis_value(f).unwrap());
+        }
+        // Anything else, or a frame with bytes past the message, goes to the general parser.
+        for f in [&b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"[..], b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nxy\r\n", b"+OK\r\n"] {
+            assert_eq!(message(f), None);
+        }
     }
 
     #[test]

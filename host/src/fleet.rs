@@ -184,7 +184,9 @@ async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {
                                     Some(ts) => {
                                         inc(&s.counters.pubsub_received);
                                         check_lag(&s, wire::unix_now() - ts);
-                                        if stream.can_pause() {
+                                        // Only an invalidation says this instance is writing;
+                                        // pausing after a heartbeat would only delay others.
+                                        if stream.can_pause() && m.channel() == Some(s.names.invalidation.as_str()) {
                                             paused = Some(tokio::time::Instant::now() + OWN_PAUSE);
                                         }
                                     }

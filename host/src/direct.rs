@@ -1,5 +1,6 @@
-//! The command path to one server: a small pool of plain connections, each request written
-//! and its replies read on the caller's own task.
+//! The connections to one server: a small pool of plain connections for commands, each request
+//! written and its replies read on the caller's own task, and the subscription ([`DirectSub`]),
+//! read by the fleet task itself.
 //!
 //! Why: redis-rs's `MultiplexedConnection` (and the `ConnectionManager` over it) hands every
 //! request to a driver task and the reply back, two cross-task wake-ups per round trip. On a
@@ -18,7 +19,7 @@
 //!   reconnect, not a failed request;
 //! - every request, waiting and connecting included, is bounded by the command timeout.
 //!
-//! RESP2 only: these connections never subscribe, so replies are all they carry.
+//! RESP2 only. The pool's connections never subscribe, so replies are all they carry.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

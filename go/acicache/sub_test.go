@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -402,4 +403,22 @@ func TestLeanSubscriberAuthenticates(t *testing.T) {
 			t.Fatalf("New with a wrong password: %v", err)
 		}
 	})
+}
+
+// TestAppendMicros: the eager message's timestamp is the text float formatting gave.
+func TestAppendMicros(t *testing.T) {
+	check := func(us int64) {
+		want := strconv.AppendFloat(nil, float64(us)/1e6, 'f', 6, 64)
+		if got := appendMicros(nil, us); string(got) != string(want) {
+			t.Fatalf("%d: %s, want %s", us, got, want)
+		}
+	}
+	for _, us := range []int64{0, 1, 999999, 1000000, 1000001, 1764241234000000, 1764241234999999, 4e15} {
+		check(us)
+	}
+	now := time.Now().UnixMicro()
+	for i := range int64(200000) {
+		check(now + i*7919)
+		check(rand.Int64N(4e15))
+	}
 }

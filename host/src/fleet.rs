@@ -129,7 +129,7 @@ fn jitter(d: Duration) -> Duration {
 /// woke this task once per write, which cost a writing instance ~10% of a SET. Left unread for
 /// this long, they queue in the socket and are read in one go. The cost: another instance's
 /// message may wait this long while this one writes, a hundredth of `max_lag` (docs/WIRE.md 5
-/// allows it). The Python host does the same.
+/// allows it). The Python and Go hosts do the same.
 const OWN_PAUSE: Duration = Duration::from_millis(5);
 
 async fn subscriber(s: Arc<Shared>, ready: tokio::sync::watch::Sender<bool>) {

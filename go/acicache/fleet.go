@@ -124,7 +124,9 @@ func (c *Cache) receive() {
 func (c *Cache) deliver(sub subscriber, ev event) {
 	switch ev.kind {
 	case evMessage:
-		if c.handle(ev.channel, ev.payload) {
+		// Only our own invalidation says this instance is writing: a pause after our own
+		// heartbeat would only delay the others' messages.
+		if c.handle(ev.channel, ev.payload) && string(ev.channel) == c.n.invalidation {
 			sub.handledOwn(c.ctx)
 		}
 	case evTooLarge:

@@ -337,6 +337,13 @@ impl ConnectionLike for DirectPool {
     }
 }
 
+/// One frame read from a subscription.
+enum Frame {
+    /// A `message` push: channel and payload.
+    Message(Vec<u8>, Vec<u8>),
+    Other(Value),
+}
+
 /// A subscription on a connection of our own, for one server.
 ///
 /// redis-rs's Pub/Sub connection reads in a driver task that wakes for every message and
@@ -392,8 +399,8 @@ pub(crate) async fn subscribe(client: &redis::Client, channels: &[&str]) -> Redi
     let mut confirmed = 0;
     while confirmed < channels.len() {
         match sub.frame().await? {
-            Value::Array(items) if matches!(items.first(), Some(Value::BulkString(k)) if k.as_slice() == b"subscribe") => confirmed += 1,
-            Value::ServerError(e) => return Err(e.into()),
+            Frame::Other(Value::Array(items)) if matches!(items.first(), Some(Value::BulkString(k)) if k.as_slice() == b"subscribe") => confirmed += 1,
+            Frame::Other(Value::ServerError(e)) => return Err(e.into()),
             _ => {}
         }
     }
@@ -411,17 +418,17 @@ impl DirectSub {
         self.at < self.buf.len()
     }
 
-    /// The next frame, reading as needed.
-    async fn frame(&mut self) -> RedisResult<Value> {
+    /// The next frame, reading as needed: a message's channel and payload, or any other frame.
+    async fn frame(&mut self) -> RedisResult<Frame> {
         loop {
             if let Some(len) = frame_len(&self.buf[self.at..])? {
                 let frame = &self.buf[self.at..self.at + len];
-                let v = match message(frame) {
-                    Some((channel, payload)) => Value::Array(vec![Value::BulkString(b"message".to_vec()), Value::BulkString(channel.to_vec()), Value::BulkString(payload.to_vec())]),
-                    None => redis::parse_redis_value(frame)?,
+                let f = match message(frame) {
+                    Some((channel, payload)) => Frame::Message(channel.to_vec(), payload.to_vec()),
+                    None => Frame::Other(redis::parse_redis_value(frame)?),
                 };
                 self.at += len;
-                return Ok(v);
+                return Ok(f);
             }
             // Keep only the unread part; give back what a large frame made the buffer grow to.
             self.buf.drain(..self.at);
@@ -444,20 +451,14 @@ impl DirectSub {
         }
         loop {
             match self.frame().await {
-                Ok(Value::Array(items)) => {
-                    let mut it = items.into_iter();
-                    match (it.next(), it.next(), it.next()) {
-                        (Some(Value::BulkString(kind)), Some(channel), Some(payload)) if kind == b"message" => {
-                            return Some(crate::transport::Payload::Push(channel, payload));
-                        }
-                        _ => {} // (un)subscribe confirmations, pong
-                    }
+                Ok(Frame::Message(channel, payload)) => {
+                    return Some(crate::transport::Payload::Push(Value::BulkString(channel), Value::BulkString(payload)));
                 }
-                Ok(Value::ServerError(_)) => {
+                Ok(Frame::Other(Value::ServerError(_))) => {
                     self.ended = Some("the server answered the subscription with an error");
                     return None;
                 }
-                Ok(_) => {}
+                Ok(Frame::Other(_)) => {} // (un)subscribe confirmations, pong
                 Err(e) => {
                     self.ended = Some(if e.kind() == ErrorKind::Parse { "unreadable data on the subscription" } else { "connection closed" });
                     return None;

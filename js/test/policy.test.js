@@ -29,7 +29,7 @@ describe('loadPolicy', () => {
   });
 
   test('loads both policies by name and by component path', async () => {
-    assert.deepEqual((await loadPolicy('adaptive')).describe(), { name: 'adaptive', version: '0.2.0' });
+    assert.deepEqual((await loadPolicy('adaptive')).describe(), { name: 'adaptive', version: '0.3.0' });
     assert.equal((await loadPolicy('fixed')).describe().name, 'fixed');
     const byPath = await loadPolicy(path.join(policyDir(), 'fixed.wasm'));
     assert.equal(byPath.describe().name, 'fixed');

@@ -266,7 +266,7 @@ fn other_interface_component(dir: &Path) -> PathBuf {
 fn inspect_describes_good_policies_and_refuses_bad_files_in_one_line() {
     let (code, out, err) = aci(&["inspect", policy_file("adaptive").to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("policy:    adaptive 0.2.0"), "{out}");
+    assert!(out.contains("policy:    adaptive 0.3.0"), "{out}");
     for f in ["record-write(key, now-ms)", "pending-batch(now-ms)", "current-strategy(now-ms)", "configure(cfg, now-ms)"] {
         assert!(out.contains(f), "missing {f} in {out}");
     }

@@ -79,22 +79,37 @@ def vector(name, policy, description, steps):
 
 
 vector("describe-and-defaults", "adaptive", "Name, version, the original's defaults, the initial state.", [
-    {"op": "describe", "expect": {"name": "adaptive", "version": "0.2.0"}},
+    {"op": "describe", "expect": {"name": "adaptive", "version": "0.3.0"}},
     {"op": "default-config", "expect": DEFAULT},
     status(0, "ttl", 0.0),
 ])
 
-vector("tiers-up", "adaptive", "Below low is ttl, low..=high is batched, above high is eager; up at once.", [
-    configure(FAST),
-    ws([f"k{i}" for i in range(9)], 0, "ttl"),
-    rate(0, 9.0),
-    w("k9", 0, "batched"),  # rate 10 is not below low: batched, and k9 is buffered
-    status(0, "batched", 10.0, buffered=1, switches=1),
-    ws([f"m{i}" for i in range(40)], 10, "batched"),  # rate 50 is not above high
+vector("tiers-up", "adaptive", "Below a quarter of low is ttl, from there to high (inclusive) batched, above high eager; up at once.", [
+    configure(cfg(low_threshold=12.0)),
+    ws(["k0", "k1"], 0, "ttl"),
+    rate(0, 2.0),
+    w("k2", 0, "batched"),  # rate 3 is not below 12 / 4: batched, and k2 is buffered
+    status(0, "batched", 3.0, buffered=1, switches=1),
+    ws([f"m{i}" for i in range(47)], 10, "batched"),  # rate 50 is not above high
     w("z", 10, "eager"),  # rate 51: eager at once, z is not buffered
-    status(10, "eager", 51.0, buffered=41, due=True, switches=2),
-    batch(10, ["k9"] + [f"m{i}" for i in range(40)]),
+    status(10, "eager", 51.0, buffered=48, due=True, switches=2),
+    batch(10, ["k2"] + [f"m{i}" for i in range(47)]),
     batch(10, []),
+])
+
+vector("ttl-below-a-quarter-of-low", "adaptive", "Between a quarter of low and low: batched, full batch interval; down to ttl only below a quarter of low, after the hold.", [
+    configure(FAST),
+    remote(5, 0, "batched"),  # 5/s is below low (10) but not below 10 / 4: up at once
+    w("a", 0, "batched"),
+    batch(199, []),  # 6/s is not above low: the full 200 ms
+    batch(200, ["a"]),
+    remote(2, 600, "batched"),
+    cur(999, "batched"),  # 8 writes in the window
+    cur(1000, "batched"),  # the 6 at 0 left: 2/s is below 2.5, target ttl, the hold starts
+    cur(1499, "batched"),
+    cur(1500, "ttl"),
+    status(1500, "ttl", 2.0, switches=2),
+    remote(1, 1500, "batched"),  # 3/s: up at once
 ])
 
 vector("hysteresis-down", "adaptive", "Down only after the target stayed lower for hold-ms; eager ends on the newest quarter of the window, ttl waits for the whole window.", [
@@ -183,10 +198,10 @@ vector("batch-drains-on-cap", "fixed", "A batch is due at batch-max-keys or batc
 
 vector("batch-drains-on-switch", "adaptive", "Leaving batched (by rate or by follow) makes buffered keys due at once.", [
     configure(FAST),
-    remote(9, 0, "ttl"),
+    remote(2, 0, "ttl"),
     w("p", 0, "batched"),
     w("q", 10, "batched"),
-    remote(40, 20, "eager"),
+    remote(47, 20, "eager"),
     batch(20, ["p", "q"]),
     w("r", 30, "eager"),
     batch(30, []),

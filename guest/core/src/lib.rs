@@ -209,6 +209,17 @@ impl RateWindow {
     }
 }
 
+/// The adaptive kind picks `ttl` only below this share of `low-threshold`. It bounds the
+/// fleet's stale keys (the write rate times how long a write stays unannounced, Little's law)
+/// by what `batched` leaves at `low-threshold`, `low * interval / 2`, as `batch_interval` does
+/// above it. Under `ttl` a write stays unannounced for the local TTL, which every host defaults
+/// to two batch intervals (5 s and 2.5 s), so `rate * 2 * interval <= low * interval / 2` gives
+/// a quarter. Measured (`aci bench workload`): with `ttl` up to `low-threshold` (0.2.0) the
+/// night of the bundled day (3 and 8 writes/s) left readers stale for up to the local TTL and
+/// put adaptive's p99 staleness level with fixed batched's (off the frontier in some runs); a
+/// quarter costs ~10 more messages and took ~250 ms off the p99.
+pub const ADAPTIVE_TTL_SHARE: f64 = 0.25;
+
 /// Buckets in the "recent" part of the window (a quarter).
 const RECENT: usize = BUCKETS / 4;
 
@@ -368,9 +379,14 @@ impl Engine {
             }
             return Strategy::Eager;
         }
+        let ttl_below = if self.kind == Kind::Adaptive {
+            self.cfg.low_threshold * ADAPTIVE_TTL_SHARE
+        } else {
+            self.cfg.low_threshold
+        };
         if rate > self.cfg.high_threshold {
             Strategy::Eager
-        } else if rate < self.cfg.low_threshold {
+        } else if rate < ttl_below {
             Strategy::Ttl
         } else {
             Strategy::Batched
@@ -512,9 +528,11 @@ pub const BUDGET_NAME: &str = "budget";
 /// output would change.
 /// - adaptive 0.2.0: eager ends on the newest quarter of the window, and batches wait less as
 ///   the rate rises above `low-threshold` (see `Engine::targets` and `Engine::batch_interval`).
+/// - adaptive 0.3.0: `ttl` only below a quarter of `low-threshold` (see `ADAPTIVE_TTL_SHARE`);
+///   from there up to `low-threshold`, `batched` with full batches.
 pub fn logic_version(kind: Kind) -> &'static str {
     match kind {
-        Kind::Adaptive => "0.2.0",
+        Kind::Adaptive => "0.3.0",
         Kind::Fixed | Kind::Budget => "0.1.0",
     }
 }
@@ -531,10 +549,11 @@ mod tests {
     fn tiers_go_up_at_once_and_down_after_hold() {
         let mut e = Engine::new(Kind::Adaptive);
         e.configure(fast(), 0).unwrap();
-        for i in 0..10 {
-            assert_eq!(e.record_write("k", i), if i < 9 { Strategy::Ttl } else { Strategy::Batched });
+        // ttl below a quarter of low (2.5 writes/s here), batched from there.
+        for i in 0..3 {
+            assert_eq!(e.record_write("k", i), if i < 2 { Strategy::Ttl } else { Strategy::Batched });
         }
-        let keys: Vec<String> = (0..41).map(|i| format!("k{i}")).collect();
+        let keys: Vec<String> = (0..48).map(|i| format!("k{i}")).collect();
         assert_eq!(e.record_writes(&keys, 10), Strategy::Eager);
         // All writes leave the window at 1000 ms + a bucket; then the hold starts.
         assert_eq!(e.current_strategy(1100), Strategy::Eager);
@@ -575,6 +594,23 @@ mod tests {
             }
         }
         assert!(switches.iter().all(|s| *s == Strategy::Eager), "{switches:?}");
+    }
+
+    #[test]
+    fn ttl_only_below_a_quarter_of_low_and_batches_wait_the_full_interval_up_to_low() {
+        // low 10: ttl below 2.5 writes/s; 1000 ms window so the rate is the count.
+        let mut e = Engine::new(Kind::Adaptive);
+        e.configure(Config { batch_interval_ms: 1000, ..fast() }, 0).unwrap();
+        assert_eq!(e.record_remote_writes(2, 0), Strategy::Ttl);
+        assert_eq!(e.record_write("a", 0), Strategy::Batched, "3 writes/s is below low but not below low / 4");
+        e.record_remote_writes(5, 0);
+        assert!(e.pending_batch(999).keys.is_empty(), "8 writes/s: the full interval");
+        assert_eq!(e.pending_batch(1000).keys, ["a"]);
+        // One write at 600 ms keeps 1 write/s in the window after the others leave at 1000 ms.
+        e.record_remote_writes(1, 600);
+        assert_eq!(e.current_strategy(1000), Strategy::Batched);
+        assert_eq!(e.current_strategy(1499), Strategy::Batched);
+        assert_eq!(e.current_strategy(1500), Strategy::Ttl, "1 write/s is below low / 4, after the hold");
     }
 
     #[test]

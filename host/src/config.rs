@@ -294,7 +294,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Fleet writes/s below which the strategy is `ttl` (default 10).
+    /// Fleet writes/s up to which writes need no prompt invalidation (default 10): the bundled
+    /// `adaptive` policy picks `ttl` below a quarter of it and full batches up to it.
     pub fn low_threshold(mut self, v: f64) -> Self {
         self.settings.policy_config.low_threshold = v;
         self

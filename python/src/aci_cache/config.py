@@ -46,7 +46,9 @@ class CacheConfig:
 
     #: Above this fleet write rate the strategy is ``eager``.
     high_threshold: float = 50.0
-    #: Below this fleet write rate the strategy is ``ttl``; between the two, ``batched``.
+    #: Fleet writes/s up to which writes need no prompt invalidation: the bundled ``adaptive``
+    #: policy picks ``ttl`` below a quarter of it, ``batched`` (full batches) up to it and on to
+    #: ``high_threshold``.
     low_threshold: float = 10.0
     #: Redis TTL that ``set`` gives a key when the call passes none.
     default_ttl: float = 10

@@ -568,12 +568,32 @@ fn engine_bench(scale: f64) -> Result<()> {
     Ok(())
 }
 
-fn bytes_of(s: &str) -> std::sync::Arc<[u8]> {
-    std::sync::Arc::from(s.as_bytes())
-}
-
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `reader.get(key)` for a key L1 holds: a hit is ready at its first poll, so poll it once, as
+/// `.await` would (`timed` is not async). Returns whether it found a value.
+#[inline(always)]
+fn hit(reader: &AciCache, key: &str) -> Result<bool> {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(reader.get(key)).poll(&mut cx) {
+        std::task::Poll::Ready(r) => Ok(std::hint::black_box(r?).is_some()),
+        std::task::Poll::Pending => anyhow::bail!("an L1 hit waited"),
+    }
+}
+
+/// ns per call of `f` over `per` calls. Not inlined, and generic, so that each measured loop is
+/// a function of its own: inside `bench`'s large future, the cost of the same loop moved with
+/// unrelated edits to it (the same in `examples/l1hit.rs`).
+#[inline(never)]
+fn timed(per: u64, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..per {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / per as f64
 }
 
 pub fn bench(a: BenchArgs) -> Result<ExitCode> {
@@ -597,37 +617,41 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         let reader = AciCache::builder().redis_url(&target.url).namespace(&ns).role(Role::Controller).build().await?;
         reader.set("hot", value.clone(), Some(Duration::from_secs(600))).await?;
         let rkey = reader.redis_key("hot")?;
-        let (mut raw_get, mut l1_get) = (Vec::new(), Vec::new());
+        let mut raw_get = Vec::new();
         for _ in 0..rounds {
             let t = Instant::now();
             for _ in 0..n {
                 let _: Option<Vec<u8>> = redis::cmd("GET").arg(&rkey).query_async(&mut raw).await?;
             }
             raw_get.push(t.elapsed().as_nanos() as f64 / n as f64);
-            let m = n * 20;
-            let t = Instant::now();
-            for _ in 0..m {
-                let _ = reader.get("hot").await?;
-            }
-            l1_get.push(t.elapsed().as_nanos() as f64 / m as f64);
         }
         // Reference for the hit's absolute cost on this machine, now: a Mutex<HashMap> hit with
-        // the Redis key prebuilt, returning a Bytes clone (what a hit must at least do).
-        let map = std::sync::Mutex::new(HashMap::from([(rkey.clone(), bytes_of(&value))]));
-        let mut map_get = Vec::new();
-        for _ in 0..rounds {
-            let m = n * 20;
-            let t = Instant::now();
-            for _ in 0..m {
+        // the Redis key prebuilt, returning a clone of the very `Bytes` the cache returns (what
+        // a hit must at least do).
+        let hot = reader.get("hot").await?.context("the value just set")?;
+        let map = std::sync::Mutex::new(HashMap::from([(rkey.clone(), hot)]));
+        // Many short rounds, the hit's and the reference's alternating, each timed alone: a
+        // round another process preempted (this machine is shared) is an outlier that the
+        // median ignores, and drift in load hits both sides alike. Same gets in all as before
+        // (5 rounds of 20n).
+        let hit_rounds = 50;
+        let per = (n * 20 * rounds / hit_rounds).max(1);
+        let (mut l1_get, mut map_get) = (Vec::new(), Vec::new());
+        for _ in 0..hit_rounds {
+            let mut found = true;
+            l1_get.push(timed(per, || found &= matches!(hit(&reader, std::hint::black_box("hot")), Ok(true))));
+            anyhow::ensure!(found, "a get in the hit loop did not hit");
+            map_get.push(timed(per, || {
                 std::hint::black_box(map.lock().unwrap().get(std::hint::black_box(rkey.as_str())).cloned());
-            }
-            map_get.push(t.elapsed().as_nanos() as f64 / m as f64);
+            }));
         }
+        let best = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+        let (lb, mb) = (best(&l1_get), best(&map_get));
         let (rg, lg, mg) = (median(raw_get), median(l1_get), median(map_get));
-        println!("\n# get: L1 hit vs raw GET (same Redis, sequential, median of {rounds} rounds)");
+        println!("\n# get: L1 hit vs raw GET (same Redis, sequential; GET: median of {rounds} rounds, hit: of {hit_rounds})");
         println!("raw GET          {rg:>10.0} ns");
-        println!("aci get (L1 hit) {lg:>10.0} ns   {:.0}x faster (target >= 100x; <= 50 ns)", rg / lg);
-        println!("reference        {mg:>10.0} ns   Mutex<HashMap> hit, key prebuilt, value cloned (aci hit = {:.2}x this)", lg / mg);
+        println!("aci get (L1 hit) {lg:>10.0} ns   {:.0}x faster (target >= 100x; <= 50 ns); best round {lb:.0} ns", rg / lg);
+        println!("reference        {mg:>10.0} ns   Mutex<HashMap> hit, key prebuilt, Bytes cloned (aci hit = {:.2}x this); best round {mb:.0} ns", lg / mg);
         reader.shutdown().await?;
 
         // set under each strategy vs raw SET (SET PX like the cache's).

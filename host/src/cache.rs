@@ -226,7 +226,7 @@ impl AciCache {
         // L1 is keyed by user key: a hit builds no Redis key. A key the namespace refuses is
         // never cached (set and fills check it first), so checking it on a miss only is the same.
         if let Some(v) = s.l1.get_local(key) {
-            inc(&s.counters.l1_hits);
+            s.counters.l1_hits.incr();
             return Ok(Some(v));
         }
         // Boxed: the miss path's state (a Redis round trip) would otherwise make every `get`
@@ -411,12 +411,14 @@ impl AciCache {
         let s = self.s();
         let c = &s.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Summed once, so that `reads` is `l1_hits + l1_misses` even while gets run.
+        let l1_hits = c.l1_hits.sum();
         Stats {
             instance_id: s.id().to_string(),
             is_controller: s.is_controller.load(Ordering::Acquire),
             // Every read is exactly one hit or one miss: one counter fewer on the hot path.
-            reads: g(&c.l1_hits) + g(&c.l1_misses),
-            l1_hits: g(&c.l1_hits),
+            reads: l1_hits + g(&c.l1_misses),
+            l1_hits,
             l1_misses: g(&c.l1_misses),
             writes: g(&c.writes),
             deletes: g(&c.deletes),

@@ -27,7 +27,8 @@ pub struct SwitchEvent {
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub l1_hits: AtomicU64,
+    /// Bumped by every L1 hit, so per thread rather than one shared atomic (see `counter`).
+    pub l1_hits: crate::counter::PerThreadCounter,
     pub l1_misses: AtomicU64,
     pub writes: AtomicU64,
     pub deletes: AtomicU64,

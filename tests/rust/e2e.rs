@@ -596,3 +596,48 @@ async fn after_a_failed_publish_the_next_invalidation_is_preceded_by_a_flush() {
     let first = actions.iter().find(|a| *a != "mark");
     assert_eq!(first.map(String::as_str), Some("flush"), "{actions:?}");
 }
+
+/// Hits are counted per thread (host/src/counter.rs): gets from many tasks on both worker
+/// threads and from short-lived OS threads, at once, still add up to exactly the reads made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hit_counts_from_many_threads_add_up_exactly() {
+    let srv = server();
+    let a = builder(&srv.url(), "hitcount").role(Role::Controller).build().await.unwrap();
+    a.set("k", "v", None).await.unwrap();
+    let before = a.stats();
+    let per = 5_000u64;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                for i in 0..per {
+                    assert!(a.get("k").await.unwrap().is_some());
+                    if i % 512 == 0 {
+                        tokio::task::yield_now().await; // move between the worker threads
+                    }
+                }
+            })
+        })
+        .collect();
+    let handle = tokio::runtime::Handle::current();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (a, handle) = (a.clone(), handle.clone());
+            std::thread::spawn(move || {
+                for _ in 0..per {
+                    assert!(handle.block_on(a.get("k")).unwrap().is_some());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let st = a.stats();
+    assert_eq!(st.l1_misses, before.l1_misses, "{st:?}");
+    assert_eq!(st.l1_hits - before.l1_hits, 12 * per, "{st:?}");
+    assert_eq!(st.reads - before.reads, 12 * per, "{st:?}");
+}

@@ -411,15 +411,15 @@ impl AciCache {
         let s = self.s();
         let c = &s.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        // Summed once, so that `reads` is `l1_hits + l1_misses` even while gets run.
-        let l1_hits = c.l1_hits.sum();
+        // Each read once, so that `reads` is `l1_hits + l1_misses` even while gets run.
+        let (l1_hits, l1_misses) = (c.l1_hits.sum(), g(&c.l1_misses));
         Stats {
             instance_id: s.id().to_string(),
             is_controller: s.is_controller.load(Ordering::Acquire),
             // Every read is exactly one hit or one miss: one counter fewer on the hot path.
-            reads: l1_hits + g(&c.l1_misses),
+            reads: l1_hits + l1_misses,
             l1_hits,
-            l1_misses: g(&c.l1_misses),
+            l1_misses,
             writes: g(&c.writes),
             deletes: g(&c.deletes),
             messages_sent: g(&c.messages_sent),

@@ -189,6 +189,8 @@ impl AciCache {
             client,
             counters: Counters::default(),
             inval_seq: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            settled_seq: AtomicU64::new(0),
             marked: AtomicU64::new(0),
             published_since_tick: AtomicBool::new(false),
             needs_flush: AtomicBool::new(false),
@@ -281,14 +283,14 @@ impl AciCache {
         let send = async {
             if in_force == Strategy::Eager {
                 let mut pipe = redis::pipe();
+                // Dropped unsettled (an error: the SET may have landed without its
+                // invalidation), the next invalidation is preceded by a flush.
+                let publishing = s.publishing();
                 let flush_first = s.add_pending_flush(&mut pipe);
                 let msg = s.sender.invalidate(std::slice::from_ref(&rkey), Strategy::Eager, s.next_inval_seq());
                 pipe.pset_ex(&rkey, value.as_ref(), ttl_ms).ignore().publish(&s.names.invalidation, msg).ignore();
-                if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                    // The SET may have landed without its invalidation.
-                    s.publish_failed();
-                    return Err(e);
-                }
+                pipe.query_async::<()>(&mut conn).await?;
+                publishing.settled();
                 if flush_first {
                     s.flush_sent();
                 }
@@ -306,14 +308,13 @@ impl AciCache {
         if strategy == Strategy::Eager && in_force != Strategy::Eager {
             // This very write switched the policy to eager: it must not wait for a batch.
             let mut pipe = redis::pipe();
+            let publishing = s.publishing();
             let flush_first = s.add_pending_flush(&mut pipe);
             let msg = s.sender.invalidate(std::slice::from_ref(&rkey), Strategy::Eager, s.next_inval_seq());
             pipe.publish(&s.names.invalidation, msg).ignore();
             let mut conn = s.conn.clone();
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                s.publish_failed();
-                return Err(e.into());
-            }
+            pipe.query_async::<()>(&mut conn).await?;
+            publishing.settled();
             if flush_first {
                 s.flush_sent();
             }
@@ -330,17 +331,13 @@ impl AciCache {
         let rkey = s.names.redis_key(key)?;
         s.l1.invalidate(&rkey);
         let mut pipe = redis::pipe();
+        let publishing = s.publishing();
         let flush_first = s.add_pending_flush(&mut pipe);
         let msg = s.sender.invalidate(std::slice::from_ref(&rkey), Strategy::Eager, s.next_inval_seq());
         pipe.del(&rkey).publish(&s.names.invalidation, msg).ignore();
         let mut conn = s.conn.clone();
-        let (deleted,): (i64,) = match pipe.query_async(&mut conn).await {
-            Ok(r) => r,
-            Err(e) => {
-                s.publish_failed();
-                return Err(e.into());
-            }
-        };
+        let (deleted,): (i64,) = pipe.query_async(&mut conn).await?;
+        publishing.settled();
         if flush_first {
             s.flush_sent();
             inc(&s.counters.messages_sent);

@@ -16,7 +16,7 @@ use crate::config::Role;
 use crate::error::Result;
 use crate::loss_detector::Verdict;
 use crate::policy::{Batch, PolicyRuntime, Strategy};
-use crate::shared::{inc, lock, Shared, HEARTBEAT};
+use crate::shared::{inc, lock, Publishing, Shared, HEARTBEAT};
 use crate::wire::{self, Message, KEYS_PER_MESSAGE};
 
 /// Starts the subscriber and the tick. Waits (bounded) for the first subscription so that a
@@ -414,7 +414,7 @@ async fn announce(s: &Shared, clocks: &mut Clocks) -> redis::RedisResult<()> {
         return Ok(());
     }
     let rate = f64::from_bits(s.write_rate_bits.load(Ordering::Relaxed));
-    let msg = s.sender.strategy_update(strategy, rate, s.inval_seq.load(Ordering::Acquire));
+    let msg = s.sender.strategy_update(strategy, rate, s.position());
     let mut conn = s.conn.clone();
     let _: i64 = redis::cmd("PUBLISH").arg(&s.names.strategy).arg(msg).query_async(&mut conn).await?;
     inc(&s.counters.messages_sent);
@@ -468,13 +468,15 @@ async fn tick(s: &Shared, clocks: &mut Clocks) -> redis::RedisResult<()> {
     }
     s.note_strategy(status.strategy, Some(status.write_rate));
 
+    // Taken before this tick hands out seqs of its own: positions name only answered seqs.
+    let last_seq = s.position();
     let mut pipe = redis::pipe();
+    let publishing = s.publishing();
     let flush_first = s.add_pending_flush(&mut pipe);
     let mut invalidations = flush_first as u64 + add_batch(s, &mut pipe, &batch);
     // A mark when nothing went out on P:invalidation since the last tick (this tick's batch
     // included) and the last seq is unannounced: one per burst, none at idle.
     let published = s.published_since_tick.swap(false, Ordering::AcqRel) || invalidations > 0;
-    let last_seq = s.inval_seq.load(Ordering::Acquire);
     let mut mark = None;
     if !published && last_seq > s.marked.load(Ordering::Acquire) {
         pipe.publish(&s.names.invalidation, s.sender.mark(last_seq)).ignore();
@@ -508,14 +510,16 @@ async fn tick(s: &Shared, clocks: &mut Clocks) -> redis::RedisResult<()> {
     if sent > 0 {
         let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         if let Err(e) = r {
-            // Receivers cannot know what they got of it: a flush goes first next time. A lost
-            // mark alone needs none: `marked` stays behind, so the mark is sent again.
-            if invalidations > mark.is_some() as u64 {
-                s.publish_failed();
+            // Receivers cannot know what they got of it: a flush goes first next time (the
+            // guard, dropped unsettled). A lost mark alone needs none: `marked` stays behind,
+            // so the mark is sent again.
+            if invalidations == mark.is_some() as u64 {
+                publishing.settled();
             }
             s.announced.store(u8::MAX, Ordering::Release);
             return Err(e);
         }
+        publishing.settled();
         if flush_first {
             s.flush_sent();
         }
@@ -523,6 +527,8 @@ async fn tick(s: &Shared, clocks: &mut Clocks) -> redis::RedisResult<()> {
             s.marked.fetch_max(m, Ordering::AcqRel);
         }
         s.counters.messages_sent.fetch_add(sent, Ordering::Relaxed);
+    } else {
+        publishing.settled();
     }
     Ok(())
 }
@@ -552,28 +558,27 @@ pub(crate) fn drain_all(p: &mut PolicyRuntime, now: u64) -> Batch {
 /// preceded by a flush.
 pub(crate) async fn publish_batch(s: &Shared, batch: &Batch, extra: impl FnOnce(&mut redis::Pipeline) -> u64) -> Result<()> {
     let mut pipe = redis::pipe();
+    let publishing = s.publishing();
     let flush_first = s.add_pending_flush(&mut pipe);
     let invalidations = flush_first as u64 + add_batch(s, &mut pipe, batch);
+    let publishing = if invalidations == 0 {
+        publishing.settled();
+        None
+    } else {
+        Some(publishing)
+    };
     let commands = invalidations + extra(&mut pipe);
     if commands == 0 {
         return Ok(());
     }
     let mut conn = s.conn.clone();
-    match pipe.query_async::<()>(&mut conn).await {
-        Ok(()) => {
-            if flush_first {
-                s.flush_sent();
-            }
-            s.counters.messages_sent.fetch_add(invalidations, Ordering::Relaxed);
-            Ok(())
-        }
-        Err(e) => {
-            if invalidations > 0 {
-                s.publish_failed();
-            }
-            Err(e.into())
-        }
+    pipe.query_async::<()>(&mut conn).await?;
+    publishing.map(Publishing::settled);
+    if flush_first {
+        s.flush_sent();
     }
+    s.counters.messages_sent.fetch_add(invalidations, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Replaces the running policy (hot swap), atomically with respect to writes: the new

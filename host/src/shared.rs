@@ -66,8 +66,12 @@ pub(crate) struct Shared {
     pub conn: crate::transport::Conn,
     pub client: crate::transport::PubSubSource,
     pub counters: Counters,
-    /// Seq of the last invalidation message we published.
+    /// Seq of the last invalidation message handed out (its publish may still be unanswered).
     pub inval_seq: AtomicU64,
+    /// Publishes on `P:invalidation` holding a seq whose answer has not come yet.
+    pub in_flight: AtomicU64,
+    /// The highest seq with no unanswered publish at or below it: what positions announce.
+    pub settled_seq: AtomicU64,
     /// The last `inval_seq` announced in a `mark` (docs/WIRE.md 4).
     pub marked: AtomicU64,
     /// Set by every publish on `P:invalidation`; the tick takes it to decide on a `mark`.
@@ -143,7 +147,30 @@ impl Shared {
         *self.strategy_tx.borrow()
     }
 
-    /// The seq of a message about to be published on `P:invalidation`.
+    /// Taken before a publish on `P:invalidation` gets its seq, kept until Redis answers it.
+    pub fn publishing(&self) -> Publishing<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Publishing { s: self, settled: false }
+    }
+
+    /// The `inval_seq` a `mark`, `strategy_update` or `write_report` may announce: the last
+    /// seq whose message, and every earlier one, has been answered. Announcing a seq still in
+    /// flight would let the position overtake its message (a cluster sends a write's `SET`
+    /// and `SPUBLISH` one after the other; a redirected `SET` can take longer than the
+    /// receivers' reorder allowance), and receivers would flush for a loss that is not one
+    /// (docs/WIRE.md 4).
+    pub fn position(&self) -> u64 {
+        // Every seq is handed out while its publish is counted in `in_flight`; so if none is in
+        // flight after `q` was read, every seq up to `q` has been answered (all SeqCst).
+        let q = self.inval_seq.load(Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            return self.settled_seq.fetch_max(q, Ordering::AcqRel).max(q);
+        }
+        self.settled_seq.load(Ordering::Acquire)
+    }
+
+    /// The seq of a message about to be published on `P:invalidation`; the caller holds a
+    /// [`Publishing`] until the publish is answered.
     pub fn next_inval_seq(&self) -> u64 {
         self.published_since_tick.store(true, Ordering::Release);
         self.inval_seq.fetch_add(1, Ordering::AcqRel) + 1
@@ -178,3 +205,27 @@ impl Shared {
     }
 }
 
+/// A publish on `P:invalidation` whose answer has not come yet (see [`Shared::position`]).
+/// Dropped without [`settled`](Self::settled), it counts as failed: an error, or a caller that
+/// dropped the future mid-flight; either way receivers cannot know what they got, so the
+/// next invalidation is preceded by a `flush`.
+pub(crate) struct Publishing<'a> {
+    s: &'a Shared,
+    settled: bool,
+}
+
+impl Publishing<'_> {
+    /// Redis answered, or nothing in the pipeline needs a flush if it did not.
+    pub fn settled(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.s.publish_failed();
+        }
+        self.s.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -73,6 +73,10 @@ export class AdaptiveCache {
   #reportsSubscribed = false;
   // sending
   #seq = 0;
+  // Publishes on P:invalidation whose seq is taken and whose answer has not come yet, and the
+  // last position read with none in flight (#position).
+  #inFlight = 0;
+  #settled = 0;
   #marked = 0;
   #invalSinceTick = false;
   #mustFlush = false;
@@ -318,6 +322,7 @@ export class AdaptiveCache {
       const now = Math.floor(mono());
       this.#drainWrites(now);
       const batch = this.#rt.drainAll(now);
+      // Seqs taken here need not be counted in #inFlight: no position is read after stop.
       const pipe = this.#redis.pipeline();
       let n = this.#addBatch(pipe, batch);
       if (this.#orphanFlush || this.#orphans.length) {
@@ -577,6 +582,7 @@ export class AdaptiveCache {
     const t0 = mono();
     let sent;
     if (inForce === 'eager') {
+      this.#inFlight++; // until Redis answers (#execWrite, #sentOne, #sendFailed)
       if (this.#mustFlush) {
         const pipe = this.#redis.pipeline();
         const flushing = this.#addPendingFlush(pipe);
@@ -620,6 +626,7 @@ export class AdaptiveCache {
     const rk = this.#names.redisKey(key);
     this.#l1.invalidate(key);
     const pipe = this.#redis.pipeline();
+    this.#inFlight++;
     const flushing = this.#addPendingFlush(pipe);
     pipe.del(rk);
     pipe.publish(this.#names.invalidation, this.#sender.invalidate([rk], 'eager', ++this.#seq));
@@ -654,6 +661,7 @@ export class AdaptiveCache {
       } while (cursor !== '0');
     }
     const pipe = this.#redis.pipeline();
+    this.#inFlight++;
     const flushing = this.#addPendingFlush(pipe);
     pipe.publish(this.#names.invalidation, this.#sender.flush(++this.#seq));
     this.#invalSinceTick = true;
@@ -678,23 +686,22 @@ export class AdaptiveCache {
     return true;
   }
 
-  // Runs a pipeline that publishes invalidations; any failure there means a flush is owed.
+  // Runs a pipeline that publishes invalidations, counted in #inFlight by the caller before it
+  // took their seqs; any failure there means a flush is owed.
   async #execWrite(pipe, flushing, commands = 1) {
     let res;
     try {
       res = await pipe.exec();
+      for (const [err] of res) {
+        if (err) throw err;
+      }
     } catch (err) {
       this.#publishFailed();
       throw err;
+    } finally {
+      this.#inFlight--;
     }
-    let n = 0;
-    for (const [err] of res) {
-      if (err) {
-        this.#publishFailed();
-        throw err;
-      }
-      n++;
-    }
+    const n = res.length;
     if (flushing) this.#mustFlush = false;
     this.#c.messagesSent += n - commands; // every other command is a PUBLISH
     return res;
@@ -714,12 +721,14 @@ export class AdaptiveCache {
   }
 
   #sentOne = () => {
+    this.#inFlight--;
     this.#c.messagesSent++;
   };
 
   // Whether the SET happened or not, the PUBLISH may not have: a flush is owed.
   #sendFailed = (err) => {
     this.#publishFailed();
+    this.#inFlight--;
     throw err;
   };
 
@@ -748,6 +757,17 @@ export class AdaptiveCache {
   #publishFailed() {
     this.#mustFlush = true;
     this.#c.publishFailures++;
+  }
+
+  // The inval_seq a mark, strategy_update or write_report may announce (docs/WIRE.md 4): a seq
+  // whose publish, and every earlier one, Redis has answered. A seq still in flight (a write's
+  // script call behind a slow node or another connection) could reach receivers after the
+  // position naming it, and past the reorder allowance they would flush for a loss that is not
+  // one. Every seq is taken while its publish is counted in #inFlight, so with none in flight
+  // all of them are settled; otherwise the last position so obtained.
+  #position() {
+    if (this.#inFlight === 0) this.#settled = this.#seq;
+    return this.#settled;
   }
 
   // Runs a pipeline of `n` messages (tick, stop).
@@ -1131,9 +1151,12 @@ export class AdaptiveCache {
     if (controller) this.#writeRate = status.writeRate;
     this.#noteStrategy(status.strategy);
 
+    // Read before this tick takes seqs of its own for its batch.
+    const position = this.#position();
     const pipe = this.#redis.pipeline();
     let n = 0;
     let inval = false;
+    this.#inFlight++; // this tick's invalidations, if it has any, until Redis answers them
     if (this.#mustFlush && this.#addPendingFlush(pipe)) {
       n++;
       inval = true;
@@ -1148,17 +1171,19 @@ export class AdaptiveCache {
       n += this.#addBatch(pipe, batch);
       inval = true;
     }
+    if (!inval) this.#inFlight--;
     // A sender gone quiet announces its last seq once, so a lost last message is noticed.
-    if (!this.#invalSinceTick && !inval && this.#seq > this.#marked) {
-      pipe.publish(this.#names.invalidation, this.#sender.mark(this.#seq));
-      this.#marked = this.#seq;
+    let mark = 0;
+    if (!this.#invalSinceTick && !inval && position > this.#marked) {
+      pipe.publish(this.#names.invalidation, this.#sender.mark(position));
+      mark = position;
       n++;
     }
     this.#invalSinceTick = false;
     if (controller) {
       this.#unreported = 0; // our own writes went to our policy directly
       if (status.strategy !== this.#announced || now - this.#lastStrategyUpdate >= HEARTBEAT_MS) {
-        pipe.publish(this.#names.strategy, this.#sender.strategyUpdate(status.strategy, status.writeRate, this.#seq));
+        pipe.publish(this.#names.strategy, this.#sender.strategyUpdate(status.strategy, status.writeRate, position));
         this.#announced = status.strategy;
         this.#lastStrategyUpdate = now;
         n++;
@@ -1166,7 +1191,7 @@ export class AdaptiveCache {
     } else if (this.#unreported > 0) {
       const count = Math.min(this.#unreported, MAX_U32);
       this.#unreported = 0;
-      pipe.publish(this.#names.reports, this.#sender.writeReport(count, this.#seq));
+      pipe.publish(this.#names.reports, this.#sender.writeReport(count, position));
       n++;
     }
     if (now - this.#lastHeartbeat >= HEARTBEAT_MS) {
@@ -1176,8 +1201,14 @@ export class AdaptiveCache {
     }
     if (n === 0) return;
     const flushing = this.#mustFlush;
-    await this.#exec(pipe, n, inval || this.#mustFlush);
+    try {
+      await this.#exec(pipe, n, inval);
+    } finally {
+      if (inval) this.#inFlight--;
+    }
     if (flushing) this.#mustFlush = false;
+    // Only once sent: a failed mark is sent again next tick (docs/WIRE.md 4).
+    if (mark > this.#marked) this.#marked = mark;
   }
 }
 

@@ -72,6 +72,46 @@ describe('what an instance sends', () => {
     assert.ok(iFlush >= 0, actions.join(' '));
     assert.ok(iFlush < actions.indexOf(`invalidate:aci:${name}:c`), actions.join(' '));
   });
+
+  test('a write still in flight is not announced: no position names it, no receiver flushes for it', async () => {
+    // docs/WIRE.md 4: a position (mark, strategy_update) names only settled seqs. The writer's
+    // eager script call is held back (as a cluster's SET waits on a slow shard, or a write goes
+    // out on another connection) while its ticks go through on the same client.
+    const name = ns();
+    const got = await listen(`aci:${name}:invalidation`, `aci:${name}:strategy`);
+    const redis = fx.srv.client();
+    let gate = null;
+    let release;
+    const evalsha = redis.evalsha.bind(redis);
+    redis.evalsha = (...args) => (gate ? gate.then(() => evalsha(...args)) : evalsha(...args));
+    const w = new AdaptiveCache({ redis, namespace: name, isController: true, strategy: 'eager', tickInterval: 0.05, logger: quiet });
+    fx.caches.push(w);
+    await w.start();
+    const rx = await cache({ namespace: name, isController: false, tickInterval: 0.05 });
+    await w.set('a', '1');
+    await until(() => got.some((g) => g.msg.action === 'mark' && g.msg.inval_seq === 1), 2000, 'the mark of seq 1');
+    gate = new Promise((r) => {
+      release = r;
+    });
+    const write = w.set('b', '2');
+    // Ticks every 50 ms, a heartbeat's strategy_update, and more than the 250 ms reorder allowance.
+    await sleep(1300);
+    const positions = got.filter((g) => g.msg.source === w.id && Number.isInteger(g.msg.inval_seq)).map((g) => g.msg);
+    const shown = positions.map((m) => `${m.action}:${m.inval_seq}`).join(' ');
+    assert.equal(rx.stats().gaps, 0, `the receiver took the write in flight for a loss (positions sent: ${shown})`);
+    assert.ok(positions.every((m) => m.inval_seq <= 1), `announced seq 2 while in flight: ${shown}`);
+    assert.ok(positions.some((m) => m.action === 'strategy_update'), 'a strategy_update went out meanwhile');
+    gate = null;
+    release();
+    await write;
+    await until(() => got.some((g) => g.msg.action === 'mark' && g.msg.inval_seq === 2), 2000, 'the mark of seq 2 once it settled');
+    const inval = got.findIndex((g) => g.msg.action === 'invalidate' && g.msg.seq === 2);
+    const mark = got.findIndex((g) => g.msg.action === 'mark' && g.msg.inval_seq === 2);
+    assert.ok(inval >= 0 && inval < mark, 'the invalidation before the position that names it');
+    await sleep(350);
+    assert.equal(rx.stats().gaps, 0);
+    assert.equal(rx.stats().flushes, 1, 'only the flush of subscribing');
+  });
 });
 
 describe('what an instance does with what it hears', () => {

@@ -98,7 +98,9 @@ type Cache struct {
 	// writeRate is the policy's fleet rate (float bits) from the last tick.
 	writeRate atomic.Uint64
 
-	invalSeq           atomic.Uint64 // last seq published on P:invalidation
+	invalSeq           atomic.Uint64 // last seq handed out on P:invalidation (maybe unanswered)
+	inFlight           atomic.Int64  // publishes on P:invalidation holding a seq not yet answered
+	settledSeq         atomic.Uint64 // the last position obtained (docs/WIRE.md 4)
 	publishedSinceTick atomic.Bool
 	needFlush          atomic.Bool // a publish failed: a flush goes first
 	unreported         atomic.Uint64
@@ -418,20 +420,74 @@ func (c *Cache) setEager(ctx context.Context, rkey, value string, ttl time.Durat
 			return err
 		}
 	}
-	msg := c.snd.invalidate([]string{rkey}, policy.StrategyEager, c.invalSeq.Add(1))
-	var pub *redis.IntCmd
+	msg := c.snd.invalidate([]string{rkey}, policy.StrategyEager, c.nextSeq())
+	err := c.writeThenPublish(ctx, func(p redis.Pipeliner) { p.Set(ctx, rkey, value, ttl) }, msg)
+	// Any error counts: the SET may have landed without its invalidation, or the pipeline was
+	// abandoned unanswered (a context that ended, a hook's error: the PUBLISH's own Err is
+	// then nil).
+	c.published(err)
+	return err
+}
+
+// writeThenPublish runs write, then publishes msg on P:invalidation, the publish reaching Redis
+// only after the write: a receiver that re-reads the key on the invalidation must find the new
+// value, or it would cache the old one until its local TTL. On one server (a *redis.Client,
+// failover clients included) one pipeline keeps that order. A cluster or ring client sends each
+// node's part of a pipeline concurrently, and the key and the channel live on different nodes:
+// there the write is answered before the publish goes out (two round trips, as the Rust host
+// does on a cluster).
+func (c *Cache) writeThenPublish(ctx context.Context, write func(redis.Pipeliner), msg []byte) error {
+	if _, single := c.rdb.(*redis.Client); !single {
+		if _, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { write(p); return nil }); err != nil {
+			return err
+		}
+		return c.rdb.Publish(ctx, c.n.invalidation, msg).Err()
+	}
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, rkey, value, ttl)
-		pub = p.Publish(ctx, c.n.invalidation, msg)
+		write(p)
+		p.Publish(ctx, c.n.invalidation, msg)
 		return nil
 	})
+	return err
+}
+
+// nextSeq hands out the seq of a message about to be published on P:invalidation, its publish
+// counted in flight (before the seq is taken) until published reports how it ended.
+func (c *Cache) nextSeq() uint64 {
+	c.inFlight.Add(1)
 	c.publishedSinceTick.Store(true)
-	if pub.Err() != nil {
-		c.publishFailed(pub.Err())
+	return c.invalSeq.Add(1)
+}
+
+// published ends a publish counted by nextSeq once Redis answered it or the call gave up
+// (err). A failed one schedules the flush (docs/WIRE.md 4) before its seq can settle.
+func (c *Cache) published(err error) {
+	if err != nil {
+		c.publishFailed(err)
 	} else {
 		c.c.messagesSent.Add(1)
 	}
-	return err
+	c.inFlight.Add(-1)
+}
+
+// position is the inval_seq a mark, strategy_update or write_report may announce: a seq whose
+// publish, and every earlier one, has been answered (docs/WIRE.md 4). Announcing a seq still in
+// flight would let the position overtake its message (a write held by a slow node, a
+// redirect, or a pool connection that sends later than the tick's), and receivers would flush
+// for a loss that is not one. Every seq is handed out while its publish is counted in
+// inFlight, so if none is in flight after q was read, every seq up to q was answered
+// (sync/atomic is sequentially consistent).
+func (c *Cache) position() uint64 {
+	q := c.invalSeq.Load()
+	if c.inFlight.Load() != 0 {
+		return c.settledSeq.Load()
+	}
+	for {
+		s := c.settledSeq.Load()
+		if s >= q || c.settledSeq.CompareAndSwap(s, q) {
+			return max(s, q)
+		}
+	}
 }
 
 func (c *Cache) publishFailed(err error) {
@@ -449,27 +505,19 @@ func (c *Cache) publishInval(ctx context.Context, build func(seq uint64) []byte)
 			return err
 		}
 	}
-	msg := build(c.invalSeq.Add(1))
+	msg := build(c.nextSeq())
 	err := c.rdb.Publish(ctx, c.n.invalidation, msg).Err()
-	c.publishedSinceTick.Store(true)
-	if err != nil {
-		c.publishFailed(err)
-		return err
-	}
-	c.c.messagesSent.Add(1)
-	return nil
+	c.published(err)
+	return err
 }
 
 func (c *Cache) publishFlush(ctx context.Context) error {
-	err := c.rdb.Publish(ctx, c.n.invalidation, c.snd.flush(c.invalSeq.Add(1))).Err()
-	c.publishedSinceTick.Store(true)
-	if err != nil {
-		c.c.publishFailures.Add(1)
-		return err
+	err := c.rdb.Publish(ctx, c.n.invalidation, c.snd.flush(c.nextSeq())).Err()
+	if err == nil {
+		c.needFlush.Store(false)
 	}
-	c.needFlush.Store(false)
-	c.c.messagesSent.Add(1)
-	return nil
+	c.published(err) // failed, the flush is still owed
+	return err
 }
 
 // Delete deletes key from Redis and tells the fleet at once, whatever the strategy. It
@@ -485,22 +533,12 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 			return false, err
 		}
 	}
-	msg := c.snd.invalidate([]string{rkey}, policy.StrategyEager, c.invalSeq.Add(1))
+	msg := c.snd.invalidate([]string{rkey}, policy.StrategyEager, c.nextSeq())
 	var del *redis.IntCmd
-	var pub *redis.IntCmd
-	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		del = p.Del(ctx, rkey)
-		pub = p.Publish(ctx, c.n.invalidation, msg)
-		return nil
-	})
-	c.publishedSinceTick.Store(true)
+	err := c.writeThenPublish(ctx, func(p redis.Pipeliner) { del = p.Del(ctx, rkey) }, msg)
+	c.published(err) // as in setEager
 	// A fill that read the old value just before the DEL may have landed.
 	c.l1.invalidate(key)
-	if pub.Err() != nil {
-		c.publishFailed(pub.Err())
-	} else {
-		c.c.messagesSent.Add(1)
-	}
 	if err != nil {
 		return false, err
 	}

@@ -399,6 +399,8 @@ func (c *Cache) tick(st *tickState) {
 			c.promote(ctx, now)
 		}
 	}
+	// What this tick announces (docs/WIRE.md 4): taken before it hands out seqs of its own.
+	pos := c.position()
 	controller := c.isController.Load()
 	if controller && !st.wasController {
 		st.lastAnnounced = -1
@@ -411,7 +413,7 @@ func (c *Cache) tick(st *tickState) {
 		}
 	} else {
 		if n := c.unreported.Swap(0); n > 0 {
-			if err := c.rdb.Publish(ctx, c.n.reports, c.snd.writeReport(n, c.invalSeq.Load())).Err(); err == nil {
+			if err := c.rdb.Publish(ctx, c.n.reports, c.snd.writeReport(n, pos)).Err(); err == nil {
 				c.c.messagesSent.Add(1)
 			}
 		}
@@ -435,7 +437,7 @@ func (c *Cache) tick(st *tickState) {
 	_ = c.publishBatch(ctx, c.pol.drain(now, false))
 
 	if controller && (int(snap.Strategy) != st.lastAnnounced || now-st.announcedAt >= heartbeatMs) {
-		msg := c.snd.strategyUpdate(snap.Strategy, snap.WriteRate, c.invalSeq.Load())
+		msg := c.snd.strategyUpdate(snap.Strategy, snap.WriteRate, pos)
 		if err := c.rdb.Publish(ctx, c.n.strategy, msg).Err(); err == nil {
 			c.c.messagesSent.Add(1)
 			st.lastAnnounced, st.announcedAt = int(snap.Strategy), now
@@ -447,12 +449,10 @@ func (c *Cache) tick(st *tickState) {
 			st.heartbeatAt = max(now, 1)
 		}
 	}
-	if !c.publishedSinceTick.Swap(false) {
-		if last := c.invalSeq.Load(); last > st.marked {
-			if err := c.rdb.Publish(ctx, c.n.invalidation, c.snd.mark(last)).Err(); err == nil {
-				c.c.messagesSent.Add(1)
-				st.marked = last
-			}
+	if !c.publishedSinceTick.Swap(false) && pos > st.marked {
+		if err := c.rdb.Publish(ctx, c.n.invalidation, c.snd.mark(pos)).Err(); err == nil {
+			c.c.messagesSent.Add(1)
+			st.marked = pos
 		}
 	}
 }

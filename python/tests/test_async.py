@@ -132,3 +132,58 @@ def test_async_pubsub_reconnects(redis_server, ns):
         await client.aclose()
 
     run(main())
+
+
+def test_async_cancelled_eager_write_is_followed_by_a_flush(redis_server, ns):
+    """WIRE.md 4: an eager write abandoned mid-flight (its task cancelled while its SET + PUBLISH
+    wait on a server that pauses writes) may or may not have reached Redis: it counts as a failed
+    publish, so the next invalidation goes after a flush; and it is not left in flight, so the
+    writer's position moves on (a mark names the last seq)."""
+    r = redis.Redis(host=redis_server.host, port=redis_server.port)
+    ps = r.pubsub()
+    ps.subscribe(f"aci:{ns}:invalidation")
+    ps.get_message(timeout=2)
+
+    async def main():
+        client = aredis.Redis(host=redis_server.host, port=redis_server.port)
+        async with AsyncAdaptiveCache(client, namespace=ns, strategy="eager", is_controller=True) as a:
+            await a.set("k", "v0")
+            r.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+            try:
+                t = asyncio.create_task(a.set("k", "v1"))
+                await asyncio.sleep(0.3)
+                assert not t.done(), "the write was not held: the scenario tests nothing"
+                t.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+            finally:
+                r.execute_command("CLIENT", "UNPAUSE")
+            assert await a.set("k", "v2") is True
+            assert await a.get("k") == b"v2"
+            await asyncio.sleep(0.8)  # two ticks: the mark of the burst
+            iid = a.instance_id
+        await client.aclose()
+        return iid
+
+    try:
+        iid = run(main())
+        msgs = []
+        while True:
+            m = ps.get_message(timeout=0.2)
+            if m is None:
+                break
+            if m["type"] == "message":
+                msgs.append(json.loads(m["data"]))
+    finally:
+        ps.close()
+        r.close()
+    mine = [m for m in msgs if m["source"] == iid]
+    sent = [m for m in mine if m["action"] != "mark"]
+    flushes = [i for i, m in enumerate(sent) if m["action"] == "flush"]
+    assert len(flushes) == 1, f"no flush after the cancelled write: {sent}"
+    i = flushes[0]
+    # before the flush: v0's invalidation, and at most the cancelled write's own, if it landed
+    assert sent[0]["seq"] == 1 and all(m["seq"] == 2 for m in sent[1:i]), sent
+    # then v2's, right after it (a tick may add one for the cancelled write's key)
+    assert sent[i + 1]["action"] == "invalidate" and sent[i + 1]["seq"] == sent[i]["seq"] + 1, sent
+    assert [m for m in mine if m["action"] == "mark"][-1]["inval_seq"] == sent[-1]["seq"], mine

@@ -516,6 +516,33 @@ def test_failed_publish_is_followed_by_a_flush(make_cache, ns, r):
     assert not core.need_flush
 
 
+def test_positions_name_no_seq_still_in_flight(make_cache, ns, r):
+    """WIRE.md 4: while an eager write's publish is unanswered (here planned and held, as a write
+    hanging on a slow cluster node, or on one of several threads, would be), the writer's ticks
+    send no position naming its seq (a mark, a strategy_update): receivers would get it before
+    the invalidation and take it for a loss. Once answered, one mark names it."""
+    ps = _listen(r, [f"aci:{ns}:invalidation", f"aci:{ns}:strategy"])
+    a = make_cache(namespace=ns, strategy="eager", is_controller=True)
+    core = a._core
+    a.set("k0", "v")
+    assert wait_for(lambda: core.marked == 1, timeout=2)  # the burst's mark went out
+    held = core.set_plan("k1", "v", None)  # its seq taken, its publish not answered yet
+    later = core.set_plan("k2", "v", None)
+    assert core.set_done(later, a._try(later[0]))  # a later one answered first settles nothing
+    time.sleep(1.3)  # ticks, and a strategy_update heartbeat, meanwhile
+    assert core.set_done(held, a._try(held[0]))
+    msgs = [m for _ch, m in _messages(ps, timeout=1.2) if m["source"] == a.instance_id]
+    ps.close()
+    positions = [m for m in msgs if m["action"] in ("mark", "strategy_update")]
+    seqs = [m["seq"] for m in msgs if m["action"] == "invalidate"]
+    assert sorted(seqs) == [1, 2, 3], msgs
+    first = next(i for i, m in enumerate(msgs) if m.get("seq") == 2)  # k1's invalidation, sent last
+    early = [m for m in msgs[:first] if m["action"] in ("mark", "strategy_update")]
+    assert early and all(m["inval_seq"] <= 1 for m in early), msgs
+    assert [m["inval_seq"] for m in positions if m["action"] == "mark"] == [1, 3], msgs
+    assert core.in_flight == 0 and core.position() == core.seq == 3
+
+
 def _msg(**kw):
     base = {"timestamp": time.time()}
     base.update(kw)

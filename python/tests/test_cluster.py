@@ -468,6 +468,47 @@ def test_python_and_rust_hosts_share_a_fleet_on_the_cluster(redis_cluster, make_
         rust.close()
 
 
+def test_a_slow_write_is_not_taken_for_a_lost_invalidation(redis_cluster, make_ccache, ns):
+    """On a cluster an eager write is two round trips: the SET on the key's shard, then the
+    SPUBLISH on the namespace's. While the SET hangs (here its master pauses writes; in
+    production a redirect during a slot migration, a slow node), the writer's ticks go on, and a
+    `mark` or `strategy_update` naming the write's seq would reach receivers before the
+    invalidation: past the reorder allowance (250 ms) they would flush L1 for a loss that is not
+    one. Positions name only answered seqs (docs/WIRE.md 4)."""
+    c = redis_cluster.client()
+    try:
+        home = c.get_node_from_key(f"{{aci:{ns}}}:invalidation").port
+        k, other = [f"k{i}" for i in range(200) if c.get_node_from_key(f"aci:{ns}:k{i}").port != home][:2]
+        key_master = c.get_node_from_key(f"aci:{ns}:{k}").port
+    finally:
+        c.close()
+    a = make_ccache(namespace=ns, strategy="eager", is_controller=True)
+    b = make_ccache(namespace=ns, is_controller=False)
+    a.set(k, "v0")
+    a.set(other, "o")
+    assert wait_for(lambda: b.stats["invalidations_applied"] >= 2)
+    assert (b.get(k), b.get(other)) == (b"v0", b"o")
+    time.sleep(0.8)  # the writer's mark for these goes out: from here on it has nothing unannounced
+    before = b.stats
+    node = redis_cluster.node_client(key_master)
+    try:
+        node.execute_command("CLIENT", "PAUSE", 1200, "WRITE")
+    finally:
+        node.close()
+    t0 = time.monotonic()
+    a.set(k, "v1")
+    took = time.monotonic() - t0
+    assert took >= 0.9, f"the SET was not held ({took:.3f} s): the scenario tested nothing"
+    # ticks of both sides, and the receiver's reorder allowance, several times over
+    assert wait_for(lambda: b.stats["invalidations_applied"] > before["invalidations_applied"], timeout=2)
+    time.sleep(0.6)
+    after = b.stats
+    assert after["gaps"] == before["gaps"], f"a write held {took:.3f} s was taken for a loss"
+    assert b.get(k) == b"v1"
+    hits = b.stats["cache_hits"]
+    assert b.get(other) == b"o" and b.stats["cache_hits"] == hits + 1  # L1 was not flushed
+
+
 # ----------------------------------------------------------------------------------------------
 # The pure parts: how command lists are cut per slot, and how CLUSTER NODES is read.
 

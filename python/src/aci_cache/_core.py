@@ -17,6 +17,8 @@ So the protocol is written once, and each front end is only its I/O.
 
 Locking: ``self.lock`` guards the L1, the counters and the receiving state; it is held only for
 in-memory work, never across I/O or a policy call, and no other lock is taken under it.
+``self.seq_lock`` guards the seqs handed out, the publishes in flight and the flush owed (see
+``_publishing``); the same rules, and neither lock is taken under the other.
 """
 
 from __future__ import annotations
@@ -224,11 +226,15 @@ class Core:
         self.unbatched: "OrderedDict[str, None]" = OrderedDict()
         self.unbatched_overflow = False
 
-        # sending (WIRE.md 4)
-        self.seq = 0
+        # sending (WIRE.md 4); the seqs, in_flight, settled, need_flush and owed under seq_lock
+        self.seq_lock = threading.Lock()
+        self.seq = 0  # the last seq handed out (its publish may be unanswered yet)
+        self.in_flight = 0  # publishes on P:invalidation holding seqs, not answered yet
+        self.settled = 0  # the last seq with nothing in flight at or below it: what positions name
         self.marked = 0
         self.seq_at_tick = 0
         self.need_flush = False
+        self.owed = 0  # +1 whenever a flush becomes owed: a flush planned before does not cover it
         self.last_strategy_update = -math.inf
         self.announced_strategy: Optional[str] = None
         self.last_heartbeat = -math.inf
@@ -312,7 +318,7 @@ class Core:
         delay = self.window_ms * (2 ** min(n, 6) if n > 0 else 1)
         self.retry_engine_at = now + delay
         self.engine = None
-        self.need_flush = True
+        self._owe_flush()
         with self.lock:
             self.stats_c["engine_faults"] += 1
             self.unbatched.clear()
@@ -414,19 +420,20 @@ class Core:
                 old.follow("eager", now)  # leaving batched makes the batch due
                 b = old.pending_batch(now)
                 if b.flush_all:
-                    self.need_flush = True
+                    self._owe_flush()
                 keys.update(dict.fromkeys(b.keys))
             except (EngineError, ValueError, TypeError) as e:
                 log.warning("aci-cache %s: draining the old policy failed (%s); a flush covers its keys",
                             self.instance_id, e)
-                self.need_flush = True
+                self._owe_flush()
         with self.lock:
             # Our own record of batched keys not yet published covers what the policy held.
-            if self.unbatched_overflow:
-                self.need_flush = True
+            overflow = self.unbatched_overflow
             keys.update(self.unbatched)
             self.unbatched.clear()
             self.unbatched_overflow = False
+        if overflow:
+            self._owe_flush()
         if keys and not self.need_flush:
             chunks.extend((c, "batched") for c in self.chunk_keys(list(keys)))
         eng = req.engine
@@ -603,33 +610,91 @@ class Core:
             self._flush_l1()
 
     # ------------------------------------------------------------------------------------------
-    # sending
+    # sending (WIRE.md 4)
+    #
+    # A position (the inval_seq of a mark, strategy_update or write_report) names only a settled
+    # seq: one whose publish, and the publish of every lower seq, Redis has answered. A position
+    # sent while a publish is in flight could reach receivers before the invalidation it names
+    # (on a cluster an eager write is the SET on the key's shard, then the SPUBLISH on ours; user
+    # threads and tasks publish concurrently) and, past the reorder allowance, make every
+    # receiver flush for a loss that is not one. So a publish on P:invalidation is counted in
+    # flight from before it takes its seqs until Redis answered it: _publishing ... _settle.
 
-    def _inval_cmds(self, chunks: List[Tuple[List[str], str]], flush: bool) -> List[Tuple[Any, ...]]:
-        """PUBLISH commands for invalidations, preceded by a flush owed since a failed publish."""
+    def _publishing(self, n: int, flush: bool = False) -> Tuple[int, Optional[int]]:
+        """Count one publish on P:invalidation in flight and hand out its seqs: a flush's first
+        if one is owed (or ``flush``), then ``n`` more. Returns (the first of the ``n``, the
+        flush's seq being the one before it; None if no flush comes first, else the ``owed``
+        count the flush answers). The caller then calls ``_settle`` once, whatever happens."""
+        with self.seq_lock:
+            self.in_flight += 1
+            owed = self.owed if flush or self.need_flush else None
+            if owed is not None:
+                self.seq += 1
+            first = self.seq + 1
+            self.seq += n
+        return first, owed
+
+    def _settle(self, owed: Optional[int], err: Optional[BaseException] = None) -> None:
+        """The publish counted by ``_publishing`` is over: answered, or (``err``) failed or
+        abandoned mid-flight (an error, a cancelled task, a closed program). Receivers cannot
+        know what they got of a failed one: a flush goes before the next invalidation."""
+        with self.seq_lock:
+            self.in_flight -= 1
+            if err is not None:
+                self.owed += 1
+                self.need_flush = True
+            elif owed == self.owed:  # a flush went out after everything it was owed for
+                self.need_flush = False
+        if err is not None:
+            self._publish_failed(err, True)
+
+    def _owe_flush(self) -> None:
+        """Keys may have been lost: a flush before the next invalidation."""
+        with self.seq_lock:
+            self.owed += 1
+            self.need_flush = True
+
+    def position(self) -> int:
+        """The ``inval_seq`` a position may name (WIRE.md 4): the last seq handed out if no
+        publish is in flight, else the last one so obtained."""
+        with self.seq_lock:
+            if not self.in_flight:
+                self.settled = self.seq
+            return self.settled
+
+    def _flush_cmd(self, seq: int, now: float) -> Tuple[Any, ...]:
+        return (self.pub, self.ch_inval, self.enc.encode("flush", now, strategy="batched", seq=seq))
+
+    def _inval_cmds(self, chunks: List[Tuple[List[str], str]],
+                    flush: bool) -> Tuple[List[Tuple[Any, ...]], Optional[int]]:
+        """PUBLISH commands for invalidations, preceded by a flush if one is owed (or ``flush``),
+        and the ``owed`` for ``_settle``, which the caller calls unless the list is empty."""
+        seq, owed = self._publishing(len(chunks), flush)
         now = time.time()
         cmds: List[Tuple[Any, ...]] = []
         enc, ch = self.enc, self.ch_inval
-        if flush or self.need_flush:
-            self.seq += 1
-            cmds.append((self.pub, ch, enc.encode("flush", now, strategy="batched", seq=self.seq)))
-        for keys, strategy in chunks:
-            self.seq += 1
-            cmds.append((self.pub, ch, enc.encode("invalidate", now, keys=keys, strategy=strategy, seq=self.seq)))
-        return cmds
+        try:
+            if owed is not None:
+                cmds.append(self._flush_cmd(seq - 1, now))
+            for keys, strategy in chunks:
+                cmds.append((self.pub, ch, enc.encode("invalidate", now, keys=keys, strategy=strategy, seq=seq)))
+                seq += 1
+        except BaseException as e:  # seqs taken and never sent: receivers will see a hole
+            self._settle(owed, e)
+            raise
+        if not cmds:
+            self._settle(None)
+        return cmds, owed
 
-    def _published(self, n: int, inval: bool) -> None:
+    def _published(self, n: int) -> None:
         with self.lock:
             self.stats_c["messages_sent"] += n
-        if inval:
-            self.need_flush = False
 
     def _publish_failed(self, err: BaseException, inval: bool) -> None:
-        if inval:
-            self.need_flush = True  # receivers may have missed it: a flush before anything else
         with self.lock:
             self.stats_c["publish_errors"] += 1
-        log.warning("aci-cache %s: publish failed (%s: %s)%s", self.instance_id, type(err).__name__, err,
+        log.warning("aci-cache %s: publish %s (%s: %s)%s", self.instance_id,
+                    "failed" if isinstance(err, Exception) else "abandoned", type(err).__name__, err,
                     "; a flush follows when Redis answers" if inval else "")
 
     @staticmethod
@@ -665,24 +730,27 @@ class Core:
             cmd: Tuple[Any, ...] = ("SET", rk, value, "EX", int(t))
         else:
             cmd = ("SET", rk, value, "PX", max(1, int(round(t * 1000))))
-        if eager:
-            cmds = self._flush_owed()
-            cmds.append(cmd)
-            self.seq += 1
-            cmds.append((self.pub, self.ch_inval, self.enc.invalidate_one(rk, "eager", self.seq, time.time())))
+        owed = None
+        if eager:  # in flight until set_done
+            seq, owed = self._publishing(1)
+            now = time.time()
+            pub = (self.pub, self.ch_inval, self.enc.invalidate_one(rk, "eager", seq, now))
+            cmds = [cmd, pub] if owed is None else [self._flush_cmd(seq - 1, now), cmd, pub]
         else:
             cmds = [cmd]
-        return cmds, rk, norm, t, self.begin_write(rk), eager
+        return cmds, rk, norm, t, self.begin_write(rk), eager, owed
 
     def set_done(self, plan: Tuple[Any, ...], res: Any) -> bool:
-        cmds, rk, norm, t, token, eager = plan
+        """After set_plan's commands, whatever came of them (``res``: their results, or the
+        exception, which a cancellation or an interrupt is too)."""
+        cmds, rk, norm, t, token, eager, owed = plan
         if isinstance(res, BaseException):
             if eager:
-                self._publish_failed(res, True)
+                self._settle(owed, res)
             self.end_write(rk, norm, t, token, False, False)
             raise res
         if eager:
-            self.need_flush = False
+            self._settle(owed)
             self.end_write(rk, norm, t, token, True, True, len(cmds) - 1)
         else:
             self.end_write(rk, norm, t, token, True, False)
@@ -690,29 +758,21 @@ class Core:
 
     def delete_plan(self, key: Any) -> Tuple[Any, ...]:
         rk = self.rkey(key)
-        cmds = self._flush_owed()
+        seq, owed = self._publishing(1)  # in flight until delete_done
+        now = time.time()
+        cmds = [] if owed is None else [self._flush_cmd(seq - 1, now)]
         cmds.append(("DEL", rk))
-        self.seq += 1
-        cmds.append((self.pub, self.ch_inval, self.enc.invalidate_one(rk, "eager", self.seq, time.time())))
-        return cmds, rk, None, 0.0, self.begin_write(rk), True
+        cmds.append((self.pub, self.ch_inval, self.enc.invalidate_one(rk, "eager", seq, now)))
+        return cmds, rk, None, 0.0, self.begin_write(rk), True, owed
 
     def delete_done(self, plan: Tuple[Any, ...], res: Any) -> int:
-        cmds, rk, _n, _t, token, _e = plan
+        cmds, rk, _n, _t, token, _e, owed = plan
         failed = isinstance(res, BaseException)
-        if failed:
-            self._publish_failed(res, True)
-        else:
-            self._published(len(cmds) - 1, True)
-        self.end_write(rk, None, 0.0, token, False, not failed)
+        self._settle(owed, res if failed else None)
+        self.end_write(rk, None, 0.0, token, False, not failed, 0 if failed else len(cmds) - 1)
         if failed:
             raise res
         return int(res[len(cmds) - 2])
-
-    def _flush_owed(self) -> List[Tuple[Any, ...]]:
-        if not self.need_flush:
-            return []
-        self.seq += 1
-        return [(self.pub, self.ch_inval, self.enc.encode("flush", time.time(), strategy="batched", seq=self.seq))]
 
     def op_flush(self) -> Program:
         """Delete the data (the namespace's keys; without a namespace, the database, as the
@@ -737,13 +797,14 @@ class Core:
                     break
         else:
             yield ("cmds", [("FLUSHDB",)])
-        cmds = self._inval_cmds([], True)
+        cmds, owed = self._inval_cmds([], True)
         try:
             yield ("cmds", cmds)
-        except Exception as e:
-            self._publish_failed(e, True)
+        except BaseException as e:  # failed, or abandoned (a cancelled task, a closed program)
+            self._settle(owed, e)
             raise
-        self._published(len(cmds), True)
+        self._settle(owed)
+        self._published(len(cmds))
         self.clear_local()
 
     def op_start(self) -> Program:
@@ -854,40 +915,61 @@ class Core:
         if self.engine is None:
             self.strategy = "eager"
             chunks = []  # the flush (need_flush) covers every key the instance held
-        # publish
-        cmds = self._inval_cmds(chunks, False) if (chunks or self.need_flush) else []
-        n_inval = len(cmds)
-        if self.seq == self.seq_at_tick and self.seq > self.marked and not n_inval:
-            cmds.append((self.pub, self.ch_inval, self.enc.encode("mark", time.time(), inval_seq=self.seq)))
-            self.marked = self.seq
-            n_inval += 1
-        self.seq_at_tick = self.seq
+        # publish. The position is taken before this tick hands out seqs of its own (WIRE.md 4).
+        pos = self.position()
+        inval = bool(chunks) or self.need_flush
+        cmds: List[Tuple[Any, ...]] = []
+        # A mark when nothing went out on P:invalidation since the last tick (this tick's batch
+        # included) and the position is unannounced: one per burst, none at idle.
+        mark = 0
+        if not inval and self.seq == self.seq_at_tick and pos > self.marked:
+            cmds.append((self.pub, self.ch_inval, self.enc.encode("mark", time.time(), inval_seq=pos)))
+            mark = pos
         wall = time.time()
         if not final:
             if self.is_controller:
                 if self.strategy != self.announced_strategy or mono - self.last_strategy_update >= HEARTBEAT:
                     cmds.append((self.pub, self.ch_strategy, self.enc.encode(
                         "strategy_update", wall, strategy=self.strategy, write_rate=self.write_rate,
-                        inval_seq=self.seq)))
+                        inval_seq=pos)))
                     self.announced_strategy = self.strategy
                     self.last_strategy_update = mono
             elif reports:
                 cmds.append((self.pub, self.ch_reports, self.enc.encode(
-                    "write_report", wall, count=min(reports, U32_MAX), inval_seq=self.seq)))
+                    "write_report", wall, count=min(reports, U32_MAX), inval_seq=pos)))
             if mono - self.last_heartbeat >= HEARTBEAT:
                 cmds.append((self.pub, self.ch_live, self.enc.encode("heartbeat", wall)))
                 self.last_heartbeat = mono
                 self.heartbeats_out.append(wall)
             self._check_lag(wall)
+        owed = None
+        held = 0
+        if inval:  # last: in flight from here until answered
+            inval_cmds, owed = self._inval_cmds(chunks, False)
+            held = len(inval_cmds)
+            cmds = inval_cmds + cmds
+        self.seq_at_tick = self.seq
         if cmds:
             try:
                 yield ("cmds", cmds)
-                self._published(len(cmds), n_inval > 0)
-            except Exception as e:
-                self._publish_failed(e, n_inval > 0)
+            except BaseException as e:  # failed, or abandoned (a cancelled task, a closed program)
+                # A flush follows if invalidations went with it; a lost mark alone needs none:
+                # `marked` stays behind, so the mark is sent again.
+                if held:
+                    self._settle(owed, e)
+                else:
+                    self._publish_failed(e, False)
                 with self.lock:  # a heartbeat that was not sent is not late
                     if self.heartbeats_out and self.heartbeats_out[-1] == wall:
                         self.heartbeats_out.pop()
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                if held:
+                    self._settle(owed)
+                if mark:
+                    self.marked = mark
+                self._published(len(cmds))
         for req in swaps:  # swapped; the old keys are published (or a flush is owed)
             req.done.set()
         if self.strategy != old:
@@ -945,16 +1027,17 @@ class Core:
             if isinstance(cap, int) and cap > 0 and len(b.keys) > cap:
                 raise EngineError(f"pending-batch returned {len(b.keys)} keys, over its cap of {cap}")
             if b.flush_all:
-                self.need_flush = True
+                self._owe_flush()
             elif b.keys:
                 chunks.extend((c, "batched") for c in self.chunk_keys(b.keys))
             with self.lock:
-                if self.unbatched_overflow:
-                    self.need_flush = True
-                elif self.stopping:
+                overflow = self.unbatched_overflow
+                if not overflow and self.stopping:
                     chunks.extend((c, "batched") for c in self.chunk_keys(list(self.unbatched)))
                 self.unbatched.clear()
                 self.unbatched_overflow = False
+            if overflow:
+                self._owe_flush()
         self.write_rate = snap.write_rate
         self.strategy = snap.strategy
 

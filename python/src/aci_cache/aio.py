@@ -50,19 +50,23 @@ class AsyncAdaptiveCache(FrontEnd):
     # running programs
 
     async def _run(self, prog: Program) -> Any:
-        """Drive a program: await each request it yields and send the result back in."""
+        """Drive a program: await each request it yields and send the result back in. Left
+        mid-request (cancelled), the program is closed: it settles what it had in flight."""
         step = prog.send
         arg: Any = None
-        while True:
-            try:
-                req = step(arg)
-            except StopIteration as done:
-                return done.value
-            try:
-                arg = await getattr(self, "_do_" + req[0])(*req[1:])
-                step = prog.send
-            except Exception as e:
-                arg, step = e, prog.throw
+        try:
+            while True:
+                try:
+                    req = step(arg)
+                except StopIteration as done:
+                    return done.value
+                try:
+                    arg = await getattr(self, "_do_" + req[0])(*req[1:])
+                    step = prog.send
+                except Exception as e:
+                    arg, step = e, prog.throw
+        finally:
+            prog.close()
 
     async def _do_cmds(self, cmds: List[Any]) -> List[Any]:
         c = self._client
@@ -411,9 +415,11 @@ class AsyncAdaptiveCache(FrontEnd):
         return self._core.delete_done(plan, await self._try(plan[0]))
 
     async def _try(self, commands: List[Any]) -> Any:
+        """The commands' results, or the exception they raised, a cancellation too (the core's
+        *_done settles the write, counting a cancelled one as failed, and re-raises it)."""
         try:
             return await self._do_cmds(commands)
-        except Exception as e:
+        except BaseException as e:
             return e
 
     async def swap_policy(self, policy: Any, *, strategy: Optional[str] = None) -> RunningPolicy:

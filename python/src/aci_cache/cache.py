@@ -103,19 +103,23 @@ class AdaptiveCache(FrontEnd):
     # running programs
 
     def _run(self, prog: Program) -> Any:
-        """Drive a program: execute each request it yields and send the result back in."""
+        """Drive a program: execute each request it yields and send the result back in. Left
+        mid-request (an interrupt), the program is closed: it settles what it had in flight."""
         result: Any = None
         error: Optional[BaseException] = None
-        while True:
-            try:
-                req = prog.throw(error) if error is not None else prog.send(result)
-            except StopIteration as done:
-                return done.value
-            error = None
-            try:
-                result = getattr(self, "_do_" + req[0])(*req[1:])
-            except Exception as e:
-                result, error = None, e
+        try:
+            while True:
+                try:
+                    req = prog.throw(error) if error is not None else prog.send(result)
+                except StopIteration as done:
+                    return done.value
+                error = None
+                try:
+                    result = getattr(self, "_do_" + req[0])(*req[1:])
+                except Exception as e:
+                    result, error = None, e
+        finally:
+            prog.close()
 
     def _do_cmds(self, cmds: List[Any]) -> List[Any]:
         pool = self._fast_pool
@@ -367,10 +371,11 @@ class AdaptiveCache(FrontEnd):
         return self._core.delete_done(plan, self._try(plan[0]))
 
     def _try(self, cmds: List[Any]) -> Any:
-        """The commands' results, or the exception they raised (the core's *_done re-raises it)."""
+        """The commands' results, or the exception they raised, an interrupt too (the core's
+        *_done settles the write and re-raises it)."""
         try:
             return self._do_cmds(cmds)
-        except Exception as e:
+        except BaseException as e:
             return e
 
     def flush(self) -> None:

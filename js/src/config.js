@@ -94,6 +94,14 @@ export function resolveOptions(opts) {
   const o = { ...DEFAULTS };
   for (const [k, v] of Object.entries(opts)) if (v !== undefined) o[k] = v;
   if (!isRedisLike(o.redis)) throw new CacheConfigError('redis', 'must be an ioredis (>= 5) client');
+  // On a cluster the fleet's channels carry the {P} hash tag and travel by SPUBLISH/SSUBSCRIBE
+  // (docs/WIRE.md 10), which this host does not do yet: running anyway would leave it deaf to the
+  // Rust, Python and Go instances of the same namespace, and serving stale values.
+  for (const [field, c] of [['redis', o.redis], ['pubsubRedis', o.pubsubRedis]]) {
+    if (c?.isCluster === true) {
+      throw new CacheConfigError(field, 'an ioredis Cluster is not supported by the Node.js host yet (docs/WIRE.md 10); use the Rust, Python or Go host on a Redis Cluster');
+    }
+  }
   if (o.pubsubRedis !== undefined && !isRedisLike(o.pubsubRedis)) {
     throw new CacheConfigError('pubsubRedis', 'must be an ioredis (>= 5) client');
   }

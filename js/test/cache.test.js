@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { Cluster } from 'ioredis';
 import { AdaptiveCache, CacheConfigError } from 'aci-cache';
 import { NearCache } from '../src/near-cache.js';
 import { policyDir } from '../src/policy.js';
@@ -34,6 +35,8 @@ describe('configuration', () => {
       [{ redis, channelPrefix: 'x y' }, 'channelPrefix'],
       [{ redis, highTreshold: 5 }, 'highTreshold'],
       [{}, 'redis'],
+      // Not WIRE.md 10 yet: refused rather than deaf to the rest of a cluster fleet.
+      [{ redis: new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true }) }, 'redis'],
     ];
     for (const [opts, field] of cases) {
       assert.throws(() => new AdaptiveCache(opts), (e) => e instanceof CacheConfigError && e.field === field, field);

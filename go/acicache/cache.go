@@ -54,8 +54,12 @@ type Stats struct {
 	Gaps      uint64 `json:"gaps"`
 	Malformed uint64 `json:"malformed"`
 	// PolicyFaults counts the running policy's faults since it was loaded (New or its swap).
-	PolicyFaults    uint64 `json:"policy_faults"`
-	Resubscribes    uint64 `json:"resubscribes"`
+	PolicyFaults uint64 `json:"policy_faults"`
+	Resubscribes uint64 `json:"resubscribes"`
+	// TopologyChanges counts subscriptions a Redis Cluster's topology ended (docs/WIRE.md
+	// 10.3): a new master, a dropped node connection, the server ending the sharded
+	// subscription.
+	TopologyChanges uint64 `json:"topology_changes"`
 	ControllerLost  uint64 `json:"controller_lost"`
 	LagSuspensions  uint64 `json:"lag_suspensions"`
 	PublishFailures uint64 `json:"publish_failures"`
@@ -75,20 +79,26 @@ type Stats struct {
 type counters struct {
 	l1Hits, l1Misses, writes, deletes, messagesSent, pubsubReceived, messagesReceived,
 	invalidationsApplied, flushes, gaps, malformed, resubscribes, controllerLost,
-	lagSuspensions, publishFailures, policySwaps atomic.Uint64
+	lagSuspensions, publishFailures, policySwaps, topologyChanges atomic.Uint64
 }
 
 // Cache is a near cache over a go-redis client with fleet-wide adaptive invalidation
 // (docs/WIRE.md). It is safe for use by many goroutines.
 type Cache struct {
-	rdb   redis.UniversalClient
-	s     settings
-	n     *names
-	snd   sender
-	l1    *l1
-	pol   *policyRuntime
-	ro    *rollout // docs/WIRE.md 9
-	start time.Time
+	rdb redis.UniversalClient
+	// cluster is rdb when it is a *redis.ClusterClient (docs/WIRE.md 10), else nil; sharded:
+	// fleet messages travel by SPUBLISH/SSUBSCRIBE.
+	cluster *redis.ClusterClient
+	sharded bool
+	// retryNow cuts a resubscription's backoff short (the cluster watch, cluster.go).
+	retryNow chan struct{}
+	s        settings
+	n        *names
+	snd      sender
+	l1       *l1
+	pol      *policyRuntime
+	ro       *rollout // docs/WIRE.md 9
+	start    time.Time
 	// baseCfg is the host's policy config, on which a pushed policy's overrides apply.
 	baseCfg policy.Config
 	c       counters
@@ -161,7 +171,8 @@ func New(ctx context.Context, client redis.UniversalClient, opts ...Option) (*Ca
 	if id == "" {
 		id = randomHex(12)
 	}
-	n, err := newNames(s.prefix, s.namespace, s.hasNamespace, id)
+	cluster, _ := client.(*redis.ClusterClient)
+	n, err := newNames(s.prefix, s.namespace, s.hasNamespace, cluster != nil, id)
 	if err != nil {
 		return nil, err
 	}
@@ -169,9 +180,9 @@ func New(ctx context.Context, client redis.UniversalClient, opts ...Option) (*Ca
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache{rdb: client, s: s, n: n, snd: sender{source: id, epoch: randomHex(16)}, ownTag: []byte(`,"source":"` + id + `"`),
+	c := &Cache{rdb: client, cluster: cluster, sharded: cluster != nil && s.clusterPubSub == ClusterSharded, s: s, n: n, snd: sender{source: id, epoch: randomHex(16)}, ownTag: []byte(`,"source":"` + id + `"`),
 		l1: newL1(s.l1MaxEntries, s.l1MaxBytes), start: time.Now(), loss: newLossDetector(),
-		malformedSeen: map[Malformed]bool{}, ready: make(chan struct{})}
+		malformedSeen: map[Malformed]bool{}, ready: make(chan struct{}), retryNow: make(chan struct{}, 1)}
 	pol, err := newPolicyRuntime(lp.module, lp.cfg, 0)
 	if err != nil {
 		return nil, fmt.Errorf("acicache: policy: %w", err)
@@ -222,6 +233,10 @@ func New(ctx context.Context, client redis.UniversalClient, opts ...Option) (*Ca
 	}
 	c.wg.Add(1)
 	go c.tickLoop()
+	if c.cluster != nil {
+		c.wg.Add(1)
+		go c.watchTopology()
+	}
 	return c, nil
 }
 
@@ -441,7 +456,7 @@ func (c *Cache) writeThenPublish(ctx context.Context, write func(redis.Pipeliner
 		if _, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { write(p); return nil }); err != nil {
 			return err
 		}
-		return c.rdb.Publish(ctx, c.n.invalidation, msg).Err()
+		return c.publish(ctx, c.n.invalidation, msg)
 	}
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		write(p)
@@ -506,13 +521,13 @@ func (c *Cache) publishInval(ctx context.Context, build func(seq uint64) []byte)
 		}
 	}
 	msg := build(c.nextSeq())
-	err := c.rdb.Publish(ctx, c.n.invalidation, msg).Err()
+	err := c.publish(ctx, c.n.invalidation, msg)
 	c.published(err)
 	return err
 }
 
 func (c *Cache) publishFlush(ctx context.Context) error {
-	err := c.rdb.Publish(ctx, c.n.invalidation, c.snd.flush(c.nextSeq())).Err()
+	err := c.publish(ctx, c.n.invalidation, c.snd.flush(c.nextSeq()))
 	if err == nil {
 		c.needFlush.Store(false)
 	}
@@ -627,7 +642,7 @@ func (c *Cache) Stats() Stats {
 		PubsubReceived: c.c.pubsubReceived.Load(), MessagesReceived: c.c.messagesReceived.Load(),
 		InvalidationsApplied: c.c.invalidationsApplied.Load(), Flushes: c.c.flushes.Load(),
 		Gaps: c.c.gaps.Load(), Malformed: c.c.malformed.Load(), PolicyFaults: c.pol.faultCount(),
-		Resubscribes: c.c.resubscribes.Load(), ControllerLost: c.c.controllerLost.Load(),
+		Resubscribes: c.c.resubscribes.Load(), TopologyChanges: c.c.topologyChanges.Load(), ControllerLost: c.c.controllerLost.Load(),
 		LagSuspensions: c.c.lagSuspensions.Load(), PublishFailures: c.c.publishFailures.Load(),
 		L1Serving: c.l1.serving.Load(), L1Entries: c.l1.len(), Switches: sw,
 	}

@@ -29,6 +29,13 @@
 // the instance and rolled back fleet-wide. SwapPolicy swaps the policy of one instance by hand.
 // WithoutPolicyRollouts opts out.
 //
+// Redis Cluster (docs/WIRE.md section 10): with a *redis.ClusterClient every channel of the
+// namespace carries the hash tag {P} and fleet messages travel on sharded Pub/Sub (SPUBLISH,
+// SSUBSCRIBE; WithClusterPubSub(ClusterClassic) for PUBLISH/SUBSCRIBE), an eager write's
+// invalidation leaves only once its SET is answered, and the slot map and the connections to
+// every master are watched each tick: a new master or a dropped node connection flushes L1 and
+// resubscribes.
+//
 // Errors: invalid options and unusable keys are *ConfigError (errors.Is(err, ErrInvalid)),
 // naming the field; a missing key is Nil (redis.Nil); Redis errors are go-redis's.
 package acicache

@@ -87,11 +87,17 @@ func (c *Cache) receive() {
 				return
 			}
 			c.s.logger.Warn("acicache: subscribe failed", "instance", c.snd.source, "err", err, "retry_in", backoff)
+			if c.cluster != nil {
+				// The channels' master as go-redis knows it may be gone (a failover): refresh
+				// the slot map before the next attempt.
+				c.cluster.ReloadState(c.ctx)
+			}
 			sleep := backoff/2 + rand.N(backoff/2+1)
 			select {
 			case <-c.ctx.Done():
 				return
 			case <-time.After(sleep):
+			case <-c.retryNow: // the cluster watch saw the channels' master answer again
 			}
 			backoff = min(backoff*2, 5*time.Second)
 			continue
@@ -109,6 +115,9 @@ func (c *Cache) receive() {
 		for {
 			ev, err := sub.next(c.ctx)
 			if err != nil {
+				if errors.Is(err, errSubscriptionEnded) {
+					c.c.topologyChanges.Add(1)
+				}
 				if c.ctx.Err() == nil {
 					c.s.logger.Warn("acicache: subscription lost", "instance", c.snd.source, "err", err)
 				}
@@ -144,6 +153,11 @@ func (c *Cache) dropSubscription(sub subscriber) {
 	}
 	c.psMu.Unlock()
 	_ = sub.close()
+	if c.cluster != nil && c.ctx.Err() == nil {
+		// The next subscription goes to the slot's master as go-redis knows it: refresh that
+		// (asynchronously; a subscription sent to a node that lost the slot fails and is retried).
+		c.cluster.ReloadState(c.ctx)
+	}
 }
 
 func (c *Cache) awaitSubscribed(sub subscriber, n int) error {
@@ -413,7 +427,7 @@ func (c *Cache) tick(st *tickState) {
 		}
 	} else {
 		if n := c.unreported.Swap(0); n > 0 {
-			if err := c.rdb.Publish(ctx, c.n.reports, c.snd.writeReport(n, pos)).Err(); err == nil {
+			if err := c.publish(ctx, c.n.reports, c.snd.writeReport(n, pos)); err == nil {
 				c.c.messagesSent.Add(1)
 			}
 		}
@@ -438,19 +452,19 @@ func (c *Cache) tick(st *tickState) {
 
 	if controller && (int(snap.Strategy) != st.lastAnnounced || now-st.announcedAt >= heartbeatMs) {
 		msg := c.snd.strategyUpdate(snap.Strategy, snap.WriteRate, pos)
-		if err := c.rdb.Publish(ctx, c.n.strategy, msg).Err(); err == nil {
+		if err := c.publish(ctx, c.n.strategy, msg); err == nil {
 			c.c.messagesSent.Add(1)
 			st.lastAnnounced, st.announcedAt = int(snap.Strategy), now
 		}
 	}
 	if now-st.heartbeatAt >= heartbeatMs || st.heartbeatAt == 0 {
-		if err := c.rdb.Publish(ctx, c.n.liveness, c.snd.heartbeat()).Err(); err == nil {
+		if err := c.publish(ctx, c.n.liveness, c.snd.heartbeat()); err == nil {
 			c.c.messagesSent.Add(1)
 			st.heartbeatAt = max(now, 1)
 		}
 	}
 	if !c.publishedSinceTick.Swap(false) && pos > st.marked {
-		if err := c.rdb.Publish(ctx, c.n.invalidation, c.snd.mark(pos)).Err(); err == nil {
+		if err := c.publish(ctx, c.n.invalidation, c.snd.mark(pos)); err == nil {
 			c.c.messagesSent.Add(1)
 			st.marked = pos
 		}

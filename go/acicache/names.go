@@ -39,7 +39,9 @@ func nameOK(s string, dot bool) bool {
 	return true
 }
 
-func newNames(prefix, namespace string, hasNamespace bool, id string) (*names, error) {
+// newNames builds the names; braced (a Redis Cluster, docs/WIRE.md 10.1) puts every channel of
+// the namespace in the one slot of P: "{P}:invalidation" and so on. Keys are never braced.
+func newNames(prefix, namespace string, hasNamespace, braced bool, id string) (*names, error) {
 	if !nameOK(prefix, true) {
 		return nil, &ConfigError{Field: "channel_prefix", Value: prefix, Reason: "must be 1-64 of [A-Za-z0-9._-]"}
 	}
@@ -57,11 +59,15 @@ func newNames(prefix, namespace string, hasNamespace bool, id string) (*names, e
 		n.k = prefix + "::" + namespace + ":"
 	}
 	n.lease = n.k + "controller"
-	n.policy = n.p + ":policy"
-	n.invalidation = n.p + ":invalidation"
-	n.strategy = n.p + ":strategy"
-	n.reports = n.p + ":reports"
-	n.liveness = n.p + ":liveness:" + id
+	ch := n.p
+	if braced {
+		ch = "{" + n.p + "}"
+	}
+	n.policy = ch + ":policy"
+	n.invalidation = ch + ":invalidation"
+	n.strategy = ch + ":strategy"
+	n.reports = ch + ":reports"
+	n.liveness = ch + ":liveness:" + id
 	return n, nil
 }
 

@@ -53,6 +53,7 @@ type settings struct {
 	l1MaxBytes        int64
 	callTimeout       time.Duration
 	logger            *slog.Logger
+	clusterPubSub     ClusterPubSub
 
 	// docs/WIRE.md 9: policy rollouts.
 	noRollouts     bool
@@ -78,6 +79,34 @@ func defaults() settings {
 		rollbackFaults:    3,
 	}
 }
+
+// ClusterPubSub is how fleet messages travel when the client is a *redis.ClusterClient
+// (docs/WIRE.md 10.1). Every member of a fleet must use the same mode: sharded and classic
+// subscribers do not hear each other.
+type ClusterPubSub int
+
+const (
+	// ClusterSharded (default): SPUBLISH/SSUBSCRIBE (Redis >= 7.0, Valkey): only the shard that
+	// owns the slot of the namespace's channels handles its messages.
+	ClusterSharded ClusterPubSub = iota
+	// ClusterClassic: PUBLISH/SUBSCRIBE on the same braced channel names, for servers without
+	// sharded Pub/Sub; the cluster bus copies every message to every node.
+	ClusterClassic
+)
+
+func (m ClusterPubSub) String() string {
+	switch m {
+	case ClusterSharded:
+		return "sharded"
+	case ClusterClassic:
+		return "classic"
+	}
+	return "ClusterPubSub(?)"
+}
+
+// WithClusterPubSub chooses sharded (default) or classic Pub/Sub on a Redis Cluster. It has no
+// effect on other clients.
+func WithClusterPubSub(m ClusterPubSub) Option { return func(s *settings) { s.clusterPubSub = m } }
 
 // WithNamespace stores keys as <prefix>:<ns>:<key> and scopes every channel to the namespace.
 // ns must match ^[A-Za-z0-9._-]{1,64}$.
@@ -187,6 +216,9 @@ func (s *settings) validate() error {
 	}
 	if s.fixed != nil && s.fixed.String()[0] == 'S' {
 		return &ConfigError{Field: "strategy", Value: s.fixed.String(), Reason: "must be ttl, batched or eager"}
+	}
+	if s.clusterPubSub != ClusterSharded && s.clusterPubSub != ClusterClassic {
+		return &ConfigError{Field: "cluster_pubsub", Value: s.clusterPubSub.String(), Reason: "must be sharded or classic"}
 	}
 	if s.rollbackFaults < 1 {
 		return &ConfigError{Field: "policy_rollback_faults", Value: itoa(int64(s.rollbackFaults)), Reason: "must be at least 1"}

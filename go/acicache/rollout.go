@@ -542,7 +542,8 @@ func (r *rollout) checkFaults(ctx context.Context) error {
 		"by", c.snd.source, "reason", reason,
 		"at", strconv.FormatFloat(unixSeconds(), 'f', 3, 64),
 	}
-	args := []any{strconv.FormatUint(rec.rollout, 10), c.n.policy, string(c.snd.announcement(next))}
+	ann := c.snd.announcement(next)
+	args := []any{strconv.FormatUint(rec.rollout, 10), c.n.policy, string(ann)}
 	for _, v := range fields {
 		args = append(args, v)
 	}
@@ -552,6 +553,14 @@ func (r *rollout) checkFaults(ctx context.Context) error {
 	}
 	if done == 1 {
 		c.c.messagesSent.Add(1)
+		if c.sharded {
+			// A script may not SPUBLISH outside its key's slot: its PUBLISH reaches classic-mode
+			// fleets only, so a sharded fleet hears it here (docs/WIRE.md 10.1); if this fails,
+			// the fleet reads the record within 10 s.
+			if err := c.publish(ctx, c.n.policy, ann); err == nil {
+				c.c.messagesSent.Add(1)
+			}
+		}
 		c.s.logger.Warn("acicache: fleet rolled back", "instance", c.snd.source, "rollout", next,
 			"to", rec.previous.SHA256)
 	}

@@ -23,12 +23,16 @@ import (
 // go-redis and crypto/ed25519: store the blob, write the record with the compare-and-set
 // script of 9.2, which announces it.
 type operator struct {
-	t    *testing.T
-	rdb  *redis.Client
-	ns   string
-	k    string
-	priv ed25519.PrivateKey
-	pub  string
+	t   *testing.T
+	rdb redis.UniversalClient
+	// channel is P:policy, {P}:policy on a cluster; sharded: the announcement also goes out by
+	// SPUBLISH once the script returned 1 (docs/WIRE.md 10.1).
+	channel string
+	sharded bool
+	ns      string
+	k       string
+	priv    ed25519.PrivateKey
+	pub     string
 }
 
 func newOperator(t *testing.T, ns string) *operator {
@@ -36,7 +40,8 @@ func newOperator(t *testing.T, ns string) *operator {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &operator{t: t, rdb: newClient(t), ns: ns, k: "aci::" + ns + ":", priv: priv, pub: hex.EncodeToString(pub)}
+	return &operator{t: t, rdb: newClient(t), channel: "aci:" + ns + ":policy", ns: ns, k: "aci::" + ns + ":", priv: priv,
+		pub: hex.EncodeToString(pub)}
 }
 
 func readPolicy(t testing.TB, name string) ([]byte, string) {
@@ -72,7 +77,7 @@ func (o *operator) write(fields map[string]string) uint64 {
 	n, _ := strconv.ParseUint(expected, 10, 64)
 	n++
 	ann, _ := json.Marshal(map[string]any{"action": "policy", "rollout": n, "timestamp": unixSeconds(), "source": "cli-test", "v": 2})
-	args := []any{expected, "aci:" + o.ns + ":policy", string(ann), "rollout", strconv.FormatUint(n, 10)}
+	args := []any{expected, o.channel, string(ann), "rollout", strconv.FormatUint(n, 10)}
 	for _, k := range []string{"sha256", "config", "sig", "previous", "previous_config", "previous_sig", "canary", "name", "version", "by", "reason"} {
 		args = append(args, k, fields[k])
 	}
@@ -80,6 +85,11 @@ func (o *operator) write(fields map[string]string) uint64 {
 	done, err := o.rdb.Eval(bg, casLua, []string{o.k + "policy:current"}, args...).Int64()
 	if err != nil || done != 1 {
 		o.t.Fatalf("writing the record: %v, %v", done, err)
+	}
+	if o.sharded {
+		if err := o.rdb.SPublish(bg, o.channel, ann).Err(); err != nil {
+			o.t.Fatal(err)
+		}
 	}
 	return n
 }

@@ -61,6 +61,9 @@ func (c *Cache) openSubscriber(chans []string) (subscriber, error) {
 	if opt, ok := leanOptions(c.rdb); ok {
 		return dialLean(c.ctx, opt, c.s.livenessTimeout, chans)
 	}
+	if c.cluster != nil {
+		return c.openClusterSubscriber(chans)
+	}
 	return &goRedisSub{ps: c.rdb.Subscribe(c.ctx, chans...), timeout: c.s.livenessTimeout}, nil
 }
 
@@ -86,6 +89,11 @@ func leanOptions(rdb redis.UniversalClient) (*redis.Options, bool) {
 type goRedisSub struct {
 	ps      *redis.PubSub
 	timeout time.Duration
+	sharded bool // SSUBSCRIBE/SUNSUBSCRIBE (a cluster in sharded mode)
+	// leaving: channels we asked to leave, whose unsubscribe confirmation is expected. Any other
+	// unsubscribe push is the server ending the subscription (docs/WIRE.md 10.3).
+	mu      sync.Mutex
+	leaving map[string]int
 }
 
 // bytesOf views s as bytes without a copy: handle only reads them.
@@ -101,9 +109,18 @@ func (g *goRedisSub) next(ctx context.Context) (event, error) {
 		return event{kind: evMessage, channel: bytesOf(m.Channel), payload: bytesOf(m.Payload)}, nil
 	case *redis.Subscription:
 		switch m.Kind {
-		case "subscribe":
+		case "subscribe", "ssubscribe":
 			return event{kind: evSubscribe}, nil
-		case "unsubscribe":
+		case "unsubscribe", "sunsubscribe":
+			g.mu.Lock()
+			asked := g.leaving[m.Channel] > 0
+			if asked {
+				g.leaving[m.Channel]--
+			}
+			g.mu.Unlock()
+			if !asked {
+				return event{}, errSubscriptionEnded
+			}
 			return event{kind: evUnsubscribe}, nil
 		}
 	}
@@ -111,10 +128,22 @@ func (g *goRedisSub) next(ctx context.Context) (event, error) {
 }
 
 func (g *goRedisSub) subscribe(ctx context.Context, ch string) error {
+	if g.sharded {
+		return g.ps.SSubscribe(ctx, ch)
+	}
 	return g.ps.Subscribe(ctx, ch)
 }
 
 func (g *goRedisSub) unsubscribe(ctx context.Context, ch string) error {
+	g.mu.Lock()
+	if g.leaving == nil {
+		g.leaving = map[string]int{}
+	}
+	g.leaving[ch]++
+	g.mu.Unlock()
+	if g.sharded {
+		return g.ps.SUnsubscribe(ctx, ch)
+	}
 	return g.ps.Unsubscribe(ctx, ch)
 }
 

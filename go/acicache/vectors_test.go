@@ -217,7 +217,7 @@ func TestNamingVectors(t *testing.T) {
 			if tc.Namespace != nil {
 				ns = *tc.Namespace
 			}
-			n, err := newNames(tc.Prefix, ns, tc.Namespace != nil, tc.InstanceID)
+			n, err := newNames(tc.Prefix, ns, tc.Namespace != nil, false, tc.InstanceID)
 			if err == nil {
 				err = n.checkKey(tc.Key)
 			}

@@ -38,6 +38,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) int {
 	fs := flag.NewFlagSet("aci-node", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	url := fs.String("redis", "redis://127.0.0.1:6379", "Redis URL")
+	cluster := fs.String("cluster", "", "seed URLs of a Redis Cluster (URL[,URL...]), instead of --redis")
 	namespace := fs.String("namespace", "", "namespace")
 	role := fs.String("role", "auto", "auto|controller|follower")
 	strategy := fs.String("strategy", "", "ttl|batched|eager: the fixed policy with this strategy")
@@ -53,10 +54,35 @@ func run(args []string, stdin io.Reader, stdout io.Writer) int {
 	if fs.NArg() > 0 {
 		return usageError("unexpected argument %q", fs.Arg(0))
 	}
-	opt, err := redis.ParseURL(*url)
-	if err != nil {
-		return usageError("--redis %q: %v", *url, err)
+	var rdb redis.UniversalClient
+	if *cluster != "" {
+		// As `aci node --cluster`: the fleet on sharded Pub/Sub (docs/WIRE.md 10).
+		var copt *redis.ClusterOptions
+		for _, u := range strings.Split(*cluster, ",") {
+			if u == "" {
+				continue
+			}
+			o, err := redis.ParseURL(u)
+			if err != nil {
+				return usageError("--cluster %q: %v", u, err)
+			}
+			if copt == nil {
+				copt = &redis.ClusterOptions{Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig}
+			}
+			copt.Addrs = append(copt.Addrs, o.Addr)
+		}
+		if copt == nil {
+			return usageError("--cluster %q: no URL", *cluster)
+		}
+		rdb = redis.NewClusterClient(copt)
+	} else {
+		opt, err := redis.ParseURL(*url)
+		if err != nil {
+			return usageError("--redis %q: %v", *url, err)
+		}
+		rdb = redis.NewClient(opt)
 	}
+	defer rdb.Close()
 	opts := []acicache.Option{
 		acicache.WithTick(time.Duration(*tickMs) * time.Millisecond),
 		acicache.WithLocalTTL(time.Duration(*localTTLMs) * time.Millisecond),
@@ -109,8 +135,6 @@ func run(args []string, stdin io.Reader, stdout io.Writer) int {
 		return usageError("--local-ttl-ms %d: must be greater than zero", *localTTLMs)
 	}
 
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	cache, err := acicache.New(ctx, rdb, opts...)
 	cancel()

@@ -610,13 +610,7 @@ func TestClusterDroppedNodeConnectionFlushes(t *testing.T) {
 	addrs, _, r, admin := topologyFleet(t, "td")
 	ctx := context.Background()
 	home := masterOf(t, addrs, "{aci:td}:invalidation")
-	other := ""
-	for _, a := range addrs {
-		if a != home {
-			other = a
-			break
-		}
-	}
+	other := otherThan(addrs, home)
 	rawWrite(t, admin, "td", "k", "v2")
 	before := r.Stats().Resubscribes
 	if n, err := nodeClient(t, other).ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Result(); err != nil || n < 1 {
@@ -636,13 +630,7 @@ func TestClusterChannelSlotMovedResubscribesAndFlushes(t *testing.T) {
 	ctx := context.Background()
 	ch := "{aci:tm}:invalidation"
 	src := masterOf(t, addrs, ch)
-	dst := ""
-	for _, a := range addrs {
-		if a != src {
-			dst = a
-			break
-		}
-	}
+	dst := otherThan(addrs, src)
 	slot, err := admin.ClusterKeySlot(ctx, ch).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -677,13 +665,7 @@ func TestClusterReshardingBetweenMastersFlushesNothing(t *testing.T) {
 		slot++
 	}
 	src := nodeForSlot(t, addrs, slot)
-	dst := ""
-	for _, a := range addrs {
-		if a != src {
-			dst = a
-			break
-		}
-	}
+	dst := otherThan(addrs, src)
 	rawWrite(t, admin, "tr", "k", "v2")
 	before := r.Stats()
 	moveSlot(t, addrs, slot, src, dst)
@@ -835,18 +817,7 @@ func TestClusterReportsSubscriptionToggles(t *testing.T) {
 	if numsub() != 1 || report() != 2 {
 		t.Fatal("the controller does not hear reports")
 	}
-	for round := range 2 {
-		c.demote(bg, c.nowMs())
-		eventually(t, 2*time.Second, "unsubscribed from reports", func() bool { return numsub() == 0 })
-		if got := report(); got != 1 {
-			t.Fatalf("round %d follower: %d messages received, want the mark only", round, got)
-		}
-		c.promote(bg, c.nowMs())
-		eventually(t, 2*time.Second, "subscribed to reports", func() bool { return numsub() == 1 })
-		if got := report(); got != 2 {
-			t.Fatalf("round %d controller: %d of 2 messages received", round, got)
-		}
-	}
+	toggleReports(t, c, numsub, report)
 	if st := c.Stats(); st.Resubscribes != 0 || !st.L1Serving || st.TopologyChanges != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -1113,4 +1084,14 @@ func TestClusterLostWriteIsNotServed(t *testing.T) {
 	if st := r.Stats(); st.TopologyChanges < 1 {
 		t.Fatalf("reader: %+v", st)
 	}
+}
+
+// otherThan is the first of addrs that is not not.
+func otherThan(addrs []string, not string) string {
+	for _, a := range addrs {
+		if a != not {
+			return a
+		}
+	}
+	return ""
 }

@@ -204,18 +204,7 @@ func TestReportsSubscriptionToggles(t *testing.T) {
 			if got := report(); got != 2 {
 				t.Fatalf("controller: %d of 2 messages received", got)
 			}
-			for round := range 2 {
-				c.demote(bg, c.nowMs())
-				eventually(t, 2*time.Second, "unsubscribed from reports", func() bool { return numsub() == 0 })
-				if got := report(); got != 1 {
-					t.Fatalf("round %d follower: %d messages received, want the mark only", round, got)
-				}
-				c.promote(bg, c.nowMs())
-				eventually(t, 2*time.Second, "subscribed to reports", func() bool { return numsub() == 1 })
-				if got := report(); got != 2 {
-					t.Fatalf("round %d controller: %d of 2 messages received", round, got)
-				}
-			}
+			toggleReports(t, c, numsub, report)
 			if st := c.Stats(); st.Resubscribes != 0 || !st.L1Serving {
 				t.Fatalf("stats %+v", st)
 			}
@@ -420,5 +409,24 @@ func TestAppendMicros(t *testing.T) {
 	for i := range int64(200000) {
 		check(now + i*7919)
 		check(rand.Int64N(4e15))
+	}
+}
+
+// toggleReports demotes and promotes c twice: as a follower it leaves the reports channel
+// (report() then counts only the mark sent after the report), as the controller it listens
+// again (both). numsub counts the channel's subscribers.
+func toggleReports(t *testing.T, c *Cache, numsub func() int64, report func() uint64) {
+	t.Helper()
+	for round := range 2 {
+		c.demote(bg, c.nowMs())
+		eventually(t, 2*time.Second, "unsubscribed from reports", func() bool { return numsub() == 0 })
+		if got := report(); got != 1 {
+			t.Fatalf("round %d follower: %d messages received, want the mark only", round, got)
+		}
+		c.promote(bg, c.nowMs())
+		eventually(t, 2*time.Second, "subscribed to reports", func() bool { return numsub() == 1 })
+		if got := report(); got != 2 {
+			t.Fatalf("round %d controller: %d of 2 messages received", round, got)
+		}
 	}
 }

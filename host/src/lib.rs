@@ -17,6 +17,7 @@
 mod bundled;
 mod cache;
 mod config;
+mod core_abi;
 mod counter;
 mod direct;
 mod error;

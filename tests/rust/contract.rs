@@ -176,6 +176,9 @@ fn every_vector_replays_identically_in_wasm_and_native() {
     let adaptive = PolicyModule::from_file(&policy_file("adaptive"), SandboxLimits::default()).unwrap();
     let fixed = PolicyModule::from_file(&policy_file("fixed"), SandboxLimits::default()).unwrap();
     let budget = PolicyModule::from_file(&policy_file("budget"), SandboxLimits::default()).unwrap();
+    for m in [&adaptive, &fixed, &budget] {
+        assert!(m.calls_core_module(), "{} is called through the component, not its core module", m.name());
+    }
     let all = vectors();
     assert!(all.iter().any(|v| v["policy"] == "budget"), "the budget vectors (tests/vectors/budget)");
     assert!(all.len() >= 16, "expected the hand-written and random vectors, found {}", all.len());
@@ -187,9 +190,14 @@ fn every_vector_replays_identically_in_wasm_and_native() {
             Some("budget") => (&budget, Kind::Budget),
             _ => (&adaptive, Kind::Adaptive),
         };
+        // The core module called directly (what caches run) and the same component through
+        // wasmtime's component model (the reference canonical ABI).
         match replay(v, &mut module.instantiate().unwrap()) {
             Ok(n) => steps += n,
-            Err(e) => failures.push(format!("wasm: {e}")),
+            Err(e) => failures.push(format!("wasm (core module): {e}")),
+        }
+        if let Err(e) = replay(v, &mut module.instantiate_component().unwrap()) {
+            failures.push(format!("wasm (component): {e}"));
         }
         if let Err(e) = replay(v, &mut Engine::new(kind)) {
             failures.push(format!("native: {e}"));

@@ -94,11 +94,13 @@ type Cache struct {
 	retryNow chan struct{}
 	s        settings
 	n        *names
-	snd      sender
-	l1       *l1
-	pol      *policyRuntime
-	ro       *rollout // docs/WIRE.md 9
-	start    time.Time
+	// own carries the eager writes of a standalone *redis.Client (wconn.go); nil otherwise.
+	own   *ownWriter
+	snd   sender
+	l1    *l1
+	pol   *policyRuntime
+	ro    *rollout // docs/WIRE.md 9
+	start time.Time
 	// baseCfg is the host's policy config, on which a pushed policy's overrides apply.
 	baseCfg policy.Config
 	c       counters
@@ -114,6 +116,7 @@ type Cache struct {
 	publishedSinceTick atomic.Bool
 	needFlush          atomic.Bool // a publish failed: a flush goes first
 	unreported         atomic.Uint64
+	eagerWrites        atomic.Uint64 // writes under eager not yet counted by the policy
 	remote             atomic.Uint64 // controller: reported counts, saturating
 
 	isController       atomic.Bool
@@ -195,6 +198,7 @@ func New(ctx context.Context, client redis.UniversalClient, opts ...Option) (*Ca
 	}
 	c.pol = pol
 	c.baseCfg = lp.base
+	c.own = newOwnWriter(client)
 	if c.ro, err = newRollout(c, lp); err != nil {
 		pol.close()
 		return nil, err
@@ -408,8 +412,17 @@ func (c *Cache) Set(ctx context.Context, key, value string, ttl time.Duration) e
 	} else {
 		err = c.rdb.Set(ctx, rkey, value, ttl).Err()
 	}
-	st := c.pol.recordWrite(rkey, c.nowMs())
-	c.noteStrategy(st)
+	st := inForce
+	if inForce == policy.StrategyEager {
+		// Counted now, handed to the policy at the next tick (one record-remote-writes of the
+		// count): under eager a write is never buffered, and only time (a hold running out)
+		// can take the policy down, which the tick asks about anyway. Strategy changes are
+		// the tick's to note then (a stale eager noted here could undo one).
+		c.eagerWrites.Add(1)
+	} else {
+		st = c.pol.recordWrite(rkey, c.nowMs())
+		c.noteStrategy(st)
+	}
 	c.unreported.Add(1)
 	if err != nil {
 		c.l1.invalidate(key)
@@ -433,6 +446,20 @@ func (c *Cache) setEager(ctx context.Context, rkey, value string, ttl time.Durat
 	if c.needFlush.Load() {
 		if err := c.publishFlush(ctx); err != nil {
 			return err
+		}
+	}
+	if c.own != nil {
+		cn, reused, err := c.own.get(ctx)
+		if cn != nil {
+			seq := c.nextSeq()
+			cn.msg = c.snd.appendInvalidate(cn.msg[:0], []string{rkey}, policy.StrategyEager, seq)
+			cn.buf = appendPublish(appendSetPX(cn.buf[:0], rkey, value, ttl), c.n.invalidation, cn.msg)
+			_, err = c.own.do(ctx, cn, reused, 2)
+			c.published(err)
+			return err
+		}
+		if err != nil {
+			c.s.logger.Debug("acicache: own write connection: dial failed, writing through go-redis", "err", err)
 		}
 	}
 	msg := c.snd.invalidate([]string{rkey}, policy.StrategyEager, c.nextSeq())
@@ -548,9 +575,26 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 			return false, err
 		}
 	}
-	msg := c.snd.invalidate([]string{rkey}, policy.StrategyEager, c.nextSeq())
-	var del *redis.IntCmd
-	err := c.writeThenPublish(ctx, func(p redis.Pipeliner) { del = p.Del(ctx, rkey) }, msg)
+	var existed bool
+	var err error
+	var cn *ownConn
+	var reused bool
+	if c.own != nil {
+		cn, reused, _ = c.own.get(ctx)
+	}
+	if cn != nil {
+		seq := c.nextSeq()
+		cn.msg = c.snd.appendInvalidate(cn.msg[:0], []string{rkey}, policy.StrategyEager, seq)
+		cn.buf = appendPublish(appendDel(cn.buf[:0], rkey), c.n.invalidation, cn.msg)
+		var n int64
+		n, err = c.own.do(ctx, cn, reused, 2)
+		existed = n > 0
+	} else {
+		msg := c.snd.invalidate([]string{rkey}, policy.StrategyEager, c.nextSeq())
+		var del *redis.IntCmd
+		err = c.writeThenPublish(ctx, func(p redis.Pipeliner) { del = p.Del(ctx, rkey) }, msg)
+		existed = del.Val() > 0
+	}
 	c.published(err) // as in setEager
 	// A fill that read the old value just before the DEL may have landed.
 	c.l1.invalidate(key)
@@ -558,7 +602,7 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 		return false, err
 	}
 	c.c.deletes.Add(1)
-	return del.Val() > 0, nil
+	return existed, nil
 }
 
 // Flush deletes this namespace's keys from Redis (SCAN + UNLINK, on every master of a
@@ -676,6 +720,9 @@ func (c *Cache) Close(ctx context.Context) error {
 		errs = append(errs, releaseScript.Run(ctx, c.rdb, []string{c.n.lease}, c.snd.source).Err())
 	}
 	c.l1.suspend()
+	if c.own != nil {
+		c.own.close()
+	}
 	c.ro.swapMu.Lock() // no SwapPolicy in flight
 	c.pol.close()
 	c.ro.close()

@@ -441,6 +441,11 @@ func (c *Cache) tick(st *tickState) {
 		c.unreported.Store(0)
 	}
 
+	// Writes made under eager since the last tick, counted by the policy in one call (they
+	// move the rate; under eager nothing is buffered: cache.go Set).
+	if n := c.eagerWrites.Swap(0); n > 0 {
+		c.pol.recordRemote(uint32(min(n, maxReportSize)), now)
+	}
 	snap := c.pol.status(now)
 	c.writeRate.Store(math.Float64bits(snap.WriteRate))
 	c.noteStrategy(snap.Strategy)

@@ -128,6 +128,8 @@ func BenchmarkEagerFloors(b *testing.B) {
 		for range ps.Channel() {
 		}
 	}()
+	own := newOwnWriter(rdb)
+	defer own.close()
 	key := func(i int) string { return "k" + strconv.Itoa(i%100) }
 	goRedisSetPublish := func(ch string) func(int) {
 		return func(i int) {
@@ -154,6 +156,12 @@ func BenchmarkEagerFloors(b *testing.B) {
 		{"go-redis SET+PUBLISH, lean subscriber", goRedisSetPublish("two")},
 		{"go-redis SET+PUBLISH, go-redis subscriber", goRedisSetPublish("gr")},
 		{"go-redis SET+PUBLISH, lean sub pausing 5ms", goRedisSetPublish("paused")},
+		{"own conn SET+PUBLISH, lean sub pausing 5ms", func(i int) {
+			// how the cache writes under eager on a standalone client (wconn.go)
+			cn, reused, _ := own.get(ctx)
+			cn.buf = appendPublish(appendSetPX(cn.buf[:0], key(i), val, 10*time.Second), "paused", []byte(msg))
+			_, _ = own.do(ctx, cn, reused, 2)
+		}},
 		{"raw SET", func(i int) {
 			plain.send("SET", key(i), val, "PX", "10000")
 			plain.flush()

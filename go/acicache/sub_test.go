@@ -373,6 +373,17 @@ func TestLeanSubscriberAuthenticates(t *testing.T) {
 			if err := a.Set(bg, "k", "new", time.Minute); err != nil {
 				t.Fatal(err)
 			}
+			// A's eager write went over its own connection (wconn.go), dialled and
+			// authenticated the same way.
+			if a.own == nil || a.own.writes.Load() != 1 {
+				t.Fatalf("the eager write did not go over the own connection: %+v", a.own)
+			}
+			a.own.mu.Lock()
+			wc := a.own.idle[0].nc
+			a.own.mu.Unlock()
+			if _, ok := wc.(tagged); ok != (tc.opt.Dialer != nil) {
+				t.Fatalf("wrote on a %T", wc)
+			}
 			eventually(t, 2*time.Second, "B serves A's write", func() bool {
 				v, _ := b.Get(bg, "k")
 				return v == "new"

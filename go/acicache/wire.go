@@ -329,7 +329,13 @@ func (s *sender) invalidate(keys []string, st policy.Strategy, seq uint64) []byt
 	for _, k := range keys {
 		n += len(k) + 3
 	}
-	buf := s.start(make([]byte, 0, n), "invalidate")
+	return s.appendInvalidate(make([]byte, 0, n), keys, st, seq)
+}
+
+// appendInvalidate appends the invalidate message to buf (an eager write's on the own
+// connection: into a buffer it reuses).
+func (s *sender) appendInvalidate(buf []byte, keys []string, st policy.Strategy, seq uint64) []byte {
+	buf = s.start(buf, "invalidate")
 	buf = append(buf, `,"keys":[`...)
 	for i, k := range keys {
 		if i > 0 {

@@ -71,6 +71,14 @@ export class AdaptiveCache {
   #subInFlight = false;
   #subWaiters = [];
   #reportsSubscribed = false;
+  // With ownBatchDelay, the read being handled (the messages ioredis emits for one socket read,
+  // before the microtask #afterRead runs): whether all were ours and one an invalidation.
+  #readOpen = false;
+  #readOwnOnly = true;
+  #readOwnInval = false;
+  #pausedSock = null;
+  #pauseTimer = null;
+  #ownBatchDelayMs;
   // sending
   #seq = 0;
   // Publishes on P:invalidation whose seq is taken and whose answer has not come yet, and the
@@ -97,6 +105,7 @@ export class AdaptiveCache {
   #orphans = [];
   #orphanFlush = false;
   #ownTail;
+  #invalChan;
   #defaultTtlMs;
   // policy rollout (docs/WIRE.md 9)
   #trust;
@@ -109,7 +118,7 @@ export class AdaptiveCache {
     hits: 0, misses: 0, l1Hits: 0, l1Misses: 0, writes: 0, deletes: 0, messagesSent: 0,
     pubsubReceived: 0, messagesReceived: 0, invalidationsApplied: 0, flushes: 0, gaps: 0,
     malformed: 0, resubscribes: 0, subscriptionErrors: 0, controllerLost: 0, lagSuspensions: 0, publishFailures: 0,
-    policySwaps: 0,
+    policySwaps: 0, subscriptionPauses: 0,
   };
 
   /**
@@ -127,9 +136,11 @@ export class AdaptiveCache {
     this.#redis = o.redis;
     this.#log = o.logger ?? console;
     this.#localTtlMs = o.localTtl * 1000;
+    this.#ownBatchDelayMs = o.ownBatchDelay * 1000;
     this.#defaultTtlMs = Math.max(1, Math.round(o.defaultTtl * 1000));
     this.#trust = new Trust(o.policyPublicKey, o.policyAllowHashes); // a bad key: CacheConfigError
     this.#policyChan = Buffer.from(this.#names.policy);
+    this.#invalChan = Buffer.from(this.#names.invalidation);
   }
 
   // ---- properties ------------------------------------------------------------------------------
@@ -195,6 +206,7 @@ export class AdaptiveCache {
       controllerLost: c.controllerLost,
       lagSuspensions: c.lagSuspensions,
       publishFailures: c.publishFailures,
+      subscriptionPauses: c.subscriptionPauses,
       policyFaults: this.#rt?.faults ?? 0,
       policy: this.#rt?.describe ?? null,
       policySha256: this.#rt?.source?.sha256 ?? null,
@@ -313,6 +325,7 @@ export class AdaptiveCache {
     this.#state = 'stopped';
     clearInterval(this.#tickTimer);
     clearTimeout(this.#subTimer);
+    this.#resumeSub();
     if (this.#ticking) await this.#ticking.catch(() => {});
     // No swap after the last drain below; the status record goes.
     await this.#follower?.stop(this.#o.connectTimeout * 1000);
@@ -581,8 +594,9 @@ export class AdaptiveCache {
     const inForce = this.#strategy;
     const t0 = mono();
     let sent;
+    let script = null; // the invalidation, when sent by the script
     if (inForce === 'eager') {
-      this.#inFlight++; // until Redis answers (#execWrite, #sentOne, #sendFailed)
+      this.#inFlight++; // until Redis answers (#execWrite, or below)
       if (this.#mustFlush) {
         const pipe = this.#redis.pipeline();
         const flushing = this.#addPendingFlush(pipe);
@@ -591,8 +605,10 @@ export class AdaptiveCache {
         sent = this.#execWrite(pipe, flushing);
       } else {
         // SET and PUBLISH in one script: one command and one reply, which in ioredis costs
-        // about half of two commands (each reply is parsed and resolved in JS).
-        sent = this.#setPublish(rk, v, ttlMs, this.#sender.invalidateOne(rk, 'eager', ++this.#seq));
+        // about half of two commands (each reply is parsed and resolved in JS). Awaited below
+        // directly: no promise of ours in between (one microtask hop fewer per write).
+        script = this.#sender.invalidateOne(rk, 'eager', ++this.#seq);
+        sent = this.#redis.evalsha(SET_PUBLISH_SHA, 1, rk, v, ttlMs, this.#names.invalidation, script);
       }
       this.#invalSinceTick = true;
     } else {
@@ -612,8 +628,25 @@ export class AdaptiveCache {
       await sent;
     } catch (err) {
       // The write may or may not have happened: our copy cannot be trusted either way.
-      this.#l1.invalidate(key);
-      throw err;
+      if (script === null) {
+        this.#l1.invalidate(key);
+        throw err;
+      }
+      try {
+        // The server does not have the script (restarted, SCRIPT FLUSH): EVAL sends and caches it.
+        if (!String(err?.message).startsWith('NOSCRIPT')) throw err;
+        await this.#redis.eval(SET_PUBLISH_LUA, 1, rk, v, ttlMs, this.#names.invalidation, script);
+      } catch (err2) {
+        // Whether the SET happened or not, the PUBLISH may not have: a flush is owed.
+        this.#publishFailed();
+        this.#inFlight--;
+        this.#l1.invalidate(key);
+        throw err2;
+      }
+    }
+    if (script !== null) {
+      this.#inFlight--;
+      this.#c.messagesSent++;
     }
     this.#c.writes++;
     this.#l1.putOwn(key, str, buf, t0 + Math.min(this.#localTtlMs, ttlMs), t0);
@@ -706,31 +739,6 @@ export class AdaptiveCache {
     this.#c.messagesSent += n - commands; // every other command is a PUBLISH
     return res;
   }
-
-  // A promise chain rather than an async function: one promise fewer on the eager write path.
-  #setPublish(rk, v, ttlMs, msg) {
-    const r = this.#redis;
-    const chan = this.#names.invalidation;
-    return r.evalsha(SET_PUBLISH_SHA, 1, rk, v, ttlMs, chan, msg).then(this.#sentOne, (err) => {
-      // The server does not have the script (restarted, SCRIPT FLUSH): EVAL sends and caches it.
-      if (String(err?.message).startsWith('NOSCRIPT')) {
-        return r.eval(SET_PUBLISH_LUA, 1, rk, v, ttlMs, chan, msg).then(this.#sentOne, this.#sendFailed);
-      }
-      return this.#sendFailed(err);
-    });
-  }
-
-  #sentOne = () => {
-    this.#inFlight--;
-    this.#c.messagesSent++;
-  };
-
-  // Whether the SET happened or not, the PUBLISH may not have: a flush is owed.
-  #sendFailed = (err) => {
-    this.#publishFailed();
-    this.#inFlight--;
-    throw err;
-  };
 
   // Feeds the writes made since the last call to the policy, in one call. Writes made while
   // `batched` was in force rely on the policy's batch: if the policy was not in `batched` for
@@ -956,8 +964,17 @@ export class AdaptiveCache {
     c.pubsubReceived++;
     const now = mono();
     this.#lastHeard = now;
+    if (!this.#readOpen && this.#ownBatchDelayMs > 0) {
+      // The first message of a socket read: ioredis emits the read's messages synchronously, so
+      // a microtask runs once they all have been handled.
+      this.#readOpen = true;
+      this.#readOwnOnly = true;
+      this.#readOwnInval = false;
+      queueMicrotask(this.#afterRead);
+    }
     const pc = this.#policyChan;
     if (channel.length === pc.length && channel.equals(pc)) {
+      this.#readOwnOnly = false;
       this.#onAnnouncement(payload);
       return;
     }
@@ -965,6 +982,7 @@ export class AdaptiveCache {
     // their timestamp matters (lag), so they skip the full decode.
     const tail = this.#ownTail;
     if (payload.length > tail.length && payload.compare(tail, 0, tail.length, payload.length - tail.length) === 0) {
+      if (!this.#readOwnInval && channel.length === this.#invalChan.length && channel.equals(this.#invalChan)) this.#readOwnInval = true;
       const at = payload.indexOf(TIMESTAMP);
       if (at >= 0) {
         const ts = parseFloat(payload.toString('latin1', at + TIMESTAMP.length, Math.min(payload.length, at + TIMESTAMP.length + 32)));
@@ -972,6 +990,7 @@ export class AdaptiveCache {
       }
       return;
     }
+    this.#readOwnOnly = false;
     const m = decode(payload);
     if (m.malformed !== undefined) {
       this.#malformed(m.malformed, payload.length);
@@ -1020,6 +1039,45 @@ export class AdaptiveCache {
       default: // heartbeat: another instance's, on our liveness channel? Nothing to do.
     }
   }
+
+  // `ownBatchDelay` (docs/WIRE.md 5): after a read that brought only our own messages, one of
+  // them an invalidation (this instance is writing), leave our own subscription socket unread
+  // that long, so the kernel gathers the next ones and the event loop wakes once per batch of
+  // writes rather than once per write. Another instance's message may wait that long (at most
+  // 5 ms, a hundredth of max_lag); our own still measure the lag, the pause included. Off by
+  // default: see README "Eager writes" (slower on a quiet machine). The reading stops in the
+  // kernel (the handle's readStop, as net.Socket's own pause does for a socket it buffers for),
+  // so no wake-up, read or parse happens per write meanwhile; a Readable pause() would still
+  // read every message into the stream's buffer. A connection the user passed
+  // (`pubsubRedis`) is not ours to pause.
+  #afterRead = () => {
+    this.#readOpen = false;
+    if (!this.#readOwnOnly || !this.#readOwnInval || !this.#ownSub || this.#pauseTimer !== null) return;
+    if (this.#state !== 'running') return;
+    const s = this.#sub.stream;
+    const h = s?._handle;
+    if (!h || s.destroyed || h.reading !== true || typeof h.readStop !== 'function' || typeof h.readStart !== 'function') return;
+    h.reading = false;
+    if (h.readStop() !== 0) {
+      h.reading = true;
+      return;
+    }
+    this.#c.subscriptionPauses++;
+    this.#pausedSock = s;
+    this.#pauseTimer = setTimeout(this.#resumeSub, this.#ownBatchDelayMs);
+  };
+
+  #resumeSub = () => {
+    clearTimeout(this.#pauseTimer);
+    this.#pauseTimer = null;
+    const s = this.#pausedSock;
+    this.#pausedSock = null;
+    const h = s?._handle;
+    // A socket closed meanwhile is ioredis's to replace; its successor was never paused.
+    if (!h || s.destroyed || h.reading) return;
+    h.reading = true;
+    if (h.readStart() !== 0) s.destroy(new Error('aci-cache: resuming the subscription socket failed'));
+  };
 
   #malformed(kind, bytes) {
     this.#c.malformed++;

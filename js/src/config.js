@@ -39,6 +39,7 @@ export const DEFAULTS = Object.freeze({
   tickInterval: 0.25,
   livenessTimeout: 3,
   maxLag: 0.5,
+  ownBatchDelay: 0,
   role: undefined,
   strategy: undefined,
   policy: undefined,
@@ -122,6 +123,9 @@ export function resolveOptions(opts) {
     if (o[n] * 1000 > 2 ** 31 - 1) throw new CacheConfigError(n, `must be at most ${(2 ** 31 - 1) / 1000} seconds, got ${o[n]}`);
   }
   number(o, 'hold', { nonneg: true, optional: true });
+  // docs/WIRE.md 5: at most 5 ms.
+  number(o, 'ownBatchDelay', { nonneg: true });
+  if (o.ownBatchDelay > 0.005) throw new CacheConfigError('ownBatchDelay', `must be at most 0.005 seconds (docs/WIRE.md 5), got ${o.ownBatchDelay}`);
   integer(o, 'localMaxEntries', { min: 1, max: 2 ** 30 });
   integer(o, 'localMaxBytes', { min: 1024, max: Number.MAX_SAFE_INTEGER });
   integer(o, 'batchMaxKeys', { optional: true });

@@ -34,6 +34,7 @@ describe('configuration', () => {
       [{ redis, instanceId: 'a:b' }, 'instanceId'],
       [{ redis, channelPrefix: 'x y' }, 'channelPrefix'],
       [{ redis, highTreshold: 5 }, 'highTreshold'],
+      [{ redis, ownBatchDelay: 0.006 }, 'ownBatchDelay'], // docs/WIRE.md 5: at most 5 ms
       [{}, 'redis'],
       // Not WIRE.md 10 yet: refused rather than deaf to the rest of a cluster fleet.
       [{ redis: new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true }) }, 'redis'],
@@ -292,6 +293,52 @@ describe('fleet', () => {
     assert.equal(s.gaps, 0);
     assert.ok(s.l1Hits > 0, 'the reader served from L1');
     assert.ok(s.invalidationsApplied >= 60 * KEYS, String(s.invalidationsApplied));
+  });
+
+  test('ownBatchDelay: own invalidations read in batches, the others\' still arrive, nothing lost', async () => {
+    const name = ns();
+    const a = await cache({ namespace: name, isController: true, strategy: 'eager', ownBatchDelay: 0.005 });
+    const b = await cache({ namespace: name, isController: false, ownBatchDelay: 0.005 });
+    // Default off, and never on a subscription connection passed in.
+    const off = await cache({ namespace: name, isController: false });
+    const passed = await cache({ namespace: name, isController: false, ownBatchDelay: 0.005, pubsubRedis: fx.srv.client() });
+    await until(() => [b, off, passed].every((c) => c.strategy === 'eager'), 3000);
+    await b.set('x', 'b0');
+    assert.equal(await a.get('x'), 'b0'); // now in a's L1
+    const N = 600;
+    let bWrote = 0;
+    let seenAfter = -1;
+    const t0 = performance.now();
+    for (let i = 0; i < N; i++) {
+      await a.set(`k${i % 50}`, String(i));
+      if (i === N / 2) {
+        await b.set('x', 'b1');
+        bWrote = performance.now();
+      }
+      // While a keeps writing (and pausing), b's invalidation must still reach it.
+      if (bWrote && seenAfter < 0 && (await a.get('x')) === 'b1') seenAfter = performance.now() - bWrote;
+    }
+    const writing = performance.now() - t0;
+    assert.ok(seenAfter >= 0, 'a never saw b\'s write while writing');
+    assert.ok(seenAfter < 250, `b's invalidation reached a ${seenAfter.toFixed(1)} ms after b's set returned`);
+    // Every one of a's invalidations reached b; a heard all its own messages back.
+    await until(() => b.stats().invalidationsApplied >= N, 3000, 'b to apply a\'s invalidations');
+    await sleep(50);
+    assert.equal(b.stats().invalidationsApplied, N);
+    await until(() => a.stats().pubsubReceived >= N + 2, 3000, 'a to read its own messages back');
+    const pauses = a.stats().subscriptionPauses;
+    // At most one pause per 5 ms of writing (plus slack for the first and the last), and some.
+    assert.ok(pauses > 0, 'a never paused its subscription');
+    assert.ok(pauses <= writing / 5 + 5, `${pauses} pauses in ${writing.toFixed(0)} ms`);
+    assert.ok(a.stats().messagesReceived >= 2, 'a heard b');
+    for (const c of [a, b]) assert.equal(c.stats().gaps, 0);
+    for (const c of [b, off, passed]) {
+      await c.set(`own-${c.id}`, 'v');
+      await c.set(`own-${c.id}`, 'w');
+    }
+    await sleep(50);
+    assert.equal(off.stats().subscriptionPauses, 0, 'ownBatchDelay is off by default');
+    assert.equal(passed.stats().subscriptionPauses, 0, 'a pubsubRedis passed in is not ours to pause');
   });
 
   test('auto role: one controller by lease; followers take over when it stops', async () => {

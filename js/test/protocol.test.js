@@ -73,6 +73,24 @@ describe('what an instance sends', () => {
     assert.ok(iFlush < actions.indexOf(`invalidate:aci:${name}:c`), actions.join(' '));
   });
 
+  test('an eager write after SCRIPT FLUSH goes through (EVAL), its invalidation in order, no flush owed', async () => {
+    const name = ns();
+    const got = await listen(`aci:${name}:invalidation`);
+    const c = await cache({ namespace: name, isController: true, strategy: 'eager' });
+    await c.set('a', '1');
+    await fx.srv.client().script('FLUSH');
+    await c.set('b', '2'); // NOSCRIPT, then EVAL
+    await c.set('c', '3');
+    await until(() => got.filter((g) => g.msg.action === 'invalidate').length >= 3, 2000, 'three invalidations');
+    const inval = got.filter((g) => g.msg.action === 'invalidate').map((g) => `${g.msg.seq}:${g.msg.keys[0]}`);
+    assert.deepEqual(inval, ['a', 'b', 'c'].map((k, i) => `${i + 1}:aci:${name}:${k}`));
+    assert.equal(await fx.srv.client().get(`aci:${name}:b`), '2');
+    assert.equal(await c.get('b'), '2');
+    assert.equal(c.stats().publishFailures, 0);
+    assert.equal(c.stats().messagesSent >= 3, true);
+    assert.ok(!got.some((g) => g.msg.action === 'flush'), 'no flush');
+  });
+
   test('a write still in flight is not announced: no position names it, no receiver flushes for it', async () => {
     // docs/WIRE.md 4: a position (mark, strategy_update) names only settled seqs. The writer's
     // eager script call is held back (as a cluster's SET waits on a slow shard, or a write goes

@@ -41,6 +41,13 @@ export interface AdaptiveCacheOptions {
   livenessTimeout?: number;
   /** Subscription lag above which L1 stops serving, seconds (default 0.5). */
   maxLag?: number;
+  /**
+   * After a read of the subscription that brought only this instance's own messages (it is
+   * writing eager), leave its socket unread this long, seconds, at most 0.005 (docs/WIRE.md 5;
+   * default 0: off). Fewer wake-ups and less CPU per eager write; other instances' messages may
+   * wait that long. Only on the subscription connection the cache opened (not `pubsubRedis`).
+   */
+  ownBatchDelay?: number;
   /** Run the bundled `fixed` policy with this strategy. */
   strategy?: Strategy;
   /** A bundled policy name or a path to a policy component (.wasm). */
@@ -136,6 +143,8 @@ export interface Stats {
   controllerLost: number;
   lagSuspensions: number;
   publishFailures: number;
+  /** Times the subscription was left unread after a read of only its own messages (ownBatchDelay). */
+  subscriptionPauses: number;
   policyFaults: number;
   policy: { name: string; version: string } | null;
   /** SHA-256 of the running policy's component. */

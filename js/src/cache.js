@@ -100,6 +100,7 @@ export class AdaptiveCache {
   #localTtlMs;
   #starting = null;
   #writeBuf = [];
+  #eagerWrites = 0; // writes made under eager since the last drain: a count, not keys
   #batchedBuf = [];
   #drainSoon = false;
   #orphans = [];
@@ -617,7 +618,10 @@ export class AdaptiveCache {
     // The policy hears of writes once per tick (#drainWrites), not per write: a call into the
     // engine per write cost ~15% of a loopback SET (measured: the key's TextEncoder buffer, the
     // u64 BigInt and the wasm transition), one call per tick costs nothing per write.
-    this.#writeBuf.push(rk);
+    // Under eager nothing is buffered and only time can take the policy down, so those writes
+    // reach it as a count (wit/policy.wit, docs/WIRE.md 7): no key lowered into the guest.
+    if (inForce === 'eager') this.#eagerWrites++;
+    else this.#writeBuf.push(rk);
     if (inForce === 'batched') this.#batchedBuf.push(rk);
     if (this.#writeBuf.length >= WRITE_BUF_MAX && !this.#drainSoon) {
       this.#drainSoon = true;
@@ -747,6 +751,11 @@ export class AdaptiveCache {
   #drainWrites(now) {
     this.#drainSoon = false;
     const keys = this.#writeBuf;
+    if (this.#eagerWrites > 0) {
+      const n = Math.min(this.#eagerWrites, MAX_U32);
+      this.#eagerWrites = 0;
+      this.#noteStrategy(this.#rt.recordRemoteWrites(n, now));
+    }
     if (keys.length === 0) return;
     const batched = this.#batchedBuf;
     this.#writeBuf = [];

@@ -295,6 +295,26 @@ describe('fleet', () => {
     assert.ok(s.invalidationsApplied >= 60 * KEYS, String(s.invalidationsApplied));
   });
 
+  test('under eager, writes reach the policy as a count each tick: it stays eager while they go on', async () => {
+    // window 1 s (newest quarter 250 ms), hold 0.3 s, eager above 50 writes/s. Were the
+    // counts lost, the adaptive policy would leave eager one hold after its quarter went quiet.
+    const c = await cache({ namespace: ns(), isController: true, slidingWindow: 1, hold: 0.3, tickInterval: 0.05 });
+    let downs = 0;
+    c.onSwitch((from) => { if (from === 'eager') downs++; });
+    let eagerSince = 0;
+    for (let i = 0; !eagerSince || performance.now() - eagerSince < 1500; i++) {
+      await c.set('k', 'v');
+      if (!eagerSince && c.strategy === 'eager') eagerSince = performance.now();
+      assert.ok(i < 2000, `never eager: ${c.strategy}`);
+      await sleep(5);
+    }
+    await sleep(0);
+    assert.equal(downs, 0, 'left eager while writing');
+    assert.equal(c.strategy, 'eager');
+    assert.ok(c.statsSnapshot.writeRate >= 50, `rate ${c.statsSnapshot.writeRate} under eager writes`);
+    await until(() => c.strategy !== 'eager', 3000);
+  });
+
   test('ownBatchDelay: own invalidations read in batches, the others\' still arrive, nothing lost', async () => {
     const name = ns();
     const a = await cache({ namespace: name, isController: true, strategy: 'eager', ownBatchDelay: 0.005 });

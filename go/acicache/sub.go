@@ -187,29 +187,39 @@ func (c *countingConn) Read(p []byte) (int, error) {
 
 const leanReadBuffer = 64 << 10
 
-// dialLean connects with the client's own dialer (TLS, unix sockets and custom dialers included),
-// and writes the handshake (AUTH as go-redis does, CLIENT SETNAME when the client sets a name)
-// and the SUBSCRIBE in one write; the replies are read by next (an AUTH refusal is its error).
-func dialLean(ctx context.Context, opt *redis.Options, timeout time.Duration, chans []string) (*leanSub, error) {
-	dctx := ctx
+// dialContext is ctx bounded by the client's DialTimeout, for a dial and its handshake.
+func dialContext(ctx context.Context, opt *redis.Options) (context.Context, context.CancelFunc) {
 	if opt.DialTimeout > 0 {
-		var cancel context.CancelFunc
-		dctx, cancel = context.WithTimeout(ctx, opt.DialTimeout)
-		defer cancel()
+		return context.WithTimeout(ctx, opt.DialTimeout)
 	}
-	user, pass := "", ""
+	return ctx, func() {}
+}
+
+// dialClient connects as the client's own connections do: its Dialer (TLS, unix sockets and
+// custom dialers included), and the credentials it would AUTH with (a provider's, else
+// Username/Password; an empty pass: no AUTH). dctx is from dialContext.
+func dialClient(dctx context.Context, opt *redis.Options) (nc net.Conn, user, pass string, err error) {
 	switch {
 	case opt.CredentialsProviderContext != nil:
-		var err error
 		if user, pass, err = opt.CredentialsProviderContext(dctx); err != nil {
-			return nil, fmt.Errorf("failed to resolve credentials: %w", err)
+			return nil, "", "", fmt.Errorf("failed to resolve credentials: %w", err)
 		}
 	case opt.CredentialsProvider != nil:
 		user, pass = opt.CredentialsProvider()
 	default:
 		user, pass = opt.Username, opt.Password
 	}
-	nc, err := opt.Dialer(dctx, opt.Network, opt.Addr)
+	nc, err = opt.Dialer(dctx, opt.Network, opt.Addr)
+	return nc, user, pass, err
+}
+
+// dialLean connects with the client's own dialer (TLS, unix sockets and custom dialers included),
+// and writes the handshake (AUTH as go-redis does, CLIENT SETNAME when the client sets a name)
+// and the SUBSCRIBE in one write; the replies are read by next (an AUTH refusal is its error).
+func dialLean(ctx context.Context, opt *redis.Options, timeout time.Duration, chans []string) (*leanSub, error) {
+	dctx, cancel := dialContext(ctx, opt)
+	defer cancel()
+	nc, user, pass, err := dialClient(dctx, opt)
 	if err != nil {
 		return nil, err
 	}

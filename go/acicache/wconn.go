@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"reflect"
 	"strconv"
@@ -194,25 +193,9 @@ func (w *ownWriter) close() {
 // are +OK and integers.
 func (w *ownWriter) dial(ctx context.Context) (*ownConn, error) {
 	opt := w.opt
-	dctx := ctx
-	if opt.DialTimeout > 0 {
-		var cancel context.CancelFunc
-		dctx, cancel = context.WithTimeout(ctx, opt.DialTimeout)
-		defer cancel()
-	}
-	user, pass := "", ""
-	switch {
-	case opt.CredentialsProviderContext != nil:
-		var err error
-		if user, pass, err = opt.CredentialsProviderContext(dctx); err != nil {
-			return nil, fmt.Errorf("failed to resolve credentials: %w", err)
-		}
-	case opt.CredentialsProvider != nil:
-		user, pass = opt.CredentialsProvider()
-	default:
-		user, pass = opt.Username, opt.Password
-	}
-	nc, err := opt.Dialer(dctx, opt.Network, opt.Addr)
+	dctx, cancel := dialContext(ctx, opt)
+	defer cancel()
+	nc, user, pass, err := dialClient(dctx, opt)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,8 @@
 // AdaptiveCache against its baselines, measured in one run on one private redis-server:
 //   - an L1 hit (`await cache.get(k)`) vs an ioredis GET and vs node-redis 5's client-side
 //     cache hit (RESP3 tracking) of the same key;
-//   - `await cache.set(k, v)` under each strategy vs an ioredis `SET k v PX ttl`.
+//   - `await cache.set(k, v)` under each strategy vs an ioredis `SET k v PX ttl`; eager both on
+//     the cache's own write connection (the default) and through the user's client.
 // Operations are sequential (awaited one by one: latency, not throughput); rounds of each
 // contender are interleaved so drift on a shared machine hits all alike; each figure is the
 // fastest of 31 rounds (ns/op); each ratio is the median over rounds of the two contenders'
@@ -25,12 +26,15 @@ try {
   const nr = createClient({ url: srv.url, RESP: 3, clientSideCache: { ttl: 0, maxEntries: 0 } });
   nr.on('error', () => {});
   await nr.connect();
-  const mk = async (strategy, namespace) => {
-    const c = new AdaptiveCache({ redis: new Redis(srv.port, '127.0.0.1'), namespace, strategy, isController: true, logger: quiet });
+  const mk = async (strategy, namespace, extra = {}) => {
+    const c = new AdaptiveCache({ redis: new Redis(srv.port, '127.0.0.1'), namespace, strategy, isController: true, logger: quiet, ...extra });
     await c.start();
     return c;
   };
-  const caches = { ttl: await mk('ttl', 'b-ttl'), batched: await mk('batched', 'b-batched'), eager: await mk('eager', 'b-eager') };
+  const caches = { ttl: await mk('ttl', 'b-ttl'), batched: await mk('batched', 'b-batched'), eager: await mk('eager', 'b-eager'),
+    // The same through the user's client (an EVALSHA per write): ownWriteConnection off.
+    eagerClient: await mk('eager', 'b-eager-c', { ownWriteConnection: false }) };
+  if (!caches.eager.stats().ownWriteConnection) throw new Error('the eager cache has no write connection of its own');
   const value = JSON.stringify({ name: 'Alice', id: 42, tags: ['a', 'b', 'c'] });
   await raw.set('hot', value);
   await caches.ttl.set('hot', value, 3600);
@@ -83,9 +87,10 @@ try {
     ttl: (i) => caches.ttl.set(`k${i % KEYS}`, value),
     batched: (i) => caches.batched.set(`k${i % KEYS}`, value),
     eager: (i) => caches.eager.set(`k${i % KEYS}`, value),
+    eagerClient: (i) => caches.eagerClient.set(`k${i % KEYS}`, value),
   }, n(300));
   for (const s of ['ttl', 'batched', 'eager']) {
-    if (caches[s].strategy !== s) throw new Error(`the ${s} cache ran ${caches[s].strategy}`);
+    if (caches[s].strategy !== s || (s === 'eager' && caches.eagerClient.strategy !== s)) throw new Error(`the ${s} cache ran ${caches[s].strategy}`);
   }
 
   const f = (x) => x.best.toFixed(0);
@@ -94,6 +99,7 @@ try {
   console.log(`cache-bench ioredis-get ${f(get.ioredis)}`);
   console.log(`cache-bench ioredis-set ${f(set.raw)}`);
   for (const s of ['ttl', 'batched', 'eager']) console.log(`cache-bench set-${s} ${f(set[s])}`);
+  console.log(`cache-bench set-eager-client ${f(set.eagerClient)}`);
   console.log(`cache-bench set+publish-floor ${f(set.floor)}`);
   const r = (x) => x.toFixed(2);
   console.log(`ratio csc-hit/l1-hit ${r(ratio(hit.csc, hit.l1))} (target >= 2)`);
@@ -101,6 +107,7 @@ try {
   for (const s of ['ttl', 'batched', 'eager']) {
     console.log(`ratio set-${s}/ioredis-set ${r(ratio(set[s], set.raw))} (target <= ${s === 'eager' ? '1.25' : '1.10'})`);
   }
+  console.log(`ratio set-eager-client/ioredis-set ${r(ratio(set.eagerClient, set.raw))} (ownWriteConnection: false: the script through the user's client)`);
   console.log(`ratio set+publish-floor/ioredis-set ${r(ratio(set.floor, set.raw))} (raw ioredis, no cache: the floor under eager)`);
   console.log(`ratio set-eager/set+publish-floor ${r(ratio(set.eager, set.floor))}`);
   console.log(`ratio script-set-only/ioredis-set ${r(ratio(set.script, set.raw))} (a SET inside EVAL: the script call's own cost)`);

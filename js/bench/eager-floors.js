@@ -58,10 +58,13 @@ try {
   // One of the cache's own messages, to send past the cache (its subscriber handles it as its own).
   let ownMsg = null;
   {
-    const orig = cacheRedis.evalsha;
-    cacheRedis.evalsha = function (...a) { ownMsg = a[6]; return orig.apply(this, a); };
+    // Heard on the channel: the cache's eager writes go out on its own connection (wconn.js).
+    const spy = new Redis(srv.port, '127.0.0.1');
+    await spy.subscribe('aci:b:invalidation');
+    const heard = new Promise((r) => spy.once('message', (ch, m) => r(m)));
     await cache.set('k0', 'x');
-    cacheRedis.evalsha = orig;
+    ownMsg = await heard;
+    spy.disconnect();
   }
   // The same cache with ownBatchDelay: its subscription pauses 5 ms after its own messages.
   const paused = new AdaptiveCache({ redis: new Redis(srv.port, '127.0.0.1'), ownBatchDelay: 0.005, namespace: 'u', strategy: 'eager', isController: true, logger: { warn() {} } });

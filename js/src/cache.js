@@ -19,6 +19,7 @@ import { NearCache } from './near-cache.js';
 import { loadComponent, policyModule } from './policy.js';
 import { Follower, Trust } from './rollout.js';
 import { KEYS_PER_MESSAGE, LOST, LossDetector, MAX_U32, Sender, decode, decodePolicy } from './wire.js';
+import { del, encode, evalSetPublish, join, ownWriterFor, publish, publishHead, scriptParts, setPX } from './wconn.js';
 
 const HEARTBEAT_MS = 1000;
 const TIMESTAMP = Buffer.from('"timestamp":');
@@ -31,6 +32,13 @@ const SET_PUBLISH_SHA = createHash('sha1').update(SET_PUBLISH_LUA).digest('hex')
 const MAX_SWITCH_HISTORY = 1000;
 const SAFE = Number.MAX_SAFE_INTEGER;
 const RENEW_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+// How a set went out: through the client (a SET; the script; a pipeline, #execWrite), or on our
+// own write connection (SET + PUBLISH; a SET alone). Ordered: < VIA_OWN is the client's.
+const VIA_SET = 0;
+const VIA_SCRIPT = 1;
+const VIA_PIPE = 2;
+const VIA_OWN = 3;
+const VIA_OWN_SET = 4;
 const RELEASE_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 // Milliseconds on a monotonic clock: L1 deadlines, liveness, the policy's clock.
@@ -107,6 +115,12 @@ export class AdaptiveCache {
   #orphanFlush = false;
   #ownTail;
   #invalChan;
+  #invalHead;
+  #scriptParts;
+  // The own write connection (wconn.js; null: writes go through the client), and the writes
+  // in flight through the client (#ownRoute keeps the two paths in order).
+  #own = null;
+  #clientWrites = 0;
   #defaultTtlMs;
   // policy rollout (docs/WIRE.md 9)
   #trust;
@@ -119,7 +133,7 @@ export class AdaptiveCache {
     hits: 0, misses: 0, l1Hits: 0, l1Misses: 0, writes: 0, deletes: 0, messagesSent: 0,
     pubsubReceived: 0, messagesReceived: 0, invalidationsApplied: 0, flushes: 0, gaps: 0,
     malformed: 0, resubscribes: 0, subscriptionErrors: 0, controllerLost: 0, lagSuspensions: 0, publishFailures: 0,
-    policySwaps: 0, subscriptionPauses: 0,
+    policySwaps: 0, subscriptionPauses: 0, ownWrites: 0,
   };
 
   /**
@@ -142,6 +156,8 @@ export class AdaptiveCache {
     this.#trust = new Trust(o.policyPublicKey, o.policyAllowHashes); // a bad key: CacheConfigError
     this.#policyChan = Buffer.from(this.#names.policy);
     this.#invalChan = Buffer.from(this.#names.invalidation);
+    this.#invalHead = publishHead(this.#names.invalidation);
+    this.#scriptParts = scriptParts(SET_PUBLISH_SHA, this.#names.invalidation);
   }
 
   // ---- properties ------------------------------------------------------------------------------
@@ -208,6 +224,8 @@ export class AdaptiveCache {
       lagSuspensions: c.lagSuspensions,
       publishFailures: c.publishFailures,
       subscriptionPauses: c.subscriptionPauses,
+      ownWriteConnection: this.#own !== null,
+      ownWrites: c.ownWrites,
       policyFaults: this.#rt?.faults ?? 0,
       policy: this.#rt?.describe ?? null,
       policySha256: this.#rt?.source?.sha256 ?? null,
@@ -258,6 +276,11 @@ export class AdaptiveCache {
     const now = mono();
     this.#strategy = this.#rt.currentStrategy(Math.floor(now));
     this.#lastControllerNews = now;
+    if (o.ownWriteConnection) {
+      this.#own = ownWriterFor(this.#redis);
+      // Dialled now, so the first write finds it ready.
+      if (this.#own !== null && this.#redis.status === 'ready') this.#own.warm(this.#db());
+    }
 
     if (o.pubsubRedis) {
       this.#sub = o.pubsubRedis;
@@ -355,6 +378,8 @@ export class AdaptiveCache {
       this.#log.warn(`aci-cache ${this.id}: stop: ${err.message}`);
     }
     this.#isController = false;
+    // Writes still on it are answered first (bounded); later ones cannot start (stopped).
+    await this.#own?.close(this.#o.connectTimeout * 1000);
     const sub = this.#sub;
     sub.off('messageBuffer', this.#onMessage);
     sub.off('close', this.#onSubDown);
@@ -595,10 +620,25 @@ export class AdaptiveCache {
     const inForce = this.#strategy;
     const t0 = mono();
     let sent;
-    let script = null; // the invalidation, when sent by the script
+    let via; // how the write went out: VIA_* (#settleWrite)
+    let msg = null; // the invalidation, when sent by the script or on our own connection
+    let flushMsg = null; // a flush owed, sent first on our own connection
     if (inForce === 'eager') {
       this.#inFlight++; // until Redis answers (#execWrite, or below)
-      if (this.#mustFlush) {
+      if (this.#own !== null && this.#ownRoute(true)) {
+        // The script on our own connection (wconn.js). Measured (bench/own-floors.js), the
+        // script beats SET + PUBLISH as two commands there (~1.03x against ~1.15x a SET): for
+        // a script Redis writes the reply before the subscriber's copy, so the reply is read
+        // and `set` resolved before the copy wakes our subscription.
+        via = VIA_OWN;
+        if (this.#mustFlush) flushMsg = this.#sender.flush(++this.#seq);
+        msg = this.#sender.invalidateOne(rk, 'eager', ++this.#seq);
+        const call = evalSetPublish(this.#scriptParts, rk, v, ttlMs, msg);
+        sent = flushMsg === null
+          ? this.#own.send(call, 1, -1, this.#db())
+          : this.#own.send(join([publish(this.#invalHead, flushMsg), call]), 2, -1, this.#db());
+      } else if (this.#mustFlush) {
+        via = VIA_PIPE;
         const pipe = this.#redis.pipeline();
         const flushing = this.#addPendingFlush(pipe);
         pipe.set(rk, v, 'PX', ttlMs);
@@ -608,13 +648,20 @@ export class AdaptiveCache {
         // SET and PUBLISH in one script: one command and one reply, which in ioredis costs
         // about half of two commands (each reply is parsed and resolved in JS). Awaited below
         // directly: no promise of ours in between (one microtask hop fewer per write).
-        script = this.#sender.invalidateOne(rk, 'eager', ++this.#seq);
-        sent = this.#redis.evalsha(SET_PUBLISH_SHA, 1, rk, v, ttlMs, this.#names.invalidation, script);
+        via = VIA_SCRIPT;
+        msg = this.#sender.invalidateOne(rk, 'eager', ++this.#seq);
+        sent = this.#redis.evalsha(SET_PUBLISH_SHA, 1, rk, v, ttlMs, this.#names.invalidation, msg);
       }
       this.#invalSinceTick = true;
+    } else if (this.#own !== null && this.#own.pending > 0 && this.#ownRoute(false)) {
+      // Behind eager writes still in flight on our connection: after them, not past them.
+      via = VIA_OWN_SET;
+      sent = this.#own.send(setPX(rk, v, ttlMs), 1, -1, this.#db());
     } else {
+      via = VIA_SET;
       sent = this.#redis.set(rk, v, 'PX', ttlMs);
     }
+    if (via < VIA_OWN) this.#clientWrites++;
     // The policy hears of writes once per tick (#drainWrites), not per write: a call into the
     // engine per write cost ~15% of a loopback SET (measured: the key's TextEncoder buffer, the
     // u64 BigInt and the wasm transition), one call per tick costs nothing per write.
@@ -630,30 +677,80 @@ export class AdaptiveCache {
     this.#unreported++;
     try {
       await sent;
+      if (via < VIA_OWN) this.#clientWrites--;
     } catch (err) {
-      // The write may or may not have happened: our copy cannot be trusted either way.
-      if (script === null) {
-        this.#l1.invalidate(key);
-        throw err;
-      }
-      try {
-        // The server does not have the script (restarted, SCRIPT FLUSH): EVAL sends and caches it.
-        if (!String(err?.message).startsWith('NOSCRIPT')) throw err;
-        await this.#redis.eval(SET_PUBLISH_LUA, 1, rk, v, ttlMs, this.#names.invalidation, script);
-      } catch (err2) {
-        // Whether the SET happened or not, the PUBLISH may not have: a flush is owed.
-        this.#publishFailed();
-        this.#inFlight--;
-        this.#l1.invalidate(key);
-        throw err2;
-      }
+      if (via < VIA_OWN) this.#clientWrites--;
+      // Returns only when the write went through after all (NOSCRIPT, a failed dial).
+      via = await this.#setFailed(err, key, rk, v, ttlMs, via, msg, flushMsg);
     }
-    if (script !== null) {
+    if (via === VIA_SCRIPT || via === VIA_OWN) {
       this.#inFlight--;
-      this.#c.messagesSent++;
+      this.#c.messagesSent += flushMsg === null ? 1 : 2;
+      if (flushMsg !== null) this.#mustFlush = false;
     }
+    if (via >= VIA_OWN) this.#c.ownWrites++;
     this.#c.writes++;
     this.#l1.putOwn(key, str, buf, t0 + Math.min(this.#localTtlMs, ttlMs), t0);
+  }
+
+  // A write that failed: throws, with the L1 entry invalidated (the write may or may not have
+  // happened: our copy cannot be trusted either way), and a flush owed when an invalidation of
+  // ours may be lost. Or sends it again where that is safe and returns how it went out.
+  async #setFailed(err, key, rk, v, ttlMs, via, msg, flushMsg) {
+    try {
+      if ((via === VIA_SCRIPT || via === VIA_OWN) && String(err?.message).startsWith('NOSCRIPT')) {
+        // The server does not have the script (restarted, SCRIPT FLUSH): EVAL sends and caches
+        // it. (A flush sent before the EVALSHA went through: it preceded the first error.)
+        try {
+          if (via === VIA_SCRIPT) await this.#redis.eval(SET_PUBLISH_LUA, 1, rk, v, ttlMs, this.#names.invalidation, msg);
+          else await this.#own.send(encode(['EVAL', SET_PUBLISH_LUA, '1', rk, v, String(ttlMs), this.#names.invalidation, msg]), 1, -1, this.#db());
+          return via;
+        } catch (err2) {
+          err = err2;
+        }
+      }
+      if (err?.notSent === true && via === VIA_OWN) {
+        // Our connection could not be opened: nothing was sent; the client sends it, the
+        // messages as made (their seqs are taken). #execWrite settles #inFlight and the flush.
+        const pipe = this.#redis.pipeline();
+        if (flushMsg !== null) pipe.publish(this.#names.invalidation, flushMsg);
+        pipe.set(rk, v, 'PX', ttlMs);
+        pipe.publish(this.#names.invalidation, msg);
+        await this.#execWrite(pipe, flushMsg !== null);
+        return VIA_PIPE;
+      }
+      if (err?.notSent === true && via === VIA_OWN_SET) {
+        await this.#redis.set(rk, v, 'PX', ttlMs);
+        return VIA_SET;
+      }
+    } catch (err2) {
+      // #execWrite has settled #inFlight and owes the flush.
+      this.#l1.invalidate(key);
+      throw err2;
+    }
+    if (via === VIA_SCRIPT || via === VIA_OWN) {
+      // Whether the SET happened or not, the PUBLISH may not have: a flush is owed.
+      this.#publishFailed();
+      this.#inFlight--;
+    }
+    this.#l1.invalidate(key);
+    throw err;
+  }
+
+  // Whether a write goes on our own connection (`prefer`: it would, all else equal). Writes
+  // keep the order they were made in, as on one ioredis connection: while writes are in flight
+  // on one path, the next goes the same way. The client's current db is followed (a SELECT
+  // made on it replaces our connection); a client not ready keeps its own offline behaviour.
+  #ownRoute(prefer) {
+    const own = this.#own;
+    if (this.#redis.status !== 'ready' || !own.usable) return false;
+    if (own.pending > 0) return true;
+    return prefer && this.#clientWrites === 0;
+  }
+
+  #db() {
+    const s = this.#redis.condition?.select;
+    return s ? Number(s) : 0;
   }
 
   /** Deletes `key` from Redis and tells the fleet at once, whatever the strategy. */
@@ -662,13 +759,58 @@ export class AdaptiveCache {
     this.#names.checkKey(key);
     const rk = this.#names.redisKey(key);
     this.#l1.invalidate(key);
-    const pipe = this.#redis.pipeline();
     this.#inFlight++;
-    const flushing = this.#addPendingFlush(pipe);
-    pipe.del(rk);
-    pipe.publish(this.#names.invalidation, this.#sender.invalidate([rk], 'eager', ++this.#seq));
     this.#invalSinceTick = true;
-    const res = await this.#execWrite(pipe, flushing);
+    let flushMsg = null;
+    let msg = null;
+    if (this.#own !== null && this.#ownRoute(true)) {
+      if (this.#mustFlush) flushMsg = this.#sender.flush(++this.#seq);
+      msg = this.#sender.invalidate([rk], 'eager', ++this.#seq);
+      const parts = [del(rk), publish(this.#invalHead, msg)];
+      if (flushMsg !== null) parts.unshift(publish(this.#invalHead, flushMsg));
+      let n;
+      try {
+        n = await this.#own.send(parts.join(''), parts.length, flushMsg === null ? 0 : 1, this.#db());
+      } catch (err) {
+        if (err?.notSent !== true) {
+          this.#publishFailed();
+          this.#inFlight--;
+          this.#l1.invalidate(key);
+          throw err;
+        }
+      }
+      if (n !== undefined) {
+        this.#inFlight--;
+        this.#c.messagesSent += parts.length - 1;
+        if (flushMsg !== null) this.#mustFlush = false;
+        this.#c.ownWrites++;
+        this.#l1.invalidate(key);
+        this.#c.deletes++;
+        return n > 0;
+      }
+      // Our connection could not be opened (nothing sent): through the client, as made.
+    }
+    const pipe = this.#redis.pipeline();
+    let flushing;
+    if (msg !== null) {
+      flushing = flushMsg !== null;
+      if (flushing) pipe.publish(this.#names.invalidation, flushMsg);
+    } else {
+      flushing = this.#addPendingFlush(pipe);
+      msg = this.#sender.invalidate([rk], 'eager', ++this.#seq);
+    }
+    pipe.del(rk);
+    pipe.publish(this.#names.invalidation, msg);
+    this.#clientWrites++;
+    let res;
+    try {
+      res = await this.#execWrite(pipe, flushing);
+    } catch (err) {
+      this.#l1.invalidate(key);
+      throw err;
+    } finally {
+      this.#clientWrites--;
+    }
     // A fill may have read the value just before the DEL.
     this.#l1.invalidate(key);
     this.#c.deletes++;

@@ -40,6 +40,7 @@ export const DEFAULTS = Object.freeze({
   livenessTimeout: 3,
   maxLag: 0.5,
   ownBatchDelay: 0,
+  ownWriteConnection: true,
   role: undefined,
   strategy: undefined,
   policy: undefined,
@@ -126,6 +127,9 @@ export function resolveOptions(opts) {
   // docs/WIRE.md 5: at most 5 ms.
   number(o, 'ownBatchDelay', { nonneg: true });
   if (o.ownBatchDelay > 0.005) throw new CacheConfigError('ownBatchDelay', `must be at most 0.005 seconds (docs/WIRE.md 5), got ${o.ownBatchDelay}`);
+  if (typeof o.ownWriteConnection !== 'boolean') {
+    throw new CacheConfigError('ownWriteConnection', `must be a boolean, got ${show(o.ownWriteConnection)}`);
+  }
   integer(o, 'localMaxEntries', { min: 1, max: 2 ** 30 });
   integer(o, 'localMaxBytes', { min: 1024, max: Number.MAX_SAFE_INTEGER });
   integer(o, 'batchMaxKeys', { optional: true });

@@ -35,6 +35,7 @@ describe('configuration', () => {
       [{ redis, channelPrefix: 'x y' }, 'channelPrefix'],
       [{ redis, highTreshold: 5 }, 'highTreshold'],
       [{ redis, ownBatchDelay: 0.006 }, 'ownBatchDelay'], // docs/WIRE.md 5: at most 5 ms
+      [{ redis, ownWriteConnection: 1 }, 'ownWriteConnection'],
       [{}, 'redis'],
       // Not WIRE.md 10 yet: refused rather than deaf to the rest of a cluster fleet.
       [{ redis: new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true }) }, 'redis'],

@@ -58,7 +58,8 @@ describe('what an instance sends', () => {
     const name = ns();
     const got = await listen(`aci:${name}:invalidation`);
     const redis = fx.srv.client({ maxRetriesPerRequest: 0, enableOfflineQueue: false });
-    const c = new AdaptiveCache({ redis, namespace: name, isController: true, strategy: 'eager', logger: quiet });
+    // The client's failure is the test (the own write connection's: test/wconn.test.js).
+    const c = new AdaptiveCache({ redis, namespace: name, isController: true, strategy: 'eager', logger: quiet, ownWriteConnection: false });
     fx.caches.push(c);
     await c.start();
     await c.set('a', '1');
@@ -76,7 +77,7 @@ describe('what an instance sends', () => {
   test('an eager write after SCRIPT FLUSH goes through (EVAL), its invalidation in order, no flush owed', async () => {
     const name = ns();
     const got = await listen(`aci:${name}:invalidation`);
-    const c = await cache({ namespace: name, isController: true, strategy: 'eager' });
+    const c = await cache({ namespace: name, isController: true, strategy: 'eager', ownWriteConnection: false });
     await c.set('a', '1');
     await fx.srv.client().script('FLUSH');
     await c.set('b', '2'); // NOSCRIPT, then EVAL
@@ -102,7 +103,8 @@ describe('what an instance sends', () => {
     let release;
     const evalsha = redis.evalsha.bind(redis);
     redis.evalsha = (...args) => (gate ? gate.then(() => evalsha(...args)) : evalsha(...args));
-    const w = new AdaptiveCache({ redis, namespace: name, isController: true, strategy: 'eager', tickInterval: 0.05, logger: quiet });
+    // The gate holds the script call: the writes go through the client (ownWriteConnection off).
+    const w = new AdaptiveCache({ redis, namespace: name, isController: true, strategy: 'eager', tickInterval: 0.05, logger: quiet, ownWriteConnection: false });
     fx.caches.push(w);
     await w.start();
     const rx = await cache({ namespace: name, isController: false, tickInterval: 0.05 });

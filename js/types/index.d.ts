@@ -48,6 +48,14 @@ export interface AdaptiveCacheOptions {
    * wait that long. Only on the subscription connection the cache opened (not `pubsubRedis`).
    */
   ownBatchDelay?: number;
+  /**
+   * Send eager writes (and deletes) on a connection the cache opens itself, dialled like
+   * `redis` (host/port or path, TLS, username/password, the client's current db, its
+   * connectionName, commandTimeout), instead of through `redis` (default true). Ignored (the
+   * writes stay with `redis`) for a Sentinel client, a custom Connector, a keyPrefix or
+   * enableAutoPipelining; closed by stop(). See README "Eager writes".
+   */
+  ownWriteConnection?: boolean;
   /** Run the bundled `fixed` policy with this strategy. */
   strategy?: Strategy;
   /** A bundled policy name or a path to a policy component (.wasm). */
@@ -145,6 +153,10 @@ export interface Stats {
   publishFailures: number;
   /** Times the subscription was left unread after a read of only its own messages (ownBatchDelay). */
   subscriptionPauses: number;
+  /** Whether writes go on the cache's own connection (ownWriteConnection, and a client it can stand in for). */
+  ownWriteConnection: boolean;
+  /** Sets and deletes answered on that connection. */
+  ownWrites: number;
   policyFaults: number;
   policy: { name: string; version: string } | null;
   /** SHA-256 of the running policy's component. */

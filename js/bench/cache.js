@@ -33,8 +33,11 @@ try {
   };
   const caches = { ttl: await mk('ttl', 'b-ttl'), batched: await mk('batched', 'b-batched'), eager: await mk('eager', 'b-eager'),
     // The same through the user's client (an EVALSHA per write): ownWriteConnection off.
-    eagerClient: await mk('eager', 'b-eager-c', { ownWriteConnection: false }) };
+    eagerClient: await mk('eager', 'b-eager-c', { ownWriteConnection: false }),
+    // The own write connection, its own messages heard on a subscriber connection: ownSubscription off.
+    eagerSub: await mk('eager', 'b-eager-s', { ownSubscription: false }) };
   if (!caches.eager.stats().ownWriteConnection) throw new Error('the eager cache has no write connection of its own');
+  if (!caches.eager.stats().ownSubscription || caches.eagerSub.stats().ownSubscription) throw new Error('ownSubscription not as asked');
   const value = JSON.stringify({ name: 'Alice', id: 42, tags: ['a', 'b', 'c'] });
   await raw.set('hot', value);
   await caches.ttl.set('hot', value, 3600);
@@ -88,9 +91,10 @@ try {
     batched: (i) => caches.batched.set(`k${i % KEYS}`, value),
     eager: (i) => caches.eager.set(`k${i % KEYS}`, value),
     eagerClient: (i) => caches.eagerClient.set(`k${i % KEYS}`, value),
+    eagerSub: (i) => caches.eagerSub.set(`k${i % KEYS}`, value),
   }, n(300));
   for (const s of ['ttl', 'batched', 'eager']) {
-    if (caches[s].strategy !== s || (s === 'eager' && caches.eagerClient.strategy !== s)) throw new Error(`the ${s} cache ran ${caches[s].strategy}`);
+    if (caches[s].strategy !== s || (s === 'eager' && (caches.eagerClient.strategy !== s || caches.eagerSub.strategy !== s))) throw new Error(`the ${s} cache ran ${caches[s].strategy}`);
   }
 
   const f = (x) => x.best.toFixed(0);
@@ -100,6 +104,7 @@ try {
   console.log(`cache-bench ioredis-set ${f(set.raw)}`);
   for (const s of ['ttl', 'batched', 'eager']) console.log(`cache-bench set-${s} ${f(set[s])}`);
   console.log(`cache-bench set-eager-client ${f(set.eagerClient)}`);
+  console.log(`cache-bench set-eager-sub ${f(set.eagerSub)}`);
   console.log(`cache-bench set+publish-floor ${f(set.floor)}`);
   const r = (x) => x.toFixed(2);
   console.log(`ratio csc-hit/l1-hit ${r(ratio(hit.csc, hit.l1))} (target >= 2)`);
@@ -108,6 +113,7 @@ try {
     console.log(`ratio set-${s}/ioredis-set ${r(ratio(set[s], set.raw))} (target <= ${s === 'eager' ? '1.25' : '1.10'})`);
   }
   console.log(`ratio set-eager-client/ioredis-set ${r(ratio(set.eagerClient, set.raw))} (ownWriteConnection: false: the script through the user's client)`);
+  console.log(`ratio set-eager-sub/ioredis-set ${r(ratio(set.eagerSub, set.raw))} (ownSubscription: false: own messages heard on a subscriber connection)`);
   console.log(`ratio set+publish-floor/ioredis-set ${r(ratio(set.floor, set.raw))} (raw ioredis, no cache: the floor under eager)`);
   console.log(`ratio set-eager/set+publish-floor ${r(ratio(set.eager, set.floor))}`);
   console.log(`ratio script-set-only/ioredis-set ${r(ratio(set.script, set.raw))} (a SET inside EVAL: the script call's own cost)`);

@@ -19,7 +19,7 @@ import { NearCache } from './near-cache.js';
 import { loadComponent, policyModule } from './policy.js';
 import { Follower, Trust } from './rollout.js';
 import { KEYS_PER_MESSAGE, LOST, LossDetector, MAX_U32, Sender, decode, decodePolicy } from './wire.js';
-import { del, encode, evalSetPublish, join, ownWriterFor, publish, publishHead, scriptParts, setPX } from './wconn.js';
+import { OwnSubscriber, del, encode, evalSetPublish, join, ownWriterFor, publish, publishHead, scriptParts, setPX } from './wconn.js';
 
 const HEARTBEAT_MS = 1000;
 const TIMESTAMP = Buffer.from('"timestamp":');
@@ -225,6 +225,7 @@ export class AdaptiveCache {
       publishFailures: c.publishFailures,
       subscriptionPauses: c.subscriptionPauses,
       ownWriteConnection: this.#own !== null,
+      ownSubscription: this.#sub instanceof OwnSubscriber,
       ownWrites: c.ownWrites,
       policyFaults: this.#rt?.faults ?? 0,
       policy: this.#rt?.describe ?? null,
@@ -278,25 +279,22 @@ export class AdaptiveCache {
     this.#lastControllerNews = now;
     if (o.ownWriteConnection) {
       this.#own = ownWriterFor(this.#redis);
-      // Dialled now, so the first write finds it ready.
-      if (this.#own !== null && this.#redis.status === 'ready') this.#own.warm(this.#db());
     }
 
     if (o.pubsubRedis) {
       this.#sub = o.pubsubRedis;
+    } else if (this.#own !== null && o.ownSubscription !== false && !(o.ownBatchDelay > 0)) {
+      // On the write connection, in RESP3 (wconn.js OwnSubscriber; README "Eager writes").
+      this.#sub = this.#own.subscriber(this.#db());
+      this.#sub.once('resp2', this.#onSubResp2);
+      this.#ownSub = true;
     } else {
-      // Our own connection: reconnect with capped exponential backoff and jitter (WIRE.md 5).
-      this.#sub = this.#redis.duplicate({
-        retryStrategy: (times) => jitter(Math.min(5000, 50 * 2 ** Math.min(times - 1, 10))),
-        maxRetriesPerRequest: null,
-        autoResubscribe: false,
-      });
+      this.#sub = this.#clientSubscriber();
       this.#ownSub = true;
     }
-    this.#sub.on('messageBuffer', this.#onMessage);
-    this.#sub.on('close', this.#onSubDown);
-    this.#sub.on('ready', this.#onSubReady);
-    this.#sub.on('error', this.#onSubError);
+    this.#listen(this.#sub);
+    // Dialled now, so the first write finds it ready (the subscriber has dialled it already).
+    if (this.#own !== null && !(this.#sub instanceof OwnSubscriber) && this.#redis.status === 'ready') this.#own.warm(this.#db());
 
     const subscribed = new Promise((resolve) => this.#subWaiters.push(resolve));
     this.#subscribe();
@@ -334,6 +332,43 @@ export class AdaptiveCache {
     // First heartbeat and strategy_update now rather than a tick later.
     this.#runTick();
   }
+
+  // Our own subscriber through ioredis: reconnects with capped exponential backoff and jitter
+  // (WIRE.md 5).
+  #clientSubscriber() {
+    return this.#redis.duplicate({
+      retryStrategy: (times) => jitter(Math.min(5000, 50 * 2 ** Math.min(times - 1, 10))),
+      maxRetriesPerRequest: null,
+      autoResubscribe: false,
+    });
+  }
+
+  #listen(sub) {
+    sub.on('messageBuffer', this.#onMessage);
+    sub.on('close', this.#onSubDown);
+    sub.on('ready', this.#onSubReady);
+    sub.on('error', this.#onSubError);
+  }
+
+  #unlisten(sub) {
+    sub.off('messageBuffer', this.#onMessage);
+    sub.off('close', this.#onSubDown);
+    sub.off('ready', this.#onSubReady);
+    sub.off('error', this.#onSubError);
+  }
+
+  // The server refused HELLO 3 (Redis < 6): the subscription moves to an ioredis subscriber.
+  #onSubResp2 = () => {
+    const old = this.#sub;
+    this.#unlisten(old);
+    old.off('resp2', this.#onSubResp2);
+    this.#down('no RESP3 on the server');
+    if (this.#state === 'stopped') return;
+    this.#log.warn(`aci-cache ${this.id}: the server has no RESP3; subscribing on a connection of its own`);
+    this.#sub = this.#clientSubscriber();
+    this.#listen(this.#sub);
+    this.#subscribe();
+  };
 
   /**
    * Publishes what is batched, gives up the controller lease, closes the subscription it opened.
@@ -381,10 +416,8 @@ export class AdaptiveCache {
     // Writes still on it are answered first (bounded); later ones cannot start (stopped).
     await this.#own?.close(this.#o.connectTimeout * 1000);
     const sub = this.#sub;
-    sub.off('messageBuffer', this.#onMessage);
-    sub.off('close', this.#onSubDown);
-    sub.off('ready', this.#onSubReady);
-    sub.off('error', this.#onSubError);
+    this.#unlisten(sub);
+    sub.off('resp2', this.#onSubResp2);
     if (this.#ownSub) {
       sub.disconnect();
     } else {
@@ -626,17 +659,28 @@ export class AdaptiveCache {
     if (inForce === 'eager') {
       this.#inFlight++; // until Redis answers (#execWrite, or below)
       if (this.#own !== null && this.#ownRoute(true)) {
-        // The script on our own connection (wconn.js). Measured (bench/own-floors.js), the
-        // script beats SET + PUBLISH as two commands there (~1.03x against ~1.15x a SET): for
-        // a script Redis writes the reply before the subscriber's copy, so the reply is read
-        // and `set` resolved before the copy wakes our subscription.
+        // On our own connection (wconn.js). Heard by a separate subscriber, the script beats
+        // SET + PUBLISH as two commands there (bench/own-floors.js, ~1.03x against ~1.15x a
+        // SET): for a script Redis writes the reply before the subscriber's copy, so `set`
+        // resolves before the copy wakes the subscription. With the subscription on this same
+        // connection (ownSubscription) the copy comes in the reply's read either way, and the
+        // two commands are the faster (bench/cache.js: ~1.0-1.05x against ~1.17-1.20x for the
+        // script on that connection, interleaved; the script's PUBLISH to its own caller costs
+        // Redis more).
         via = VIA_OWN;
         if (this.#mustFlush) flushMsg = this.#sender.flush(++this.#seq);
         msg = this.#sender.invalidateOne(rk, 'eager', ++this.#seq);
-        const call = evalSetPublish(this.#scriptParts, rk, v, ttlMs, msg);
-        sent = flushMsg === null
-          ? this.#own.send(call, 1, -1, this.#db())
-          : this.#own.send(join([publish(this.#invalHead, flushMsg), call]), 2, -1, this.#db());
+        if (this.#sub instanceof OwnSubscriber) {
+          const parts = flushMsg === null
+            ? [setPX(rk, v, ttlMs), publish(this.#invalHead, msg)]
+            : [publish(this.#invalHead, flushMsg), setPX(rk, v, ttlMs), publish(this.#invalHead, msg)];
+          sent = this.#own.send(join(parts), parts.length, -1, this.#db());
+        } else {
+          const call = evalSetPublish(this.#scriptParts, rk, v, ttlMs, msg);
+          sent = flushMsg === null
+            ? this.#own.send(call, 1, -1, this.#db())
+            : this.#own.send(join([publish(this.#invalHead, flushMsg), call]), 2, -1, this.#db());
+        }
       } else if (this.#mustFlush) {
         via = VIA_PIPE;
         const pipe = this.#redis.pipeline();

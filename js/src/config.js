@@ -41,6 +41,7 @@ export const DEFAULTS = Object.freeze({
   maxLag: 0.5,
   ownBatchDelay: 0,
   ownWriteConnection: true,
+  ownSubscription: undefined,
   role: undefined,
   strategy: undefined,
   policy: undefined,
@@ -129,6 +130,17 @@ export function resolveOptions(opts) {
   if (o.ownBatchDelay > 0.005) throw new CacheConfigError('ownBatchDelay', `must be at most 0.005 seconds (docs/WIRE.md 5), got ${o.ownBatchDelay}`);
   if (typeof o.ownWriteConnection !== 'boolean') {
     throw new CacheConfigError('ownWriteConnection', `must be a boolean, got ${show(o.ownWriteConnection)}`);
+  }
+  // Undefined: on wherever it can be (the own write connection, no pubsubRedis, no ownBatchDelay).
+  if (o.ownSubscription !== undefined) {
+    if (typeof o.ownSubscription !== 'boolean') {
+      throw new CacheConfigError('ownSubscription', `must be a boolean, got ${show(o.ownSubscription)}`);
+    }
+    if (o.ownSubscription) {
+      if (!o.ownWriteConnection) throw new CacheConfigError('ownSubscription', 'needs ownWriteConnection (the subscription rides that connection)');
+      if (o.pubsubRedis) throw new CacheConfigError('ownSubscription', 'cannot be true with pubsubRedis (the subscription is on the connection passed in)');
+      if (o.ownBatchDelay > 0) throw new CacheConfigError('ownSubscription', 'cannot be true with ownBatchDelay (pausing its reads would hold the writes\' replies)');
+    }
   }
   integer(o, 'localMaxEntries', { min: 1, max: 2 ** 30 });
   integer(o, 'localMaxBytes', { min: 1024, max: Number.MAX_SAFE_INTEGER });

@@ -17,15 +17,19 @@
 //   - a failed dial (or handshake) rejects its calls with `notSent` set, so the caller sends
 //     them through the user's client, and so does every call for the next second.
 // Which clients it stands in for is decided by ownWriterFor (standalone, nothing it cannot
-// reproduce); what goes through it by the cache (cache.js).
+// reproduce); what goes through it by the cache (cache.js). With `ownSubscription` the cache's
+// subscription rides the same connection in RESP3 (OwnSubscriber, below; the parser reads the
+// RESP3 types too).
 
 import net from 'node:net';
 import tls from 'node:tls';
 import { performance } from 'node:perf_hooks';
+import { EventEmitter } from 'node:events';
 import { ReplyError } from 'ioredis';
 
 const DOWN_MS = 1000;
 const INCOMPLETE = Symbol('incomplete');
+const MESSAGE = Buffer.from('message');
 
 /**
  * The writer for an ioredis client, or null when its writes must stay with ioredis: a Cluster,
@@ -51,11 +55,78 @@ export class OwnWriter {
   #conn = null;
   #downUntil = 0;
   #closed = false;
+  #sub = null; // the OwnSubscriber on this writer's connections (ownSubscription), or null
+  #db = 0; // the db of the last call: a connection dialled for the subscription uses it
+  resp3 = false; // connections say HELLO 3 (the subscription's pushes share them)
   dials = 0;
   writes = 0;
 
   constructor(o) {
     this.#o = o;
+  }
+
+  /**
+   * The subscriber facade over this writer's connection (RESP3 from now on), dialling it now.
+   * See OwnSubscriber.
+   */
+  subscriber(db) {
+    if (this.#sub === null) {
+      this.resp3 = true;
+      this.#db = db;
+      this.#sub = new OwnSubscriber(this);
+      // A connection dialled before (warm, a write) speaks RESP2: replaced.
+      const c = this.#conn;
+      if (c !== null && !c.resp3) this._retire(c);
+      this._dialForSub();
+    }
+    return this.#sub;
+  }
+
+  get closed() {
+    return this.#closed;
+  }
+
+  // From the subscriber: a connection is wanted (none, or the one there is dead).
+  _dialForSub() {
+    if (this.#closed) return;
+    const c = this.#conn;
+    if (c === null || c.dead) this.#connect(this.#db);
+  }
+
+  // From the subscriber: SUBSCRIBE / UNSUBSCRIBE `chans` on the current connection (dialled if
+  // there is none); resolves with the last ack's count. Never sent twice (a fresh connection
+  // is subscribed afresh after its 'ready').
+  _subCall(cmd, chans) {
+    return new Promise((resolve, reject) => {
+      if (this.#closed) {
+        reject(connectionClosed());
+        return;
+      }
+      const req = {
+        payload: encode([cmd, ...chans]), n: chans.length, want: -1, got: 0, value: undefined, err: null,
+        resolve, reject, deadline: 0, retried: true, run: 0, sub: cmd.toLowerCase(),
+      };
+      let c = this.#conn;
+      if (c === null || c.dead) c = this.#connect(this.#db);
+      c.submit(req);
+    });
+  }
+
+  // From a Conn: its handshake is done.
+  _ready(c) {
+    if (this.#conn === c) this.#sub?._ready(c);
+  }
+
+  // From the subscriber: `c` is given up (its calls are answered first); the next call dials.
+  _retire(c) {
+    if (this.#conn === c) this.#conn = null;
+    this.#sub?._lost(c, null);
+    if (!c.dead) c.retire();
+  }
+
+  // From a Conn: a message pushed to it.
+  _message(c, channel, payload) {
+    this.#sub?._message(c, channel, payload);
   }
 
   /** Whether a call may be made now (not closed, no failed dial within the last second). */
@@ -87,9 +158,14 @@ export class OwnWriter {
   }
 
   #submit(req, db) {
+    this.#db = db;
     let c = this.#conn;
     if (c !== null && (c.dead || c.db !== db)) {
-      if (!c.dead) c.retire();
+      if (!c.dead) {
+        this.#conn = null;
+        this.#sub?._lost(c, null);
+        c.retire();
+      }
       c = null;
     }
     if (c === null) c = this.#connect(db);
@@ -97,15 +173,25 @@ export class OwnWriter {
   }
 
   #connect(db) {
-    const c = new Conn(this, this.#o, db);
+    const c = new Conn(this, this.#o, db, this.resp3);
     this.#conn = c;
     this.dials++;
     return c;
   }
 
   // From a Conn: it is gone; `retry` are calls to send once more on a fresh one.
-  _gone(c, retry) {
+  _gone(c, retry, err) {
     if (this.#conn === c) this.#conn = null;
+    if (err?.noResp3 === true && this.resp3) {
+      // The server has no RESP3 (Redis < 6): writes go on in RESP2 (at once: the next dial
+      // would work), the subscription elsewhere.
+      this.resp3 = false;
+      this.#downUntil = 0;
+      const sub = this.#sub;
+      this.#sub = null;
+      sub?._noResp3(err);
+    }
+    this.#sub?._lost(c, err);
     if (retry.length === 0) return;
     if (this.#closed) {
       for (const r of retry) r.reject(connectionClosed());
@@ -128,6 +214,7 @@ export class OwnWriter {
     this.#closed = true;
     const c = this.#conn;
     this.#conn = null;
+    if (c !== null) this.#sub?._lost(c, null);
     return c === null ? Promise.resolve() : c.drainAndClose(ms);
   }
 }
@@ -151,11 +238,14 @@ class Conn {
   #runReused = false;
   #runReplies = 0;
   #closing = null;
+  #resp3;
+  #msgs = null; // messages of the last reads, handed to the subscriber after them (#deliver)
 
-  constructor(w, o, db) {
+  constructor(w, o, db, resp3) {
     this.#w = w;
     this.#o = o;
     this.db = db;
+    this.#resp3 = resp3;
     this.#timeout = o.commandTimeout > 0 ? o.commandTimeout : 0;
     const opts = o.path ? { path: o.path } : { host: o.host, port: o.port, family: o.family || undefined };
     let sock;
@@ -178,6 +268,10 @@ class Conn {
     sock.on('close', () => this.#fail(connectionClosed(), !this.#ready));
   }
 
+  get resp3() {
+    return this.#resp3;
+  }
+
   outstanding() {
     return this.#waiting.length + this.#pending.length - this.#head;
   }
@@ -185,33 +279,38 @@ class Conn {
   #onConnect = () => {
     const o = this.#o;
     const parts = [];
-    let n = 0;
+    const hs = [];
     if (o.password) {
       parts.push(o.username ? encode(['AUTH', o.username, o.password]) : encode(['AUTH', o.password]));
-      n++;
+      hs.push('auth');
+    }
+    if (this.#resp3) {
+      // After AUTH: a server that wants a password refuses HELLO before it.
+      parts.push('*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n');
+      hs.push('hello');
     }
     if (o.connectionName) {
       parts.push(encode(['CLIENT', 'SETNAME', o.connectionName]));
-      n++;
+      hs.push('setname');
     }
     if (this.db) {
       parts.push(encode(['SELECT', String(this.db)]));
-      n++;
+      hs.push('select');
     }
-    if (n === 0) {
+    if (parts.length === 0) {
       // A server that takes the connection and drops it (maxclients, a proxy) fails the dial,
       // not the first write.
       parts.push('*1\r\n$4\r\nPING\r\n');
-      n++;
+      hs.push('ping');
     }
     // The handshake is the first call; its replies are judged one by one (#reply).
-    const hs = {
-      payload: parts.join(''), n, want: -1, got: 0, value: undefined, err: null, deadline: 0, retried: true, run: 0,
-      hs: [o.password ? 'auth' : null, o.connectionName ? 'setname' : null, this.db ? 'select' : null].filter(Boolean).concat(['ping']),
+    const req = {
+      payload: parts.join(''), n: parts.length, want: -1, got: 0, value: undefined, err: null, deadline: 0, retried: true, run: 0,
+      hs,
       resolve: () => this.#handshaken(),
       reject: (err) => this.#fail(err, true),
     };
-    this.#write(hs);
+    this.#write(req);
   };
 
   #handshaken() {
@@ -223,6 +322,7 @@ class Conn {
     if (w.length === 1) this.#write(w[0]);
     else if (w.length > 1) this.#writeMany(w);
     if (this.#closing && this.outstanding() === 0) this.#closing();
+    this.#w._ready(this);
   }
 
   submit(req) {
@@ -288,15 +388,17 @@ class Conn {
     const len = b.length;
     while (i < len && !this.dead) {
       let v;
+      const push = b[i] === 62; // '>': RESP3 out-of-band data, never a reply
       try {
-        v = parse(b, i);
+        v = parse(b, i, push);
       } catch (err) {
         this.#fail(err, false, true);
         return;
       }
       if (v === INCOMPLETE) break;
       i = at;
-      this.#reply(v);
+      if (push) this.#push(v);
+      else this.#reply(v);
     }
     if (this.dead) return;
     this.#rbuf = i < len ? b.subarray(i) : null;
@@ -309,17 +411,78 @@ class Conn {
       return;
     }
     this.#runReplies++;
+    if (req.sub !== undefined) {
+      // SUBSCRIBE / UNSUBSCRIBE are answered by pushes; a reply is the command refused whole.
+      if (!(v instanceof Error)) {
+        this.#fail(new Error(`aci-cache: a reply to ${req.sub.toUpperCase()} that is not an error`), false, true);
+        return;
+      }
+      req.err = v;
+      req.got = req.n;
+      this.#done(req);
+      return;
+    }
     const k = req.got++;
     if (v instanceof Error) {
       // AUTH with a password the server does not need: ioredis warns and goes on; so do we.
       const benign = req.hs !== undefined && (req.hs[k] === 'setname' ||
         (req.hs[k] === 'auth' && /no password is set|without any password configured/.test(v.message)));
-      if (!benign && req.err === null) req.err = v;
+      if (!benign && req.err === null) {
+        req.err = v;
+        if (req.hs !== undefined && req.hs[k] === 'hello' && /unknown command|unknown subcommand|NOPROTO/i.test(v.message)) v.noResp3 = true;
+      }
     } else if (k === req.want) {
       req.value = v;
     }
     if (req.got < req.n) return;
-    this.#pending[this.#head++] = undefined;
+    this.#done(req);
+  }
+
+  // A push: a message for the subscriber, or an ack of the SUBSCRIBE / UNSUBSCRIBE at the head
+  // (Redis sends them in the order the commands came, before the replies of later ones). A
+  // message may come before or after the reply of the command that published it (Redis 7.0
+  // writes it before the reply, Valkey 8.1 after): a message never touches the calls, so
+  // either order is the same here.
+  #push(v) {
+    if (!Array.isArray(v) || v.length < 1 || !Buffer.isBuffer(v[0])) {
+      this.#fail(new Error('aci-cache: a malformed push on the write connection'), false, true);
+      return;
+    }
+    const k = v[0];
+    if (k.length === 7 && v.length === 3 && k.equals(MESSAGE)) {
+      if (!Buffer.isBuffer(v[1]) || !Buffer.isBuffer(v[2])) return;
+      if (this.#msgs === null) {
+        this.#msgs = [];
+        setImmediate(this.#deliver);
+      }
+      this.#msgs.push(v[1], v[2]);
+      return;
+    }
+    // What came before an ack is handed over before the ack answers its call.
+    if (this.#msgs !== null) this.#deliver();
+    const kind = k.toString('latin1');
+    const req = this.#pending[this.#head];
+    if (req === undefined || req.sub !== kind) return; // an ack nobody waits for, or other push data
+    this.#runReplies++;
+    req.value = typeof v[2] === 'number' ? v[2] : req.value;
+    if (++req.got < req.n) return;
+    this.#done(req);
+  }
+
+  // Messages are handed to the subscriber once the event loop has run what the read's replies
+  // resumed, not before: handled in the read (Redis 7.0 sends a message published by this
+  // connection's own call before the call's reply), the subscriber's work sat between the reply
+  // and the next write (README "Eager writes": 1.07-1.09x a SET inline, 0.94-1.07x deferred).
+  // Deferred, it overlaps with Redis working on the next command, as a separate subscriber's
+  // read did; messages keep their order, and wait only for that JavaScript.
+  #deliver = () => {
+    const m = this.#msgs;
+    if (m === null) return;
+    this.#msgs = null;
+    for (let j = 0; j < m.length; j += 2) this.#w._message(this, m[j], m[j + 1]);
+  };
+
+  #done(req) {    this.#pending[this.#head++] = undefined;
     if (this.#head === this.#pending.length) {
       this.#pending.length = 0;
       this.#head = 0;
@@ -374,7 +537,7 @@ class Conn {
       // Not written (only while connecting, which is the `dial` case): none here.
       for (const r of waiting) retry.push(r);
     }
-    this.#w._gone(this, retry);
+    this.#w._gone(this, retry, err);
     if (this.#closing) this.#closing();
   }
 
@@ -392,6 +555,7 @@ class Conn {
         if (!this.dead) {
           this.dead = true;
           this.#sock?.destroy();
+          this.#w._gone(this, [], null);
           // Calls left when the bound ran out: those not written yet go through the client.
           const waiting = this.#waiting;
           const pending = this.#pending.slice(this.#head);
@@ -414,6 +578,113 @@ class Conn {
       }
       timer = setTimeout(done, ms);
     });
+  }
+}
+
+// ---- the subscription on the write connection (ownSubscription) --------------------------------
+
+// Own messages came back to the cache on a separate subscriber connection: for each, Redis wrote
+// to a second socket and Node woke up, parsed and emitted once more (bench/own-floors.js:
+// 1.12-1.22x an ioredis SET for a write and its copy, against 0.86-0.94x with the copy pushed on
+// the writing connection itself, in the read that brings the reply). So the subscription can
+// ride the write connection, in RESP3 (pushes, not RESP2's subscribed mode, which refuses other
+// commands). This facade offers the part of an ioredis subscriber the cache uses ('messageBuffer',
+// 'close', 'ready', 'error'; subscribe, unsubscribe, status, stream, disconnect), so the cache's
+// subscription rules (docs/WIRE.md 5: L1 suspended while down, resubscribe with backoff and
+// flush, liveness, lag, loss) run unchanged. The connection is the writer's: whichever
+// connection the writer has becomes the subscription's once its handshake is done ('ready'); when
+// it goes (transport error, timeout, CLIENT KILL, a db change, stop) the subscription goes with
+// it ('close'), and a new one is dialled with capped exponential backoff and jitter, as the
+// ioredis subscriber's retryStrategy does, unless a write dialled one first.
+export class OwnSubscriber extends EventEmitter {
+  #w;
+  #conn = null; // the connection subscribed on (its handshake done), or null
+  #times = 0;
+  #timer = null;
+  #closed = false;
+  status = 'connecting';
+
+  constructor(w) {
+    super();
+    this.#w = w;
+  }
+
+  /** Never pausable (ownBatchDelay): the replies of writes come on the same socket. */
+  get stream() {
+    return null;
+  }
+
+  subscribe(...chans) {
+    if (this.#closed) return Promise.reject(connectionClosed());
+    return this.#w._subCall('SUBSCRIBE', chans);
+  }
+
+  unsubscribe(...chans) {
+    if (this.#closed) return Promise.reject(connectionClosed());
+    return this.#w._subCall('UNSUBSCRIBE', chans);
+  }
+
+  /**
+   * Gives up the subscription's connection (the writes' calls on it are answered first, bounded
+   * by commandTimeout); `reconnect`: dial a new one (with backoff), else stop for good.
+   */
+  disconnect(reconnect = false) {
+    if (!reconnect) {
+      this.#closed = true;
+      clearTimeout(this.#timer);
+      this.#timer = null;
+      this.status = 'end';
+    }
+    const c = this.#conn;
+    if (c !== null) this.#w._retire(c);
+    else this.#schedule();
+  }
+
+  _ready(c) {
+    if (this.#closed || c.dead || !c.resp3) return;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#times = 0;
+    this.#conn = c;
+    this.status = 'ready';
+    this.emit('ready');
+  }
+
+  _message(c, channel, payload) {
+    // A connection being retired still answers its calls: its pushes are no longer ours.
+    if (c === this.#conn) this.emit('messageBuffer', channel, payload);
+  }
+
+  _lost(c, err) {
+    if (c === this.#conn) {
+      this.#conn = null;
+      this.status = this.#closed ? 'end' : 'reconnecting';
+      this.emit('close');
+    }
+    if (err != null && !this.#closed && this.listenerCount('error') > 0) this.emit('error', err);
+    this.#schedule();
+  }
+
+  _noResp3(err) {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.status = 'end';
+    this.emit('resp2', err);
+  }
+
+  #schedule() {
+    if (this.#closed || this.#timer !== null || this.#conn !== null || this.#w.closed) return;
+    const wait = Math.min(5000, 50 * 2 ** Math.min(this.#times, 10));
+    this.#times++;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      if (this.#closed || this.#conn !== null) return;
+      this.#w._dialForSub();
+      // Until a connection is ready (or fails, which schedules again): keep trying.
+      this.#schedule();
+    }, wait * (0.5 + Math.random() / 2));
+    this.#timer.unref?.();
   }
 }
 
@@ -450,8 +721,11 @@ export function join(parts) {
 let at = 0;
 
 // One reply at b[i..]: +OK as 'OK', integers as numbers, errors as ReplyError, bulk strings
-// as strings, arrays as arrays; INCOMPLETE when b ends first. Throws on what RESP2 is not.
-function parse(b, i) {
+// as strings (as Buffers with `bufs`: a push's), arrays, sets and pushes as arrays, maps as
+// arrays of key, value, ..., null as null, booleans, doubles as numbers, verbatim strings
+// without their format; INCOMPLETE when b ends first. Throws on anything else (RESP2 and the
+// RESP3 types HELLO 3 allows; attributes are read and dropped).
+function parse(b, i, bufs = false) {
   const len = b.length;
   if (i >= len) return INCOMPLETE;
   const e = b.indexOf(10, i);
@@ -468,7 +742,9 @@ function parse(b, i) {
     case 58: // :
       at = e + 1;
       return int(b, i + 1, e - 1);
-    case 36: { // $
+    case 36: // $
+    case 33: // ! blob error
+    case 61: { // = verbatim
       const n = int(b, i + 1, e - 1);
       if (n < 0) {
         at = e + 1;
@@ -476,25 +752,55 @@ function parse(b, i) {
       }
       const end = e + 1 + n;
       if (end + 2 > len) return INCOMPLETE;
+      if (b[end] !== 13 || b[end + 1] !== 10) throw new Error('aci-cache: a malformed reply on the write connection');
       at = end + 2;
-      return b.toString('utf8', e + 1, end);
+      if (t === 33) return new ReplyError(b.toString('utf8', e + 1, end));
+      const from = t === 61 && n >= 4 ? e + 5 : e + 1;
+      return bufs ? b.subarray(from, end) : b.toString('utf8', from, end);
     }
-    case 42: { // *
-      const n = int(b, i + 1, e - 1);
+    case 42: // *
+    case 126: // ~ set
+    case 62: // > push
+    case 37: { // % map: key, value, ... in one array
+      let n = int(b, i + 1, e - 1);
       if (n < 0) {
         at = e + 1;
         return null;
       }
+      if (t === 37) n *= 2;
       const out = new Array(n);
       let j = e + 1;
       for (let k = 0; k < n; k++) {
-        const v = parse(b, j);
+        const v = parse(b, j, bufs);
         if (v === INCOMPLETE) return INCOMPLETE;
         out[k] = v;
         j = at;
       }
       at = j;
       return out;
+    }
+    case 95: // _ null
+      at = e + 1;
+      return null;
+    case 35: // # boolean
+      at = e + 1;
+      return b[i + 1] === 116; // t
+    case 44: // , double
+    case 40: { // ( big number
+      at = e + 1;
+      const s = b.toString('latin1', i + 1, e - 1);
+      const v = t === 44 ? Number(s.replace(/^(-?)inf$/, '$1Infinity')) : s;
+      if (t === 44 && Number.isNaN(v) && s !== 'nan') throw new Error('aci-cache: a malformed double on the write connection');
+      return v;
+    }
+    case 124: { // | attribute: a map that precedes the reply it describes
+      const n = int(b, i + 1, e - 1) * 2;
+      let j = e + 1;
+      for (let k = 0; k < n; k++) {
+        if (parse(b, j, bufs) === INCOMPLETE) return INCOMPLETE;
+        j = at;
+      }
+      return parse(b, j, bufs);
     }
     default:
       throw new Error(`aci-cache: an unexpected reply type ${JSON.stringify(String.fromCharCode(t))} on the write connection`);

@@ -110,3 +110,11 @@ export function useCaches(prefix) {
   });
   return fx;
 }
+
+/** The connections of the server that `client` talks to named `name`, as CLIENT LIST fields. */
+export async function clientsNamed(client, name) {
+  const list = await client.client('LIST');
+  return list.split('\n').filter(Boolean)
+    .map((l) => Object.fromEntries(l.split(' ').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])))
+    .filter((c) => c.name === name);
+}

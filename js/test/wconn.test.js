@@ -5,11 +5,11 @@
 
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import Redis from 'ioredis';
 import { AdaptiveCache, CacheConfigError } from '../src/index.js';
 import { decode } from '../src/wire.js';
-import { sleep, startRedis, until, useCaches } from './redis-server.js';
+import { clientsNamed, sleep, startRedis, until, useCaches } from './redis-server.js';
 
 const fx = useCaches('w');
 const { ns, quiet } = fx;
@@ -18,12 +18,7 @@ let adminClient = null;
 const admin = () => (adminClient ??= fx.srv.client());
 
 // The connections of the server named `name`, as CLIENT LIST fields.
-async function clients(name) {
-  const list = await admin().client('LIST');
-  return list.split('\n').filter(Boolean)
-    .map((l) => Object.fromEntries(l.split(' ').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])))
-    .filter((c) => c.name === name);
-}
+const clients = (name) => clientsNamed(admin(), name);
 
 // Records every command the server runs: [{ args, source, database }].
 async function monitor(srv = fx.srv) {
@@ -46,8 +41,13 @@ async function addrOf(redis) {
   return /addr=(\S+)/.exec(info)[1];
 }
 
+// The suite runs twice: with the subscription on the write connection (ownSubscription, the
+// default) and on a subscriber connection of its own.
+let SUB = true;
+
 async function eagerCache(redis, opts = {}) {
-  const c = new AdaptiveCache({ redis, namespace: ns(), isController: true, strategy: 'eager', logger: quiet, ...opts });
+  const sub = SUB && (opts.pubsubRedis || opts.ownWriteConnection === false) ? {} : { ownSubscription: SUB };
+  const c = new AdaptiveCache({ redis, namespace: ns(), isController: true, strategy: 'eager', logger: quiet, ...sub, ...opts });
   fx.caches.push(c);
   await c.start();
   return c;
@@ -100,7 +100,13 @@ async function relay(port) {
   };
 }
 
-describe('own write connection', () => {
+for (const ownSubscription of [true, false]) describe(`own write connection (ownSubscription: ${ownSubscription})`, () => {
+  before(() => {
+    SUB = ownSubscription;
+  });
+  // The cache's connections named like the client: the client's, ours, and the subscriber's
+  // unless the subscription is on ours.
+  const CONNS = ownSubscription ? 2 : 3;
   test('eager sets and deletes go out on the cache\'s own connection, value and TTL as asked', async () => {
     const name = `app-${ns()}`;
     const redis = fx.srv.client({ connectionName: name });
@@ -116,8 +122,9 @@ describe('own write connection', () => {
     const rk = (k) => c.redisKey(k);
     for (const s of mon.seen) s.args[0] = String(s.args[0]).toLowerCase();
     const mine = mon.seen.filter((s) => s.args.some((a) => typeof a === 'string' && a.startsWith(rk(''))));
-    // The SET runs inside the script: MONITOR shows it after the EVALSHA, from "lua".
-    const sets = mine.filter((s) => s.args[0] === 'evalsha');
+    // The SET runs inside the script: MONITOR shows it after the EVALSHA, from "lua". With the
+    // subscription on that connection, SET and PUBLISH go as two commands.
+    const sets = mine.filter((s) => s.args[0] === (ownSubscription ? 'set' : 'evalsha'));
     const dels = mine.filter((s) => s.args[0] === 'del');
     assert.equal(sets.length, 2, JSON.stringify(mine));
     assert.equal(dels.length, 2);
@@ -134,8 +141,8 @@ describe('own write connection', () => {
     assert.ok(pttl > 6000 && pttl <= 7000, `PTTL ${pttl}`);
     assert.deepEqual(await r.getBuffer(rk('b')), Buffer.from([0, 1, 2, 255]));
     assert.equal(await r.exists(rk('a')), 0);
-    // The user's client, its subscription duplicate and ours, all with the client's name.
-    assert.equal((await clients(name)).length, 3);
+    // The user's client and ours (and the subscription's duplicate), all with the client's name.
+    assert.equal((await clients(name)).length, CONNS);
     const s = c.stats();
     assert.equal(s.ownWriteConnection, true);
     assert.equal(s.ownWrites, 5);
@@ -156,7 +163,7 @@ describe('own write connection', () => {
       const caches = [];
       try {
         for (const redis of [acl, pass]) {
-          const c = new AdaptiveCache({ redis, namespace: 'n', isController: true, strategy: 'eager', logger: quiet });
+          const c = new AdaptiveCache({ redis, namespace: 'n', isController: true, strategy: 'eager', logger: quiet, ownSubscription });
           caches.push(c);
           await c.start();
         }
@@ -169,7 +176,7 @@ describe('own write connection', () => {
         assert.ok(caches.every((c) => c.stats().ownWrites === 1), 'not on the own connection');
         const list = await at(0).client('LIST');
         const lines = list.split('\n').filter((l) => / name=acl-app /.test(l));
-        assert.equal(lines.length, 3, list);
+        assert.equal(lines.length, CONNS, list);
         assert.ok(lines.every((l) => / user=app /.test(l)), 'the ACL user');
         // A SELECT made on the client later: our connection follows it.
         await acl.select(5);
@@ -233,7 +240,7 @@ describe('own write connection', () => {
     const c = await eagerCache(redis);
     await c.set('a', '1');
     const userId = await redis.client('ID');
-    const own = (await clients(name)).filter((x) => Number(x.id) !== userId && x.sub === '0' && x.psub === '0');
+    const own = (await clients(name)).filter((x) => Number(x.id) !== userId && (ownSubscription ? x.resp === '3' : x.sub === '0' && x.psub === '0'));
     assert.equal(own.length, 1);
     await admin().client('KILL', 'ID', own[0].id);
     await c.set('a', '2');
@@ -346,7 +353,7 @@ describe('own write connection', () => {
     }
     for (let i = 0; i < 20; i++) {
       // Our connection gone: the delete waits for a new one, the set after it must wait too.
-      const own = (await clients(name)).filter((x) => Number(x.id) !== userId && x.sub === '0');
+      const own = (await clients(name)).filter((x) => Number(x.id) !== userId && (ownSubscription ? x.resp === '3' : x.sub === '0'));
       for (const x of own) await r.client('KILL', 'ID', x.id);
       await sleep(5);
       const k = `d${i}`;
@@ -363,7 +370,7 @@ describe('own write connection', () => {
     const before = process.getActiveResourcesInfo().filter((x) => x === 'TCPSocketWrap').length;
     const c = await eagerCache(redis);
     await c.set('a', '1');
-    assert.equal((await clients(name)).length, 3);
+    assert.equal((await clients(name)).length, CONNS);
     // Writes in flight when stop() is called are answered, not cut.
     const writes = [c.set('b', '2'), c.set('c', '3')];
     await c.stop();

@@ -56,6 +56,14 @@ export interface AdaptiveCacheOptions {
    * enableAutoPipelining; closed by stop(). See README "Eager writes".
    */
   ownWriteConnection?: boolean;
+  /**
+   * Subscribe on that same connection, in RESP3 (the instance's own messages come back in the
+   * read that brings the replies), instead of on a subscriber connection of its own. Default:
+   * on when the own write connection is in use, no `pubsubRedis` is given and `ownBatchDelay` is
+   * 0; true with one of those missing is a CacheConfigError. A server without RESP3 (Redis < 6)
+   * gets a subscriber connection of its own. See README "Eager writes".
+   */
+  ownSubscription?: boolean;
   /** Run the bundled `fixed` policy with this strategy. */
   strategy?: Strategy;
   /** A bundled policy name or a path to a policy component (.wasm). */
@@ -155,6 +163,8 @@ export interface Stats {
   subscriptionPauses: number;
   /** Whether writes go on the cache's own connection (ownWriteConnection, and a client it can stand in for). */
   ownWriteConnection: boolean;
+  /** Whether the subscription is on that connection (ownSubscription). */
+  ownSubscription: boolean;
   /** Sets and deletes answered on that connection. */
   ownWrites: number;
   policyFaults: number;

@@ -482,7 +482,8 @@ class Conn {
     for (let j = 0; j < m.length; j += 2) this.#w._message(this, m[j], m[j + 1]);
   };
 
-  #done(req) {    this.#pending[this.#head++] = undefined;
+  #done(req) {
+    this.#pending[this.#head++] = undefined;
     if (this.#head === this.#pending.length) {
       this.#pending.length = 0;
       this.#head = 0;

@@ -13,9 +13,9 @@ import Redis from 'ioredis';
 import { createClient } from 'redis';
 import { AdaptiveCache } from '../src/index.js';
 import { startRedis } from '../test/redis-server.js';
+import { race, ratio } from './race.js';
 
 const SCALE = Number(process.env.BENCH_SCALE ?? 1);
-const ROUNDS = 31;
 const n = (x) => Math.max(50, Math.round(x * SCALE));
 const quiet = { warn() {} };
 
@@ -43,30 +43,6 @@ try {
   await caches.ttl.set('hot', value, 3600);
   await nr.get('hot');
   await nr.get('hot');
-
-  // Times `ops` awaited calls of each contender per round, for ROUNDS rounds, the contenders
-  // taking turns (in a rotating order) within each round, so that drift on a shared machine
-  // hits them alike. Returns, per contender, its fastest round and its per-round times.
-  async function race(contenders, ops) {
-    const names = Object.keys(contenders);
-    const rounds = Object.fromEntries(names.map((k) => [k, []]));
-    for (const fn of Object.values(contenders)) for (let i = 0; i < Math.min(ops, 2000); i++) await fn(i);
-    for (let r = 0; r < ROUNDS; r++) {
-      for (let j = 0; j < names.length; j++) {
-        const name = names[(r + j) % names.length];
-        const fn = contenders[name];
-        const t0 = process.hrtime.bigint();
-        for (let i = 0; i < ops; i++) await fn(i);
-        rounds[name].push(Number(process.hrtime.bigint() - t0) / ops);
-      }
-    }
-    return Object.fromEntries(names.map((k) => [k, { best: Math.min(...rounds[k]), rounds: rounds[k] }]));
-  }
-  // The median over rounds of a/b measured in the same round: robust to load that comes and goes.
-  const ratio = (a, b) => {
-    const xs = a.rounds.map((x, i) => x / b.rounds[i]).sort((p, q) => p - q);
-    return xs[xs.length >> 1];
-  };
 
   const c = caches.ttl;
   const hit = await race({ l1: () => c.get('hot'), csc: () => nr.get('hot') }, n(20_000));

@@ -12,6 +12,7 @@ import net from 'node:net';
 import Redis from 'ioredis';
 import { AdaptiveCache } from '../src/index.js';
 import { startRedis } from '../test/redis-server.js';
+import { race, ratio } from './race.js';
 
 const SCALE = Number(process.env.BENCH_SCALE ?? 1);
 const ROUNDS = 31;
@@ -125,23 +126,8 @@ try {
     'own-resp3': (i) => own3.send(cmd('SET', `k${i & 63}`, value, 'PX', '10000') + cmd('PUBLISH', 'self', msg), 2),
     cache: (i) => cache.set(`k${i & 63}`, value),
   };
-  const names = Object.keys(contenders);
-  const rounds = Object.fromEntries(names.map((k) => [k, []]));
-  for (const fn of Object.values(contenders)) for (let i = 0; i < ops; i++) await fn(i);
-  for (let r = 0; r < ROUNDS; r++) {
-    for (let j = 0; j < names.length; j++) {
-      const name = names[(r + j) % names.length];
-      const fn = contenders[name];
-      const t0 = process.hrtime.bigint();
-      for (let i = 0; i < ops; i++) await fn(i);
-      rounds[name].push(Number(process.hrtime.bigint() - t0) / ops);
-    }
-  }
-  const ratio = (a, b) => {
-    const xs = a.map((x, i) => x / b[i]).sort((p, q) => p - q);
-    return xs[xs.length >> 1];
-  };
-  for (const k of names) console.log(`own-floors ${k} ${Math.min(...rounds[k]).toFixed(0)} ns/op ratio ${ratio(rounds[k], rounds.raw).toFixed(2)}`);
+  const res = await race(contenders, ops, { rounds: ROUNDS, warm: ops });
+  for (const k of Object.keys(res)) console.log(`own-floors ${k} ${res[k].best.toFixed(0)} ns/op ratio ${ratio(res[k], res.raw).toFixed(2)}`);
   if (own3.pushes() < ops) throw new Error(`the RESP3 connection heard ${own3.pushes()} pushes`);
   await cache.stop();
   for (const c of [c2, c3, c3b]) c.s.destroy();

@@ -88,10 +88,18 @@ async function relay(port) {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   const clients = [];
+  const relayPort = server.address().port;
   return {
-    port: server.address().port,
+    port: relayPort,
     state,
-    clients,
+    // An ioredis client through the relay, connected, that never reconnects; close() ends it.
+    client: async () => {
+      const redis = new Redis(relayPort, '127.0.0.1', { retryStrategy: () => null });
+      redis.on('error', () => {});
+      clients.push(redis);
+      await redis.ping();
+      return redis;
+    },
     close: () => {
       for (const c of clients) c.disconnect();
       for (const s of conns) s.destroy();
@@ -252,10 +260,7 @@ for (const ownSubscription of [true, false]) describe(`own write connection (own
   test('a write crossing the close of an idle connection is sent once more on a fresh one', async () => {
     const r = await relay(fx.srv.port);
     try {
-      const redis = new Redis(r.port, '127.0.0.1', { retryStrategy: () => null });
-      redis.on('error', () => {});
-      r.clients.push(redis);
-      await redis.ping();
+      const redis = await r.client();
       const c = await eagerCache(redis, { pubsubRedis: fx.srv.client() });
       await c.set('a', '1');
       await c.set('a', '2');
@@ -281,10 +286,7 @@ for (const ownSubscription of [true, false]) describe(`own write connection (own
   test('a write connection that cannot be opened: writes go through the client, for a while', async () => {
     const r = await relay(fx.srv.port);
     try {
-      const redis = new Redis(r.port, '127.0.0.1', { retryStrategy: () => null });
-      redis.on('error', () => {});
-      r.clients.push(redis);
-      await redis.ping();
+      const redis = await r.client();
       r.state.refuse = true; // the client's connection is up; new ones are refused
       const c = new AdaptiveCache({ redis, namespace: ns(), isController: true, strategy: 'eager', logger: quiet, pubsubRedis: fx.srv.client() });
       fx.caches.push(c);

@@ -4,6 +4,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-ACI_SETUP_RUST_ONLY=1 bash scripts/setup.sh >&2
+ACI_SETUP_PART=rust bash scripts/setup.sh >&2
 cargo build --release --quiet -p aci-cli
 exec target/release/aci demo "$@"

@@ -373,7 +373,10 @@ func TestRolloutHostileCanaryRolledBack(t *testing.T) {
 	hostileWasm, hostile := readPolicy(t, "hostile")
 	// A short window, so the fault waits of section 7 are short too.
 	n, _ := o.push(hostileWasm, `{"window-ms":200}`, true, canary.InstanceID())
-	eventually(t, 2*time.Second, "the canary runs the hostile policy", func() bool { return runs(o, canary, hostile, "pushed") })
+	// 5 s, not the 2 s a swap is held to elsewhere: this is the setup of the test, and once (CI,
+	// Valkey, a loaded machine) the canary's subscription, liveness-checked at a 100 ms tick,
+	// timed out just before the push and heard it only after resubscribing.
+	eventually(t, 5*time.Second, "the canary runs the hostile policy", func() bool { return runs(o, canary, hostile, "pushed") })
 	for i := 0; canary.Stats().PolicySHA256 == hostile; i++ {
 		if i > 100 {
 			t.Fatalf("the canary still runs the hostile policy: %+v", canary.Stats())

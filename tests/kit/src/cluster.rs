@@ -201,7 +201,8 @@ impl RedisCluster {
             let detail = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             return Err(ClusterError::Create { cli, detail: detail.chars().rev().take(600).collect::<String>().chars().rev().collect() });
         }
-        c.wait_ok(Duration::from_secs(30))?;
+        // Ready in 2-5 s when the machine is quiet; the margin is for a CI machine that is not.
+        c.wait_ok(Duration::from_secs(60))?;
         Ok(c)
     }
 
@@ -212,6 +213,15 @@ impl RedisCluster {
             .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()])
+            // A replica syncs at once, not after the default 5 s wait for other replicas to
+            // share the transfer: each master here has its own few replicas.
+            .args(["--repl-diskless-sync-delay", "0"])
+            // ... and loads it from the socket: no temp file and fsync on a disk that a parallel
+            // build may be saturating.
+            .args(["--repl-diskless-load", "on-empty-db"])
+            // The log is what explains a node that never became ready (see `wait_ok`).
+            .args(["--loglevel", "notice", "--logfile"])
+            .arg(node.dir.join("node.log"))
             .arg("--dir")
             .arg(&node.dir)
             .stdout(Stdio::null())
@@ -249,7 +259,23 @@ impl RedisCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(ClusterError::NotReady(last))
+        Err(ClusterError::NotReady(format!("{last} (after {timeout:?}){}", self.log_tails(8))))
+    }
+
+    /// The last `lines` lines of every node's log, for an error that must explain itself: a
+    /// cluster that did not become ready on a CI machine cannot be looked at afterwards.
+    fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default();
+            let all: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("\n--- node {} ({}) log:", n.port, if n.child.is_some() { "running" } else { "stopped" }));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str("\n    ");
+                out.push_str(l);
+            }
+        }
+        out
     }
 
     /// With `replicas`, every master must also have its replicas attached.
@@ -472,5 +498,19 @@ mod tests {
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
         assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
         assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
+    }
+
+    #[test]
+    fn not_ready_says_which_node_and_shows_the_logs() {
+        let mut c = RedisCluster::start().expect("redis-server and redis-cli must be installed");
+        let master = c.masters().unwrap()[0];
+        let replica = c.replica_of(master).unwrap();
+        c.kill(replica).unwrap();
+        let err = c.wait_ok(Duration::from_millis(300)).unwrap_err().to_string();
+        // The master lost its replica (or the cluster state changed first); either way the
+        // error names a node, and carries every node's log, the killed one's included.
+        assert!(err.contains(&format!("--- node {replica} (stopped) log:")), "{err}");
+        assert!(err.contains(&format!("--- node {master} (running) log:")), "{err}");
+        assert!(err.to_lowercase().contains("sync"), "the logs are the nodes' own: {err}");
     }
 }

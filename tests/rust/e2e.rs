@@ -483,15 +483,20 @@ async fn a_missing_or_wrong_password_fails_build_with_one_typed_error() {
             Ok(_) => panic!("started without the right password"),
         }
     };
-    // A CI run once hung here for an hour (Valkey, not reproduced since): fail, with the step, instead.
-    let step = Duration::from_secs(30);
-    let missing = tokio::time::timeout(step, auth_err(format!("redis://127.0.0.1:{port}"))).await.expect("build without a password hung");
+    // A CI run once hung in this test for an hour (Valkey, not reproduced since): every step is
+    // bounded, and a hang fails naming the step.
+    async fn bounded<T>(step: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), f).await.unwrap_or_else(|_| panic!("{step} hung for 30 s"))
+    }
+    let missing = bounded("build without a password", auth_err(format!("redis://127.0.0.1:{port}"))).await;
     assert!(missing.contains("requires a password"), "{missing}");
-    let wrong = tokio::time::timeout(step, auth_err(format!("redis://:nope@127.0.0.1:{port}"))).await.expect("build with a wrong password hung");
+    let wrong = bounded("build with a wrong password", auth_err(format!("redis://:nope@127.0.0.1:{port}"))).await;
     assert!(wrong.contains("refused"), "{wrong}");
-    let ok = AciCache::builder().redis_url(format!("redis://:s3cret@127.0.0.1:{port}")).namespace("auth").build().await.unwrap();
-    ok.set("k", "v", None).await.unwrap();
-    ok.shutdown().await.unwrap();
+    let ok = bounded("build with the password", AciCache::builder().redis_url(format!("redis://:s3cret@127.0.0.1:{port}")).namespace("auth").build())
+        .await
+        .unwrap();
+    bounded("set", ok.set("k", "v", None)).await.unwrap();
+    bounded("shutdown", ok.shutdown()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

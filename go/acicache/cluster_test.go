@@ -838,8 +838,13 @@ func TestClusterFailoverFlushes(t *testing.T) {
 	t.Run("channels' master killed", testChannelMasterKilled)
 }
 
-// withReplica starts a fourth node and makes it a replica of master, in sync.
-func withReplica(t *testing.T, master string) *redis.Client {
+// withReplica starts a fourth node and makes it a replica of master, in sync, known as such to
+// every node of addrs. The link being up is not enough: until gossip has told the masters whose
+// replica it is, they refuse it their votes (a manual CLUSTER FAILOVER times out and nothing
+// fails over), and until the replica knows every node and slot it answers CLUSTERDOWN. The
+// default 5 s delay of a diskless sync used to hide that wait; without it, both failover tests
+// failed on Valkey every time.
+func withReplica(t *testing.T, addrs []string, master string) *redis.Client {
 	t.Helper()
 	ctx := context.Background()
 	replica := startServer(t, "--cluster-enabled", "yes", "--dir", t.TempDir(),
@@ -849,7 +854,16 @@ func withReplica(t *testing.T, master string) *redis.Client {
 	if err := rc.ClusterMeet(ctx, host, port).Err(); err != nil {
 		t.Fatal(err)
 	}
-	mid, err := nodeClient(t, master).ClusterMyID(ctx).Result()
+	mc := nodeClient(t, master)
+	// The master has this one replica: no reason to wait 5 s for others to share the transfer.
+	if err := mc.ConfigSet(ctx, "repl-diskless-sync-delay", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	mid, err := mc.ClusterMyID(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid, err := rc.ClusterMyID(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -860,7 +874,33 @@ func withReplica(t *testing.T, master string) *redis.Client {
 		info, _ := rc.Info(ctx, "replication").Result()
 		return strings.Contains(info, "master_link_status:up")
 	})
+	eventually(t, 10*time.Second, "the replica sees the whole cluster up", func() bool {
+		info, _ := rc.ClusterInfo(ctx).Result()
+		return strings.Contains(info, "cluster_state:ok") && strings.Contains(info, fmt.Sprintf("cluster_known_nodes:%d", len(addrs)+1))
+	})
+	for _, a := range addrs {
+		n := nodeClient(t, a)
+		eventually(t, 10*time.Second, "node "+a+" knows the new node as "+master+"'s replica", func() bool {
+			return knowsReplicaOf(n, rid, mid)
+		})
+	}
 	return rc
+}
+
+// knowsReplicaOf: n's CLUSTER NODES has node rid as a replica of mid.
+func knowsReplicaOf(n *redis.Client, rid, mid string) bool {
+	nodes, err := n.ClusterNodes(context.Background()).Result()
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(nodes, "\n") {
+		f := strings.Fields(line)
+		// <id> <addr> <flags> <master id> ...
+		if len(f) >= 4 && f[0] == rid && strings.Contains(f[2], "slave") && f[3] == mid {
+			return true
+		}
+	}
+	return false
 }
 
 // testChannelMasterKilled: the master of the channels' slot dies; the subscriptions end with it,
@@ -870,7 +910,7 @@ func testChannelMasterKilled(t *testing.T) {
 	addrs := startCluster(t)
 	ctx := context.Background()
 	victim := masterOf(t, addrs, "{aci:tc}:invalidation")
-	rc := withReplica(t, victim)
+	rc := withReplica(t, addrs, victim)
 	w, r, _ := topologyFleetOn(t, addrs, "tc")
 	_ = nodeClient(t, victim).Do(ctx, "SHUTDOWN", "NOSAVE").Err()
 	start := time.Now()
@@ -898,7 +938,7 @@ func testFailover(t *testing.T, kill bool) {
 	addrs := startCluster(t)
 	ctx := context.Background()
 	victim := masterOf(t, addrs, "aci:tf:k")
-	rc := withReplica(t, victim)
+	rc := withReplica(t, addrs, victim)
 	w, r, admin := topologyFleetOn(t, addrs, "tf")
 	rawWrite(t, admin, "tf", "k", "v2")
 	ro := rc.Conn()
@@ -1039,7 +1079,7 @@ func TestClusterLostWriteIsNotServed(t *testing.T) {
 			key, victim = k, m
 		}
 	}
-	rc := withReplica(t, victim)
+	rc := withReplica(t, addrs, victim)
 	_, r, admin := topologyFleetOn(t, addrs, "tl")
 	const unreplicated = `redis.set_repl(redis.REPL_NONE) return redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000)`
 	if err := nodeClient(t, victim).Eval(ctx, unreplicated, []string{"aci:tl:" + key}, "lost").Err(); err != nil {

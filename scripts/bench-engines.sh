@@ -13,6 +13,16 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# Every host must be set up already: say so up front, not after the Rust build, as a bare
+# "No such file or directory" from the second host.
+missing=()
+[ -x python/.venv/bin/python ] || missing+=(python/.venv)
+[ -d js/node_modules/@bytecodealliance/jco ] || missing+=(js/node_modules)
+[ -d js/gen/adaptive ] || missing+=(js/gen)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "bench-engines.sh: ${missing[*]} not set up; run 'bash scripts/setup.sh' first" >&2
+    exit 1
+fi
 cargo build --release --quiet -p aci-cli
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT

@@ -24,6 +24,12 @@ import (
 // startCluster starts a Redis Cluster of three masters on loopback (no replicas), each node a
 // server of its own for the test's lifetime, slots split evenly, and waits until every node
 // reports cluster_state:ok.
+//
+// Each node gets its own config epoch before it meets the others, as `redis-cli --cluster
+// create` does. Left at 0, the epochs collide and the nodes settle that by bumping theirs one by
+// one after they meet; an importer that finishes a slot's move (moveSlot) while its epoch ties
+// the source's is not bumped above it, and can lose the slot back to the source's stale claim.
+// With distinct epochs the importer's bump always makes it the greatest.
 func startCluster(t *testing.T) []string {
 	t.Helper()
 	dir := t.TempDir()
@@ -42,6 +48,9 @@ func startCluster(t *testing.T) []string {
 			last = 16383
 		}
 		if err := n.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", first, last).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Do(ctx, "CLUSTER", "SET-CONFIG-EPOCH", i+1).Err(); err != nil {
 			t.Fatal(err)
 		}
 		host, port, _ := strings.Cut(addrs[0], ":")
@@ -501,6 +510,62 @@ func moveSlot(t *testing.T, addrs []string, slot int, src, dst string) {
 			must(nodeClient(t, a).Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", did).Err())
 		}
 	}
+	// The move is the test's premise, so the nodes must agree on it before the cache is judged.
+	// Redis's own finalisation can leave source and importer pointing at each other for good
+	// (a CI run saw that: SSUBSCRIBE answered MOVED by both, alternately, for 8 s; see
+	// valkey-io/valkey#1532). Then the importer is given the greatest epoch and claims the slot
+	// again, as `redis-cli --cluster fix` would, and the test says it did.
+	nodes := make([]*redis.Client, len(addrs))
+	for i, a := range addrs {
+		nodes[i] = nodeClient(t, a)
+	}
+	agreed := func(within time.Duration) bool {
+		deadline := time.Now().Add(within)
+		for {
+			if slotOwners(ctx, nodes, slot) == dst {
+				return true
+			}
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if agreed(3 * time.Second) {
+		return
+	}
+	t.Logf("slot %d: the nodes disagree after its move (%s); the importer claims it again", slot, slotOwners(ctx, nodes, slot))
+	must(d.Do(ctx, "CLUSTER", "BUMPEPOCH").Err())
+	for _, n := range nodes {
+		must(n.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", did).Err())
+	}
+	if !agreed(5 * time.Second) {
+		t.Fatalf("slot %d: the nodes still disagree after its move: %s", slot, slotOwners(ctx, nodes, slot))
+	}
+}
+
+// slotOwners is the address every node gives for slot when they agree, else each node's answer.
+func slotOwners(ctx context.Context, nodes []*redis.Client, slot int) string {
+	owners := make([]string, len(nodes))
+	for i, n := range nodes {
+		owners[i] = "?"
+		if slots, err := n.ClusterSlots(ctx).Result(); err == nil {
+			owners[i] = "none"
+			for _, s := range slots {
+				if s.Start <= slot && slot <= s.End && len(s.Nodes) > 0 {
+					owners[i] = s.Nodes[0].Addr
+				}
+			}
+		}
+	}
+	if slices.Equal(owners[1:], owners[:len(owners)-1]) {
+		return owners[0]
+	}
+	each := make([]string, len(nodes))
+	for i, n := range nodes {
+		each[i] = n.Options().Addr + " says " + owners[i]
+	}
+	return strings.Join(each, ", ")
 }
 
 // topologyFleet is a writer and a reader (eager, long local TTL) on a fresh cluster, the reader

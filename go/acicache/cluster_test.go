@@ -519,19 +519,8 @@ func moveSlot(t *testing.T, addrs []string, slot int, src, dst string) {
 	for i, a := range addrs {
 		nodes[i] = nodeClient(t, a)
 	}
-	agreed := func(within time.Duration) bool {
-		deadline := time.Now().Add(within)
-		for {
-			if slotOwners(ctx, nodes, slot) == dst {
-				return true
-			}
-			if time.Now().After(deadline) {
-				return false
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	if agreed(3 * time.Second) {
+	agreed := func() bool { return slotOwners(ctx, nodes, slot) == dst }
+	if holdsWithin(3*time.Second, agreed) {
 		return
 	}
 	t.Logf("slot %d: the nodes disagree after its move (%s); the importer claims it again", slot, slotOwners(ctx, nodes, slot))
@@ -539,7 +528,7 @@ func moveSlot(t *testing.T, addrs []string, slot int, src, dst string) {
 	for _, n := range nodes {
 		must(n.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", did).Err())
 	}
-	if !agreed(5 * time.Second) {
+	if !holdsWithin(5*time.Second, agreed) {
 		t.Fatalf("slot %d: the nodes still disagree after its move: %s", slot, slotOwners(ctx, nodes, slot))
 	}
 }
@@ -550,12 +539,7 @@ func slotOwners(ctx context.Context, nodes []*redis.Client, slot int) string {
 	for i, n := range nodes {
 		owners[i] = "?"
 		if slots, err := n.ClusterSlots(ctx).Result(); err == nil {
-			owners[i] = "none"
-			for _, s := range slots {
-				if s.Start <= slot && slot <= s.End && len(s.Nodes) > 0 {
-					owners[i] = s.Nodes[0].Addr
-				}
-			}
+			owners[i] = ownerIn(slots, slot)
 		}
 	}
 	if slices.Equal(owners[1:], owners[:len(owners)-1]) {
@@ -756,13 +740,21 @@ func nodeForSlot(t *testing.T, addrs []string, slot int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	owner := ownerIn(slots, slot)
+	if owner == "none" {
+		t.Fatalf("slot %d unserved", slot)
+	}
+	return owner
+}
+
+// ownerIn is the address of slot's master in a CLUSTER SLOTS reply, "none" when unserved.
+func ownerIn(slots []redis.ClusterSlot, slot int) string {
 	for _, s := range slots {
-		if s.Start <= slot && slot <= s.End {
+		if s.Start <= slot && slot <= s.End && len(s.Nodes) > 0 {
 			return s.Nodes[0].Addr
 		}
 	}
-	t.Fatalf("slot %d unserved", slot)
-	return ""
+	return "none"
 }
 
 // TestClusterNewMasterFlushes: a node that was not a master when the reader subscribed starts

@@ -105,13 +105,21 @@ func policyDir(t testing.TB) string {
 // eventually polls cond until it holds or d passes.
 func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !holdsWithin(d, cond) {
+		t.Fatalf("after %v: %s", d, what)
+	}
+}
+
+// holdsWithin polls cond every 10 ms until it holds (true) or d has passed (false).
+func holdsWithin(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
+			return false
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return true
 }
 
 // redisServerBinary is the server the tests start: $ACI_REDIS_SERVER (scripts/test.sh's Valkey

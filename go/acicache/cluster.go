@@ -249,6 +249,10 @@ func (c *Cache) checkTopology() {
 		if slices.Equal(now, ref) {
 			return
 		}
+		// The client's own slot map (shared with the application) refreshes only on MOVED or
+		// every ClusterStateReloadInterval (60 s by default): a write to a dead master's slots
+		// keeps dialling it after its replica took over. What this map shows, it should know.
+		c.cluster.ReloadState(c.ctx)
 		if id := now.newMasterSince(ref); id != "" {
 			reason = "a node became master (failover or a new node): " + id
 		} else if slot := keySlot(c.n.invalidation); c.sharded && now.masterOf(slot) != ref.masterOf(slot) {

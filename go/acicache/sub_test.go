@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -296,12 +297,26 @@ func startServer(t *testing.T, args ...string) string {
 	_ = l.Close()
 	cmd := exec.Command(redisServerBinary(), append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no"}, args...)...)
+	// The server's log says what a client cannot see (why a failover or a slot move did not
+	// happen): kept, and its end shown when the test fails.
+	logPath := filepath.Join(t.TempDir(), "server.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
+		_ = logFile.Close()
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			lines := strings.Split(strings.TrimRight(string(log), "\n"), "\n")
+			t.Logf("server on port %d, the end of its log:\n%s", port, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	deadline := time.Now().Add(10 * time.Second)
